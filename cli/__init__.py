@@ -1,0 +1,1 @@
+"""Command-line interface of mambadna (thin: parse, build a config, call the library)."""

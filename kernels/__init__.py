@@ -1,0 +1,137 @@
+"""Selective-scan kernels for mambadna.
+
+One entry point, :func:`selective_scan`, dispatches between the fused Triton
+kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` with
+``backend="triton"``) and the pure-PyTorch reference (everything else).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .reference import (
+    bidirectional_selective_scan_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
+
+__all__ = [
+    "selective_scan",
+    "bidirectional_selective_scan",
+    "selective_state_update",
+    "selective_scan_ref",
+    "bidirectional_selective_scan_ref",
+    "selective_state_update_ref",
+    "triton_available",
+]
+
+_BACKENDS = ("auto", "triton", "reference")
+
+
+def triton_available() -> bool:
+    """True when the Triton kernels can be imported (triton installed)."""
+    try:
+        from . import triton_scan  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the platform
+        return False
+    return True
+
+
+def _pick(backend: str, t: torch.Tensor) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get("MAMBADNA_SCAN_BACKEND")
+        if env in ("triton", "reference"):
+            return env
+        return "triton" if (t.is_cuda and triton_available()) else "reference"
+    return backend
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    initial_state: Optional[torch.Tensor] = None,
+    return_final_state: bool = False,
+    reverse: bool = False,
+    backend: str = "auto",
+):
+    """Mamba-1 selective scan, channel-last.
+
+    Args:
+        u, delta: (batch, length, d_inner), fp32/fp16/bf16.
+        A: (d_inner, d_state) fp32 (negative real parts).
+        B, C: (batch, length, n_groups, d_state).
+        D, delta_bias: (d_inner,) or None.
+        z: (batch, length, d_inner) gate or None (y * silu(z)).
+        delta_softplus: apply softplus to delta + delta_bias.
+        initial_state: (batch, d_inner, d_state); with ``reverse`` it is the
+            state after the last position.
+        return_final_state: also return the final state (batch, d_inner, d_state) fp32.
+        reverse: scan from the last position to the first.
+        backend: "auto" (Triton for CUDA tensors, reference otherwise),
+            "triton" or "reference".
+
+    Returns:
+        y (batch, length, d_inner) in u's dtype, or (y, final_state).
+    """
+    if _pick(backend, u) == "triton":
+        from .triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                     initial_state, return_final_state, reverse)
+    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                              initial_state, return_final_state, reverse)
+
+
+def bidirectional_selective_scan(
+    u_f, delta_f, A_f, B_f, C_f,
+    u_r, delta_r, A_r, B_r, C_r,
+    D_f=None, D_r=None, z=None, delta_bias_f=None, delta_bias_r=None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+):
+    """Fused BiMamba scan: forward scan of (u_f, ...) plus reverse scan of (u_r, ...).
+
+    u_*, delta_*, z: (batch, length, d_inner); A_*: (d_inner, d_state);
+    B_*, C_*: (batch, length, n_groups, d_state); D_*, delta_bias_*: (d_inner,).
+    Returns y = g(scan_fwd) + g(scan_rev), g = silu(z) gate when z is given,
+    shape (batch, length, d_inner) in u_f's dtype. No flipped copies are made
+    on the Triton path.
+    """
+    if _pick(backend, u_f) == "triton":
+        from .triton_scan import bidirectional_selective_scan_triton
+
+        return bidirectional_selective_scan_triton(
+            u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+            D_f, D_r, z, delta_bias_f, delta_bias_r, delta_softplus)
+    return bidirectional_selective_scan_ref(
+        u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+        D_f, D_r, z, delta_bias_f, delta_bias_r, delta_softplus)
+
+
+def selective_state_update(
+    state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    backend: str = "auto",
+):
+    """Single-token recurrent update for constant-memory inference.
+
+    state: (batch, d_inner, d_state) fp32; u, delta, z: (batch, d_inner);
+    B, C: (batch, n_groups, d_state); A: (d_inner, d_state); D, delta_bias: (d_inner,).
+    Returns (y (batch, d_inner), new_state (batch, d_inner, d_state) fp32).
+    """
+    if _pick(backend, u) == "triton":
+        from .triton_scan import selective_state_update_triton
+
+        return selective_state_update_triton(state, u, delta, A, B, C, D, z, delta_bias,
+                                             delta_softplus)
+    return selective_state_update_ref(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -1,0 +1,127 @@
+"""Readable pure-PyTorch reference of the Mamba-1 selective scan (S6).
+
+Runs on any device (CPU included). State and accumulation are fp32; outputs come
+back in the dtype of ``u``. This is the ground truth the Triton kernels are
+tested against, and the CPU path of :func:`mambadna.kernels.selective_scan`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def _expand_groups(X: Tensor, d_inner: int) -> Tensor:
+    """(batch, length, n_groups, d_state) -> (batch, length, d_inner, d_state)."""
+    g = X.shape[2]
+    if d_inner % g != 0:
+        raise ValueError(f"d_inner={d_inner} is not divisible by n_groups={g}")
+    return X.repeat_interleave(d_inner // g, dim=2)
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    initial_state: Optional[Tensor] = None,
+    return_final_state: bool = False,
+    reverse: bool = False,
+):
+    """Sequential selective scan.
+
+    u, delta, z: (batch, length, d_inner); A: (d_inner, d_state);
+    B, C: (batch, length, n_groups, d_state); D, delta_bias: (d_inner,);
+    initial_state: (batch, d_inner, d_state) fp32 -- with ``reverse`` the state
+    *after* the last position. Returns y (batch, length, d_inner) in u's dtype,
+    and the final state (batch, d_inner, d_state) fp32 if ``return_final_state``.
+
+    Differentiable in every tensor argument (autograd through the loop).
+    """
+    if reverse:
+        flip = lambda t: None if t is None else t.flip(1)  # noqa: E731
+        out = selective_scan_ref(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z),
+                                 delta_bias, delta_softplus, initial_state, True, False)
+        y, h = out
+        y = y.flip(1)
+        return (y, h) if return_final_state else y
+
+    dtype_in = u.dtype
+    batch, length, d_inner = u.shape
+    d_state = A.shape[-1]
+    uf, dt = u.float(), delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()
+    if delta_softplus:
+        dt = F.softplus(dt)
+    Bf = _expand_groups(B.float(), d_inner)
+    Cf = _expand_groups(C.float(), d_inner)
+    dA = torch.exp(dt.unsqueeze(-1) * A.float())            # (b, l, d, n)
+    dBu = (dt * uf).unsqueeze(-1) * Bf                       # (b, l, d, n)
+    if initial_state is None:
+        h = u.new_zeros(batch, d_inner, d_state, dtype=torch.float32)
+    else:
+        h = initial_state.float()
+    hs = []
+    for t in range(length):
+        h = dA[:, t] * h + dBu[:, t]
+        hs.append(h)
+    if length:
+        H = torch.stack(hs, dim=1)                           # (b, l, d, n)
+        y = (H * Cf).sum(-1)
+    else:
+        y = uf.clone()
+    if D is not None:
+        y = y + uf * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(dtype_in)
+    return (y, h) if return_final_state else y
+
+
+def selective_state_update_ref(
+    state: Tensor,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+):
+    """One recurrent step.
+
+    state: (batch, d_inner, d_state) fp32; u, delta, z: (batch, d_inner);
+    B, C: (batch, n_groups, d_state). Returns (y (batch, d_inner), new_state).
+    """
+    y, h = selective_scan_ref(
+        u.unsqueeze(1), delta.unsqueeze(1), A, B.unsqueeze(1), C.unsqueeze(1), D,
+        None if z is None else z.unsqueeze(1), delta_bias, delta_softplus, state, True)
+    return y[:, 0], h
+
+
+def bidirectional_selective_scan_ref(
+    u_f, delta_f, A_f, B_f, C_f,
+    u_r, delta_r, A_r, B_r, C_r,
+    D_f=None, D_r=None, z=None, delta_bias_f=None, delta_bias_r=None,
+    delta_softplus=False,
+):
+    """Forward scan with one parameter set plus reverse scan with the other, summed.
+
+    y = gate(scan(u_f,...)) + gate(scan_reverse(u_r,...)), gate = silu(z) if z given.
+    Shapes as in :func:`selective_scan_ref`; returns y (batch, length, d_inner).
+    """
+    yf = selective_scan_ref(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)
+    yr = selective_scan_ref(u_r, delta_r, A_r, B_r, C_r, D_r, z, delta_bias_r, delta_softplus,
+                            reverse=True)
+    return (yf.float() + yr.float()).to(u_f.dtype)

@@ -1,0 +1,2 @@
+"""mambadna: genomic sequence modeling with Mamba encoders."""
+__version__ = "0.1.0"

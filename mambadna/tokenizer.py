@@ -1,0 +1,113 @@
+"""Byte-level, single-nucleotide tokenizer.
+
+Token ids match the character tokenizers of Caduceus and HyenaDNA so their
+embeddings line up: [CLS]=0 [SEP]=1 [BOS]=2 [MASK]=3 [PAD]=4 [RESERVED]=5
+[UNK]=6 A=7 C=8 G=9 T=10 N=11.
+"""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import numpy as np
+
+CLS, SEP, BOS, MASK, PAD, RESERVED, UNK = 0, 1, 2, 3, 4, 5, 6
+A, C, G, T, N = 7, 8, 9, 10, 11
+VOCAB_SIZE = 12
+SPECIAL_TOKENS = {"[CLS]": CLS, "[SEP]": SEP, "[BOS]": BOS, "[MASK]": MASK, "[PAD]": PAD,
+                  "[RESERVED]": RESERVED, "[UNK]": UNK}
+ID_TO_TOKEN = {v: k for k, v in SPECIAL_TOKENS.items()} | {A: "A", C: "C", G: "G", T: "T", N: "N"}
+NUCLEOTIDE_IDS = (A, C, G, T)
+
+_INVALID = 255
+_LUT = np.full(256, _INVALID, dtype=np.uint8)
+for _ch, _id in {"A": A, "C": C, "G": G, "T": T, "U": T, "N": N}.items():
+    _LUT[ord(_ch)] = _id
+    _LUT[ord(_ch.lower())] = _id
+for _ch in "RYKMSWBDHV":
+    _LUT[ord(_ch)] = N
+    _LUT[ord(_ch.lower())] = N
+_LOWER = np.zeros(256, dtype=bool)
+_LOWER[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)] = True
+
+# ids -> ASCII byte for decoding (special tokens decode to '?' inside sequences)
+_DECODE = np.full(VOCAB_SIZE, ord("?"), dtype=np.uint8)
+for _id, _ch in {A: "A", C: "C", G: "G", T: "T", N: "N"}.items():
+    _DECODE[_id] = ord(_ch)
+
+# complement on ids: A<->T, C<->G, N and specials unchanged
+_COMPLEMENT = np.arange(VOCAB_SIZE, dtype=np.uint8)
+_COMPLEMENT[A], _COMPLEMENT[T], _COMPLEMENT[C], _COMPLEMENT[G] = T, A, G, C
+
+
+class TokenizationError(ValueError):
+    """A byte outside the nucleotide alphabet; message names the sequence and offset."""
+
+
+def _as_bytes(seq: Union[str, bytes, bytearray, memoryview, np.ndarray]) -> np.ndarray:
+    if isinstance(seq, str):
+        seq = seq.encode("latin-1", errors="replace")
+    if isinstance(seq, np.ndarray):
+        return seq.view(np.uint8).ravel()
+    return np.frombuffer(seq, dtype=np.uint8)
+
+
+def encode(
+    seq: Union[str, bytes, bytearray, memoryview, np.ndarray],
+    *,
+    name: str = "<sequence>",
+    lenient: bool = False,
+    return_softmask: bool = False,
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """Encode nucleotides to token ids.
+
+    seq: str or bytes of length L. Returns ids (L,) uint8; with
+    ``return_softmask`` also a boolean (L,) array, True for lower-case bases.
+    Lower case maps like upper case; IUPAC ambiguity codes map to N; U to T.
+    Any other byte raises :class:`TokenizationError` naming ``name`` and the
+    offset, or becomes [UNK] with ``lenient=True``.
+    """
+    raw = _as_bytes(seq)
+    ids = _LUT[raw]
+    bad = ids == _INVALID
+    if bad.any():
+        if not lenient:
+            off = int(np.flatnonzero(bad)[0])
+            ch = chr(raw[off])
+            raise TokenizationError(
+                f"{name}: invalid character {ch!r} (byte {raw[off]}) at offset {off}")
+        ids = ids.copy()
+        ids[bad] = UNK
+    if return_softmask:
+        return ids, _LOWER[raw]
+    return ids
+
+
+def decode(ids: np.ndarray, *, keep_special: bool = False) -> str:
+    """Token ids (L,) -> nucleotide string; special tokens become '?' unless
+    ``keep_special`` renders them as their names."""
+    ids = np.asarray(ids)
+    if keep_special:
+        return "".join(ID_TO_TOKEN.get(int(i), "[UNK]") for i in ids)
+    return _DECODE[ids.astype(np.intp)].tobytes().decode("ascii")
+
+
+def reverse_complement(ids):
+    """Reverse complement on token ids, vectorised, over the last axis.
+
+    ids: (..., L) numpy array or torch tensor. N and special tokens keep their id.
+    """
+    try:
+        import torch
+
+        if isinstance(ids, torch.Tensor):
+            lut = torch.as_tensor(_COMPLEMENT, device=ids.device).to(ids.dtype if ids.dtype != torch.bool else torch.long)
+            return lut[ids.long()].to(ids.dtype).flip(-1)
+    except ImportError:  # pragma: no cover
+        pass
+    arr = np.asarray(ids)
+    return _COMPLEMENT[arr.astype(np.intp)].astype(arr.dtype)[..., ::-1]
+
+
+def reverse_complement_str(seq: str) -> str:
+    """Reverse complement of a nucleotide string (IUPAC codes become N, case folded)."""
+    return decode(reverse_complement(encode(seq, lenient=True)))
