@@ -1,0 +1,95 @@
+"""Typed configuration of the encoder, saved as JSON beside the weights."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict
+
+from .errors import CheckpointError
+from .tokenizer import VOCAB_SIZE
+
+
+@dataclass
+class ModelConfig:
+    """Mamba encoder hyper-parameters.
+
+    d_model: residual width; n_layers: Mamba blocks; d_state: SSM state size N;
+    d_conv: depthwise conv width; expand: d_inner = expand * d_model;
+    dt_rank: low-rank width of the Δ projection (0 = ceil(d_model / 16));
+    bidirectional: BiMamba (Caduceus) mixers instead of causal ones;
+    rc_equivariant: parameter-shared reverse-complement equivariant stack
+    (Caduceus-PS): the residual stream holds a forward half and an RC half of
+    d_model // 2 channels each.
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0
+    n_groups: int = 1
+    bidirectional: bool = True
+    rc_equivariant: bool = False
+    vocab_size: int = VOCAB_SIZE
+    norm_eps: float = 1e-5
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.dt_rank <= 0:
+            self.dt_rank = math.ceil(self.mixer_width / 16)
+        for name in ("d_model", "n_layers", "d_state", "d_conv", "expand", "n_groups"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.rc_equivariant and self.d_model % 2:
+            raise ValueError("rc_equivariant needs an even d_model")
+        if self.d_inner % self.n_groups:
+            raise ValueError("d_inner must be divisible by n_groups")
+
+    @property
+    def mixer_width(self) -> int:
+        """Width each mixer sees (d_model, or d_model // 2 with rc_equivariant)."""
+        return self.d_model // 2 if self.rc_equivariant else self.d_model
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.mixer_width
+
+    @property
+    def objective(self) -> str:
+        """Pretraining objective: 'mlm' for bidirectional models, 'clm' for causal."""
+        return "mlm" if self.bidirectional else "clm"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "ModelConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(path, "missing model config (config.json)")
+        try:
+            d = json.loads(path.read_text())
+            if "model" in d and isinstance(d["model"], dict):
+                d = d["model"]
+            return cls.from_dict(d)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(path, f"invalid model config: {e}") from None

@@ -1,0 +1,273 @@
+"""Mamba encoders for DNA: causal, bidirectional (BiMamba) and RC-equivariant.
+
+The selective scan is always called through :mod:`mambadna.kernels`; the model
+never branches on the backend (Triton on CUDA, the PyTorch reference on CPU).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+from .kernels import bidirectional_selective_scan, selective_scan, selective_state_update
+from .tokenizer import A as TOK_A, C as TOK_C, G as TOK_G, T as TOK_T
+
+Tensor = torch.Tensor
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension, computed in fp32."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class _Direction(nn.Module):
+    """Per-direction parameters of a mixer: conv, x_proj, dt_proj, A_log, D."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d_inner, N, r, G = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.n_groups
+        self.conv = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(d_inner, r + 2 * G * N, bias=False)
+        self.dt_proj = nn.Linear(r, d_inner, bias=True)
+        nn.init.uniform_(self.dt_proj.weight, -(r ** -0.5), r ** -0.5)
+        dt = torch.exp(torch.rand(d_inner) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        A = torch.arange(1, N + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.d_state, self.dt_rank, self.n_groups = N, r, G
+
+
+class MambaMixer(nn.Module):
+    """Mamba mixer; with ``bidirectional`` a BiMamba mixer (Caduceus) whose
+    reverse direction shares the input and output projections.
+
+    forward: h (batch, length, d) -> (batch, length, d).
+    """
+
+    def __init__(self, cfg: ModelConfig, bidirectional: bool):
+        super().__init__()
+        d, d_inner = cfg.mixer_width, cfg.d_inner
+        self.cfg = cfg
+        self.d_inner, self.d_conv = d_inner, cfg.d_conv
+        self.bidirectional = bidirectional
+        self.in_proj = nn.Linear(d, 2 * d_inner, bias=False)
+        self.out_proj = nn.Linear(d_inner, d, bias=False)
+        self.fwd = _Direction(cfg)
+        self.rev = _Direction(cfg) if bidirectional else None
+
+    # -- pieces -----------------------------------------------------------
+    def _conv(self, x: Tensor, p: _Direction, reverse: bool, context: Optional[Tensor]):
+        """Depthwise conv along length, channel-last x (b, L, d_inner).
+
+        Causal direction: context = the k-1 inputs before x; reverse: the k-1
+        inputs after x (zeros at the sequence ends). Returns (conv(x), context
+        for the next chunk in scan order).
+        """
+        k = self.d_conv
+        if context is None:
+            context = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+        context = context.to(x.dtype)
+        if reverse:
+            xx = torch.cat([x, context], dim=1)
+            w = p.conv.weight.flip(-1)
+            new_ctx = xx[:, : k - 1]
+        else:
+            xx = torch.cat([context, x], dim=1)
+            w = p.conv.weight
+            new_ctx = xx[:, xx.shape[1] - (k - 1):]
+        y = F.conv1d(xx.transpose(1, 2), w.to(xx.dtype),
+                     None if p.conv.bias is None else p.conv.bias.to(xx.dtype),
+                     groups=self.d_inner)
+        return F.silu(y).transpose(1, 2), new_ctx
+
+    def _ssm_inputs(self, xc: Tensor, p: _Direction):
+        b, L, _ = xc.shape
+        x_dbl = p.x_proj(xc)
+        r, GN = p.dt_rank, p.n_groups * p.d_state
+        dt, B, C = torch.split(x_dbl, [r, GN, GN], dim=-1)
+        delta = F.linear(dt, p.dt_proj.weight)  # bias goes to the kernel as delta_bias
+        B = B.reshape(b, L, p.n_groups, p.d_state)
+        C = C.reshape(b, L, p.n_groups, p.d_state)
+        A = -torch.exp(p.A_log.float())
+        return delta, A, B, C
+
+    # -- whole sequence ---------------------------------------------------
+    def forward(self, h: Tensor) -> Tensor:
+        xz = self.in_proj(h)
+        x, z = xz.chunk(2, dim=-1)
+        xf, _ = self._conv(x, self.fwd, False, None)
+        df, Af, Bf, Cf = self._ssm_inputs(xf, self.fwd)
+        if not self.bidirectional:
+            y = selective_scan(xf, df, Af, Bf, Cf, self.fwd.D.float(), z,
+                               self.fwd.dt_proj.bias.float(), delta_softplus=True)
+        else:
+            xr, _ = self._conv(x, self.rev, True, None)
+            dr, Ar, Br, Cr = self._ssm_inputs(xr, self.rev)
+            y = bidirectional_selective_scan(
+                xf, df, Af, Bf, Cf, xr, dr, Ar, Br, Cr,
+                D_f=self.fwd.D.float(), D_r=self.rev.D.float(), z=z,
+                delta_bias_f=self.fwd.dt_proj.bias.float(),
+                delta_bias_r=self.rev.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y)
+
+    # -- one direction over a chunk, with carried state -------------------
+    def forward_direction(
+        self,
+        h: Tensor,
+        reverse: bool = False,
+        conv_context: Optional[Tensor] = None,
+        ssm_state: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """One direction of the mixer over a chunk, before the output projection.
+
+        h: (batch, L, d) normed input chunk; conv_context: (batch, d_conv-1,
+        d_inner) inputs adjacent to the chunk in scan order (None = sequence
+        end); ssm_state: (batch, d_inner, d_state) fp32 carried state.
+        Returns (y_gated (batch, L, d_inner), new conv_context, new ssm_state).
+        Summing the directions' y_gated over all chunks and applying
+        :meth:`project_out` equals :meth:`forward` exactly.
+        """
+        p = self.rev if reverse else self.fwd
+        if p is None:
+            raise ValueError("this mixer is causal: no reverse direction")
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        xc, ctx = self._conv(x, p, reverse, conv_context)
+        delta, A, B, C = self._ssm_inputs(xc, p)
+        if h.shape[1] == 1 and ssm_state is not None:
+            y, state = selective_state_update(
+                ssm_state, xc[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], p.D.float(), z[:, 0],
+                p.dt_proj.bias.float(), delta_softplus=True)
+            return y.unsqueeze(1), ctx, state
+        y, state = selective_scan(xc, delta, A, B, C, p.D.float(), z, p.dt_proj.bias.float(),
+                                  delta_softplus=True, initial_state=ssm_state,
+                                  return_final_state=True, reverse=reverse)
+        return y, ctx, state
+
+    def project_out(self, y: Tensor) -> Tensor:
+        """(batch, L, d_inner) -> (batch, L, d)."""
+        return self.out_proj(y)
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: h + mixer(RMSNorm(h))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.mixer_width, cfg.norm_eps)
+        self.mixer = MambaMixer(cfg, cfg.bidirectional)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.mixer(self.norm(h)).to(h.dtype)
+
+
+# complement permutation over the vocabulary (A<->T, C<->G, others fixed)
+def _complement_perm(vocab_size: int) -> Tensor:
+    perm = torch.arange(vocab_size)
+    perm[TOK_A], perm[TOK_T], perm[TOK_C], perm[TOK_G] = TOK_T, TOK_A, TOK_G, TOK_C
+    return perm
+
+
+def _rc_hidden(h: Tensor) -> Tensor:
+    """Reverse-complement action on an RC-half of the residual stream."""
+    return h.flip(1).flip(2)
+
+
+class MambaDNA(nn.Module):
+    """Token embedding, a stack of Mamba blocks, final RMSNorm, tied LM head.
+
+    input_ids: (batch, length) int64 -> logits (batch, length, vocab_size).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.mixer_width)
+        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = RMSNorm(cfg.mixer_width, cfg.norm_eps)
+        self.gradient_checkpointing = False
+        self.register_buffer("complement", _complement_perm(cfg.vocab_size), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.embedding.weight, std=self.config.initializer_range)
+        for layer in self.layers:
+            nn.init.kaiming_uniform_(layer.mixer.in_proj.weight, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():  # GPT-2 style rescale of residual outputs
+                layer.mixer.out_proj.weight /= math.sqrt(self.config.n_layers)
+
+    # -- RC-equivariant plumbing -----------------------------------------
+    def _apply_shared(self, fn, h: Tensor) -> Tensor:
+        """Apply ``fn`` to the forward half and, mirrored, to the RC half."""
+        if not self.config.rc_equivariant:
+            return fn(h)
+        k = self.config.mixer_width
+        a, b = h[..., :k], h[..., k:]
+        s = fn(torch.cat([a, _rc_hidden(b)], dim=0))
+        a2, b2 = s.chunk(2, dim=0)
+        return torch.cat([a2, _rc_hidden(b2)], dim=-1)
+
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        """(batch, length) ids -> (batch, length, d_model) residual stream."""
+        e = self.embedding(input_ids)
+        if self.config.rc_equivariant:
+            e_rc = self.embedding(self.complement[input_ids]).flip(-1)
+            e = torch.cat([e, e_rc], dim=-1)
+        return e
+
+    def run_layer(self, i: int, h: Tensor) -> Tensor:
+        """Apply block ``i``: (batch, length, d_model) -> same."""
+        return self._apply_shared(self.layers[i], h)
+
+    def final_norm(self, h: Tensor) -> Tensor:
+        return self._apply_shared(self.norm_f, h)
+
+    def lm_logits(self, h: Tensor) -> Tensor:
+        """Final-normed hidden (batch, L, d_model) -> logits (batch, L, vocab)."""
+        W = self.embedding.weight
+        if not self.config.rc_equivariant:
+            return F.linear(h, W.to(h.dtype))
+        k = self.config.mixer_width
+        fwd = F.linear(h[..., :k], W.to(h.dtype))
+        rc = F.linear(h[..., k:].flip(-1), W.to(h.dtype))
+        return fwd + rc[..., self.complement]
+
+    def hidden_states(self, input_ids: Tensor, layer: int = -1, final_norm: bool = True) -> Tensor:
+        """Residual stream after block ``layer`` (negative counts from the end;
+        ``layer=-1`` is the last block, followed by the final norm when
+        ``final_norm``). input_ids (batch, L) -> (batch, L, d_model)."""
+        n = self.config.n_layers
+        stop = layer % n if n else 0
+        h = self.embed_tokens(input_ids)
+        for i in range(stop + 1):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(self.run_layer, i, h, use_reentrant=False)
+            else:
+                h = self.run_layer(i, h)
+        if final_norm and stop == n - 1:
+            h = self.final_norm(h)
+        return h
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """input_ids (batch, L) int64 -> logits (batch, L, vocab_size)."""
+        return self.lm_logits(self.hidden_states(input_ids))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
