@@ -1,0 +1,3 @@
+from mambadna.cli.main import main
+
+main()
