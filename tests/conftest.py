@@ -1,0 +1,68 @@
+"""Shared fixtures. Tests run on CPU by default; `gpu`-marked tests skip without CUDA."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Triton kernels run on the CPU through the interpreter when there is no GPU.
+# Must be set before anything imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MAMBADNA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder of real public data beside the repo (../shared/data)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder not found: {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    """Keep index/decompression caches out of $HOME and the shared folder."""
+    monkeypatch.setenv("MAMBADNA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _tiny_model_dir(tmp_path_factory, bidirectional: bool) -> Path:
+    from mambadna.checkpoint import save_model
+    from mambadna.config import ModelConfig
+    from mambadna.model import MambaDNA
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("bi" if bidirectional else "causal")
+    model = MambaDNA(ModelConfig(d_model=32, n_layers=2, d_state=8, bidirectional=bidirectional))
+    save_model(model, d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny bidirectional (masked-LM) model: config.json + model.safetensors."""
+    return _tiny_model_dir(tmp_path_factory, True)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny causal (next-token) model."""
+    return _tiny_model_dir(tmp_path_factory, False)
