@@ -70,7 +70,24 @@ def open_text(path: PathLike):
 
 
 def _dir_writable(d: Path) -> bool:
-    return os.access(d, os.W_OK | os.X_OK)
+    """True when ``d`` may be written. Besides os.access (always True for
+    root), require a write bit in the mode, so that a folder made read-only
+    on purpose (shared data) is left alone even by root."""
+    try:
+        mode = d.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o222) and os.access(d, os.W_OK | os.X_OK)
+
+
+def _publish_mode(path: Path) -> None:
+    """Give a file written through mkstemp (0600) the usual 0644 & ~umask."""
+    um = os.umask(0)
+    os.umask(um)
+    try:
+        os.chmod(path, 0o644 & ~um)
+    except OSError:
+        pass
 
 
 def match_contig(name: str, names: Iterable[str]) -> Optional[str]:
@@ -222,28 +239,24 @@ class Genome:
         self._fai, self._gzi = cfai, cgzi
 
     def _build_index(self, src: Path, fai: Path, gzi: Optional[Path]) -> None:
+        import contextlib
+
         import pysam
 
-        with atomic_path(fai) as tmp_fai:
+        with contextlib.ExitStack() as stack:
+            tmp_fai = stack.enter_context(atomic_path(fai))
             args = [str(src), "--fai-idx", str(tmp_fai)]
-            tmp_gzi_ctx = atomic_path(gzi) if gzi is not None else None
+            if gzi is not None:
+                args += ["--gzi-idx", str(stack.enter_context(atomic_path(gzi)))]
             try:
-                if tmp_gzi_ctx is not None:
-                    tmp_gzi = tmp_gzi_ctx.__enter__()
-                    args += ["--gzi-idx", str(tmp_gzi)]
-                try:
-                    pysam.faidx(*args)
-                except (pysam.SamtoolsError, OSError) as e:
-                    why = _diagnose_fasta(src, open_text)
-                    raise InputError(self.path, f"malformed FASTA: {why}") from e
-                if tmp_fai.stat().st_size == 0:
-                    raise InputError(self.path, "FASTA has no sequences")
-            except BaseException as e:
-                if tmp_gzi_ctx is not None:
-                    tmp_gzi_ctx.__exit__(type(e), e, e.__traceback__)
-                raise
-            if tmp_gzi_ctx is not None:
-                tmp_gzi_ctx.__exit__(None, None, None)
+                pysam.faidx(*args)
+            except (pysam.SamtoolsError, OSError) as e:
+                why = _diagnose_fasta(src, open_text)
+                raise InputError(self.path, f"malformed FASTA: {why}") from e
+            if tmp_fai.stat().st_size == 0:
+                raise InputError(self.path, "FASTA has no sequences")
+            for p in args[2::2]:
+                _publish_mode(Path(p))
 
     def _decompress_to_cache(self) -> Path:
         key = _cache_key(self.path)
@@ -256,6 +269,8 @@ class Genome:
         try:
             with atomic_path(out) as tmp, gzip.open(self.path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                _publish_mode(tmp)
         except (OSError, EOFError, zlib.error) as e:
             raise InputError(self.path, f"cannot decompress gzip FASTA: {e}") from None
         return out
