@@ -1,0 +1,354 @@
+"""Reference/alternative sequence windows around variants from a VCF/BCF.
+
+Streaming: one record in memory at a time. For each record and each ALT
+allele, ``iter_variant_windows`` yields a :class:`VariantWindow` with the
+reference window (``window`` bases, the variant's first base, i.e. VCF POS, at
+index ``window // 2``) and the alternative window with the allele applied,
+kept at exactly ``window`` bases: after an insertion the right flank is
+trimmed, after a deletion more right flank is fetched from the genome.
+Positions beyond the contig ends are N.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Optional, Tuple, Union
+
+import numpy as np
+
+from .errors import InputError
+from .genome import Genome, compression_of, open_text
+from .tokenizer import TokenizationError, encode
+
+log = logging.getLogger("mambadna")
+
+PathLike = Union[str, os.PathLike]
+
+_ALLELE_RE = re.compile(r"^[ACGTNRYKMSWBDHVacgtnrykmswbdhv]+$")
+
+
+@dataclass
+class VariantStats:
+    """Counters filled while streaming variants.
+
+    records: VCF records read; alleles: ALT alleles seen (missing ALT counts
+    as one); windows: windows yielded; skipped: reason -> number of alleles
+    skipped ("symbolic", "breakend", "spanning_deletion", "missing_alt",
+    "ref_mismatch").
+    """
+
+    records: int = 0
+    alleles: int = 0
+    windows: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] += n
+
+    def summary(self) -> str:
+        """One line: counts of records, windows and skips by reason."""
+        parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
+        return (f"variants: {self.records} records, {self.alleles} ALT alleles, "
+                f"{self.windows} windows; skipped alleles: {parts}")
+
+    def log_summary(self, logger: Optional[logging.Logger] = None) -> None:
+        """Write :meth:`summary` as ONE log line (INFO) to the ``mambadna`` logger."""
+        (logger or log).info(self.summary())
+
+
+@dataclass
+class VariantWindow:
+    """Windows for one ALT allele of one record.
+
+    contig: FASTA contig name (after chr-prefix matching); pos: 1-based VCF
+    POS; ref_ids / alt_ids: (window,) uint8 token ids; var_start: index of the
+    REF allele's first base in both windows (= window // 2); the REF allele
+    occupies ``ref_ids[var_start:var_start+ref_len]`` and the ALT allele
+    ``alt_ids[var_start:var_start+alt_len]`` (clipped to the window);
+    kind: "SNV", "MNV", "INS", "DEL" or "COMPLEX" after trimming the shared
+    prefix/suffix of REF and ALT.
+    """
+
+    contig: str
+    pos: int
+    id: Optional[str]
+    ref: str
+    alt: str
+    allele_index: int
+    record_index: int
+    ref_ids: np.ndarray
+    alt_ids: np.ndarray
+    var_start: int
+    ref_len: int
+    alt_len: int
+    kind: str
+
+
+def classify_allele(ref: str, alt: str) -> str:
+    """Variant kind of REF->ALT after trimming shared suffix then prefix:
+    "SNV", "MNV", "INS", "DEL" or "COMPLEX"."""
+    r, a = ref.upper(), alt.upper()
+    while r and a and r[-1] == a[-1]:
+        r, a = r[:-1], a[:-1]
+    while r and a and r[0] == a[0]:
+        r, a = r[1:], a[1:]
+    if len(r) == len(a):
+        return "SNV" if len(r) <= 1 else "MNV"
+    if not r:
+        return "INS"
+    if not a:
+        return "DEL"
+    return "COMPLEX"
+
+
+def _skip_reason(alt: Optional[str]) -> Optional[str]:
+    if alt is None or alt in (".", ""):
+        return "missing_alt"
+    if alt == "*":
+        return "spanning_deletion"
+    if alt.startswith("<"):
+        return "symbolic"
+    if "[" in alt or "]" in alt or alt.startswith(".") or alt.endswith("."):
+        return "breakend"
+    return None
+
+
+class _WindowMaker:
+    """Builds windows for one record against a genome; shared by VCF and headerless readers."""
+
+    def __init__(self, src: PathLike, genome: Genome, window: int, skip_ref_mismatch: bool,
+                 stats: VariantStats):
+        if int(window) < 1:
+            raise InputError(None, f"window must be >= 1, got {window}")
+        self.src = os.fspath(src)
+        self.genome = genome
+        self.window = int(window)
+        self.center = self.window // 2
+        self.skip_ref_mismatch = skip_ref_mismatch
+        self.stats = stats
+        self._contigs: Dict[str, str] = {}
+
+    def resolve(self, chrom: str, where: str) -> str:
+        c = self._contigs.get(chrom)
+        if c is None:
+            try:
+                c = self.genome.resolve_contig(chrom)
+            except InputError:
+                names = self.genome.contigs
+                few = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+                raise InputError(self.src, f"{where}: contig {chrom!r} is not in the reference "
+                                           f"{self.genome.path} (its contigs: {few})") from None
+            self._contigs[chrom] = c
+        return c
+
+    def make(self, chrom: str, pos: int, vid: Optional[str], ref: str, alts, record_index: int,
+             where: str) -> Iterator[VariantWindow]:
+        st = self.stats
+        st.records += 1
+        alts = tuple(alts) if alts else (None,)
+        st.alleles += len(alts)
+        if not ref or not _ALLELE_RE.match(ref):
+            raise InputError(self.src, f"{where}: invalid REF allele {ref!r}")
+        contig = self.resolve(chrom, where)
+        if pos < 1:
+            raise InputError(self.src, f"{where}: POS must be >= 1, got {pos}")
+        start0 = pos - 1
+        W, c = self.window, self.center
+        # one fetch covers the ref window and enough right flank for any deletion
+        lo = start0 - c
+        hi = max(lo + W, start0 + len(ref) + W)
+        seq = self.genome.fetch(contig, lo, hi, pad=True)
+        fasta_ref = seq[c: c + len(ref)]
+        usable = [(i, a) for i, a in enumerate(alts, 1) if _skip_reason(a) is None]
+        for i, a in enumerate(alts, 1):
+            r = _skip_reason(a)
+            if r is not None:
+                st.skip(r)
+        L = self.genome.lengths[contig]
+        if start0 + len(ref) > L or not _ref_compatible(ref.upper(), fasta_ref):
+            if self.skip_ref_mismatch:
+                st.skip("ref_mismatch", len(usable))
+                return
+            alt_txt = ",".join(a if a is not None else "." for a in alts)
+            raise InputError(self.src, f"{where}: REF allele {ref!r} does not match the reference "
+                                       f"{self.genome.path} ({contig}:{pos} has {fasta_ref or '<past end>'!r}; "
+                                       f"ALT {alt_txt})")
+        ref_ids = _enc(seq[:W], self.src, where)
+        left = seq[:c]
+        for ai, a in usable:
+            if not _ALLELE_RE.match(a):
+                raise InputError(self.src, f"{where}: invalid ALT allele {a!r}")
+            a_up = a.upper()
+            right = seq[c + len(ref):]
+            alt_seq = (left + a_up + right)[:W]
+            st.windows += 1
+            yield VariantWindow(
+                contig=contig, pos=pos, id=vid, ref=ref, alt=a, allele_index=ai,
+                record_index=record_index, ref_ids=ref_ids, alt_ids=_enc(alt_seq, self.src, where),
+                var_start=c, ref_len=len(ref), alt_len=len(a), kind=classify_allele(ref, a),
+            )
+
+
+def _ref_compatible(vcf_ref: str, fasta_ref: str) -> bool:
+    """Case-insensitive equality where an N on either side matches any base."""
+    if len(vcf_ref) != len(fasta_ref):
+        return False
+    return all(x == y or x == "N" or y == "N" for x, y in zip(vcf_ref, fasta_ref))
+
+
+def _enc(s: str, src: str, where: str) -> np.ndarray:
+    try:
+        return encode(s, name=where)
+    except TokenizationError as e:
+        raise InputError(src, str(e)) from None
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise InputError(path, "no such file")
+    if os.path.isdir(path):
+        raise InputError(path, "is a directory, not a VCF/BCF file")
+    if os.path.getsize(path) == 0:
+        raise InputError(path, "empty file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "file is not readable (permission denied)")
+
+
+def _first_line(path: str) -> str:
+    if compression_of(path) != "none":
+        import gzip
+        with gzip.open(path, "rb") as fh:
+            head = fh.read(4)
+        if head.startswith(b"BCF"):
+            return "BCF"
+    else:
+        with open(path, "rb") as fh:
+            if fh.read(3) == b"BCF":
+                return "BCF"
+    try:
+        with open_text(path) as fh:
+            for line in fh:
+                if line.strip():
+                    return line
+    except (OSError, EOFError, zlib.error):
+        return ""
+    return ""
+
+
+def _looks_headerless(first: str) -> bool:
+    cols = first.rstrip("\r\n").split("\t")
+    return len(cols) == 5 and not first.startswith("#") and cols[1].strip().isdigit()
+
+
+def _text_line(path: str, lineno: int) -> Optional[str]:
+    try:
+        with open_text(path) as fh:
+            for i, line in enumerate(fh, 1):
+                if i == lineno:
+                    return line.rstrip("\r\n")
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None
+
+
+def iter_variant_windows(vcf_path: PathLike, genome: Genome, window: int = 1024,
+                         skip_ref_mismatch: bool = False,
+                         stats: Optional[VariantStats] = None) -> Iterator[VariantWindow]:
+    """Stream :class:`VariantWindow` objects from a VCF/BCF (plain or bgzip).
+
+    A headerless 5-column list (``CHROM POS ID REF ALT``) is detected and read
+    with :func:`iter_headerless_variant_windows`. Symbolic alleles, breakends,
+    ``*`` and missing ALT are skipped and counted in ``stats``.
+
+    Raises InputError naming the file and record on: missing/empty/non-VCF
+    file, no variant records, malformed line, contig absent from the FASTA,
+    REF mismatch (unless ``skip_ref_mismatch``: counted and skipped).
+    """
+    import pysam
+
+    path = os.fspath(vcf_path)
+    _check_file(path)
+    stats = stats if stats is not None else VariantStats()
+    first = _first_line(path)
+    if first != "BCF" and _looks_headerless(first):
+        yield from iter_headerless_variant_windows(path, genome, window, skip_ref_mismatch, stats)
+        return
+    if first != "BCF" and not first.startswith("##fileformat=VCF") and not first.startswith("#CHROM"):
+        raise InputError(path, "not a VCF/BCF file (no '##fileformat=VCF' header line)")
+    try:
+        vf = pysam.VariantFile(path)
+    except (ValueError, OSError) as e:
+        raise InputError(path, f"not a readable VCF/BCF file ({e})") from None
+    maker = _WindowMaker(path, genome, window, skip_ref_mismatch, stats)
+    n_header = len(str(vf.header).splitlines()) if first != "BCF" else 0
+    idx = -1
+    try:
+        it = iter(vf)
+        while True:
+            try:
+                rec = next(it)
+            except StopIteration:
+                break
+            except (OSError, ValueError) as e:
+                nrec = idx + 2
+                if n_header:
+                    lineno = n_header + nrec
+                    line = _text_line(path, lineno)
+                    snippet = f": {line[:80]!r}" if line is not None else ""
+                    raise InputError(path, f"line {lineno} (record {nrec}): malformed VCF line "
+                                           f"({e}){snippet}") from None
+                raise InputError(path, f"record {nrec}: malformed BCF record ({e})") from None
+            idx += 1
+            where = f"record {rec.chrom}:{rec.pos}" + (f" (line {n_header + idx + 1})" if n_header else
+                                                         f" (record {idx + 1})")
+            yield from maker.make(rec.chrom, rec.pos, rec.id, rec.ref, rec.alts, idx, where)
+    finally:
+        vf.close()
+    if idx < 0:
+        raise InputError(path, "no variant records")
+
+
+def read_headerless_variants(path: PathLike) -> Iterator[Tuple[str, int, Optional[str], str, Tuple[str, ...], int]]:
+    """Yield ``(chrom, pos, id, ref, alts, line_number)`` from a headerless
+    tab-separated ``CHROM POS ID REF ALT`` list (plain or gzip; '#' lines
+    skipped; ALT may be comma-separated). InputError names file and line."""
+    path = os.fspath(path)
+    _check_file(path)
+    n = 0
+    try:
+        with open_text(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip() or line.startswith("#"):
+                    continue
+                cols = line.split("\t")
+                if len(cols) < 5:
+                    raise InputError(path, f"line {lineno}: expected 5 tab-separated columns "
+                                           f"CHROM POS ID REF ALT, found {len(cols)}")
+                try:
+                    pos = int(cols[1])
+                except ValueError:
+                    raise InputError(path, f"line {lineno}: POS {cols[1]!r} is not an integer") from None
+                vid = None if cols[2] in (".", "") else cols[2]
+                alts = tuple(a for a in cols[4].split(",")) if cols[4] not in (".", "") else ()
+                n += 1
+                yield cols[0], pos, vid, cols[3], alts, lineno
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(path, f"cannot read: {e}") from None
+    if n == 0:
+        raise InputError(path, "no variant records")
+
+
+def iter_headerless_variant_windows(path: PathLike, genome: Genome, window: int = 1024,
+                                   skip_ref_mismatch: bool = False,
+                                   stats: Optional[VariantStats] = None) -> Iterator[VariantWindow]:
+    """Like :func:`iter_variant_windows` for a headerless 5-column variant list."""
+    stats = stats if stats is not None else VariantStats()
+    maker = _WindowMaker(path, genome, window, skip_ref_mismatch, stats)
+    for idx, (chrom, pos, vid, ref, alts, lineno) in enumerate(read_headerless_variants(path)):
+        where = f"line {lineno} ({chrom}:{pos})"
+        yield from maker.make(chrom, pos, vid, ref, alts, idx, where)
