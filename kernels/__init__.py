@@ -13,6 +13,7 @@ import torch
 
 from .reference import (
     bidirectional_selective_scan_ref,
+    selective_scan_chunked,
     selective_scan_ref,
     selective_state_update_ref,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "bidirectional_selective_scan",
     "selective_state_update",
     "selective_scan_ref",
+    "selective_scan_chunked",
     "bidirectional_selective_scan_ref",
     "selective_state_update_ref",
     "triton_available",
@@ -79,7 +81,9 @@ def selective_scan(
         return_final_state: also return the final state (batch, d_inner, d_state) fp32.
         reverse: scan from the last position to the first.
         backend: "auto" (Triton for CUDA tensors, reference otherwise),
-            "triton" or "reference".
+            "triton" or "reference" (pure PyTorch, chunk-parallel
+            :func:`selective_scan_chunked`, checked against the sequential
+            :func:`selective_scan_ref`).
 
     Returns:
         y (batch, length, d_inner) in u's dtype, or (y, final_state).
@@ -89,8 +93,8 @@ def selective_scan(
 
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                      initial_state, return_final_state, reverse)
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                              initial_state, return_final_state, reverse)
+    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                  initial_state, return_final_state, reverse)
 
 
 def bidirectional_selective_scan(
@@ -114,9 +118,12 @@ def bidirectional_selective_scan(
         return bidirectional_selective_scan_triton(
             u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
             D_f, D_r, z, delta_bias_f, delta_bias_r, delta_softplus)
-    return bidirectional_selective_scan_ref(
-        u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
-        D_f, D_r, z, delta_bias_f, delta_bias_r, delta_softplus)
+    yf = selective_scan_chunked(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)
+    yr = selective_scan_chunked(u_r, delta_r, A_r, B_r, C_r, D_r, z, delta_bias_r, delta_softplus,
+                                reverse=True)
+    if u_f.dtype == torch.float64:
+        return yf + yr
+    return (yf.float() + yr.float()).to(u_f.dtype)
 
 
 def selective_state_update(

@@ -6,12 +6,18 @@ tested against, and the CPU path of :func:`mambadna.kernels.selective_scan`.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+
+
+def _compute_dtype(u: Tensor) -> torch.dtype:
+    """fp32 state and accumulation (fp64 when the inputs are fp64, for gradcheck)."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
 def _expand_groups(X: Tensor, d_inner: int) -> Tensor:
@@ -55,21 +61,22 @@ def selective_scan_ref(
         return (y, h) if return_final_state else y
 
     dtype_in = u.dtype
+    cdt = _compute_dtype(u)
     batch, length, d_inner = u.shape
     d_state = A.shape[-1]
-    uf, dt = u.float(), delta.float()
+    uf, dt = u.to(cdt), delta.to(cdt)
     if delta_bias is not None:
-        dt = dt + delta_bias.float()
+        dt = dt + delta_bias.to(cdt)
     if delta_softplus:
         dt = F.softplus(dt)
-    Bf = _expand_groups(B.float(), d_inner)
-    Cf = _expand_groups(C.float(), d_inner)
-    dA = torch.exp(dt.unsqueeze(-1) * A.float())            # (b, l, d, n)
+    Bf = _expand_groups(B.to(cdt), d_inner)
+    Cf = _expand_groups(C.to(cdt), d_inner)
+    dA = torch.exp(dt.unsqueeze(-1) * A.to(cdt))            # (b, l, d, n)
     dBu = (dt * uf).unsqueeze(-1) * Bf                       # (b, l, d, n)
     if initial_state is None:
-        h = u.new_zeros(batch, d_inner, d_state, dtype=torch.float32)
+        h = u.new_zeros(batch, d_inner, d_state, dtype=cdt)
     else:
-        h = initial_state.float()
+        h = initial_state.to(cdt)
     hs = []
     for t in range(length):
         h = dA[:, t] * h + dBu[:, t]
@@ -80,9 +87,9 @@ def selective_scan_ref(
     else:
         y = uf.clone()
     if D is not None:
-        y = y + uf * D.float()
+        y = y + uf * D.to(cdt)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(cdt))
     y = y.to(dtype_in)
     return (y, h) if return_final_state else y
 
@@ -124,4 +131,82 @@ def bidirectional_selective_scan_ref(
     yf = selective_scan_ref(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)
     yr = selective_scan_ref(u_r, delta_r, A_r, B_r, C_r, D_r, z, delta_bias_r, delta_softplus,
                             reverse=True)
-    return (yf.float() + yr.float()).to(u_f.dtype)
+    return (yf.float() + yr.float()).to(u_f.dtype) if u_f.dtype != torch.float64 else yf + yr
+
+
+def selective_scan_chunked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    initial_state: Optional[Tensor] = None,
+    return_final_state: bool = False,
+    reverse: bool = False,
+    chunk: int = 0,
+):
+    """Same function as :func:`selective_scan_ref`, evaluated chunk-parallel in
+    pure PyTorch (the CPU path of ``selective_scan``).
+
+    The length is cut into chunks of ``chunk`` positions (0 = about sqrt(L));
+    all chunks run their local recurrence from a zero state at once, then the
+    chunk states are carried across chunks, then applied:
+    h_t = h_t^local + exp(cum_t) * h_in(chunk), with cum_t the within-chunk
+    cumulative log decay (non-positive, so exp never overflows). The tail is
+    padded with decay 1 (log 0) and input 0. Python-level steps: chunk + L/chunk
+    instead of L. Shapes as in :func:`selective_scan_ref`.
+    """
+    if reverse:
+        flip = lambda t: None if t is None else t.flip(1)  # noqa: E731
+        y, h = selective_scan_chunked(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias,
+                                      delta_softplus, initial_state, True, False, chunk)
+        return (y.flip(1), h) if return_final_state else y.flip(1)
+    dtype_in = u.dtype
+    cdt = _compute_dtype(u)
+    b, L, d = u.shape
+    n = A.shape[-1]
+    uf, dt = u.to(cdt), delta.to(cdt)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cdt)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    h0 = u.new_zeros(b, d, n, dtype=cdt) if initial_state is None else initial_state.to(cdt)
+    if L == 0:
+        y = uf * (D.to(cdt) if D is not None else 0)
+        return (y.to(dtype_in), h0) if return_final_state else y.to(dtype_in)
+    T = chunk if chunk > 0 else max(1, int(math.ceil(math.sqrt(L))))
+    nc = (L + T - 1) // T
+    pad = nc * T - L
+    logdA = dt.unsqueeze(-1) * A.to(cdt)                      # (b, L, d, n), <= 0
+    dBu = (dt * uf).unsqueeze(-1) * _expand_groups(B.to(cdt), d)
+    if pad:
+        logdA = F.pad(logdA, (0, 0, 0, 0, 0, pad))            # decay 1 on the padded tail
+        dBu = F.pad(dBu, (0, 0, 0, 0, 0, pad))                # input 0 on the padded tail
+    logdA = logdA.view(b, nc, T, d, n)
+    dBu = dBu.view(b, nc, T, d, n)
+    dA = torch.exp(logdA)
+    h = torch.zeros(b, nc, d, n, dtype=cdt, device=u.device)
+    local = []
+    for t in range(T):                                       # all chunks at once
+        h = dA[:, :, t] * h + dBu[:, :, t]
+        local.append(h)
+    Hloc = torch.stack(local, dim=2)                          # (b, nc, T, d, n)
+    cum = torch.cumsum(logdA, dim=2)
+    total = torch.exp(cum[:, :, -1])                          # (b, nc, d, n)
+    carry = [h0]
+    for c in range(nc):                                       # across chunks
+        carry.append(total[:, c] * carry[-1] + Hloc[:, c, -1])
+    hin = torch.stack(carry[:-1], dim=1)                      # (b, nc, d, n)
+    H = Hloc + torch.exp(cum) * hin.unsqueeze(2)
+    H = H.reshape(b, nc * T, d, n)[:, :L]
+    y = (H * _expand_groups(C.to(cdt), d)).sum(-1)
+    if D is not None:
+        y = y + uf * D.to(cdt)
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    y = y.to(dtype_in)
+    return (y, carry[-1]) if return_final_state else y
