@@ -244,6 +244,20 @@ def _looks_headerless(first: str) -> bool:
     return len(cols) == 5 and not first.startswith("#") and cols[1].strip().isdigit()
 
 
+def _count_header_lines(path: str) -> int:
+    """Number of leading '#' lines of a text VCF (pysam's header text adds lines)."""
+    n = 0
+    try:
+        with open_text(path) as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                n += 1
+    except (OSError, EOFError, zlib.error):
+        return 0
+    return n
+
+
 def _text_line(path: str, lineno: int) -> Optional[str]:
     try:
         with open_text(path) as fh:
@@ -284,7 +298,7 @@ def iter_variant_windows(vcf_path: PathLike, genome: Genome, window: int = 1024,
     except (ValueError, OSError) as e:
         raise InputError(path, f"not a readable VCF/BCF file ({e})") from None
     maker = _WindowMaker(path, genome, window, skip_ref_mismatch, stats)
-    n_header = len(str(vf.header).splitlines()) if first != "BCF" else 0
+    n_header = _count_header_lines(path) if first != "BCF" else 0
     idx = -1
     try:
         it = iter(vf)
