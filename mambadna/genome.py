@@ -15,7 +15,7 @@ import os
 import shutil
 import zlib
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
