@@ -1,0 +1,58 @@
+"""`mambadna pretrain`: argument parsing only."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pretrain")
+    def pretrain_cmd(
+        genome: Optional[Path] = typer.Argument(None, help="Reference FASTA (plain, gzip or bgzip)."),
+        out: Optional[str] = typer.Option(None, "--out", help="Output directory [runs/pretrain]."),
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options."),
+        seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Bases per window [1024]."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global sequences per optimizer step [8]."),
+        micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Per-device micro-batch (gradient accumulation)."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps [1000]."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [1e-3]."),
+        warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="LR warm-up steps [5% of max-steps]."),
+        d_model: Optional[int] = typer.Option(None, "--d-model"),
+        n_layers: Optional[int] = typer.Option(None, "--n-layers"),
+        d_state: Optional[int] = typer.Option(None, "--d-state"),
+        bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal", help="BiMamba + masked-LM, or causal + next-token [bidirectional]."),
+        rc_equivariant: Optional[bool] = typer.Option(None, "--rc-equivariant/--no-rc-equivariant"),
+        device: Optional[str] = typer.Option(None, "--device", help="auto|cpu|cuda."),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        regions: Optional[str] = typer.Option(None, "--regions", help="BED of regions to draw windows from."),
+        val_contigs: Optional[List[str]] = typer.Option(None, "--val-contigs", help="Contig held out for validation (repeatable)."),
+        val_bed: Optional[str] = typer.Option(None, "--val-bed", help="BED of validation regions."),
+        val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold out the last fraction of each contig."),
+        eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+        save_every: Optional[int] = typer.Option(None, "--save-every"),
+        resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
+        gradient_checkpointing: Optional[bool] = typer.Option(None, "--checkpoint-layers/--no-checkpoint-layers", help="Per-layer activation checkpointing."),
+        seq_len_warmup: Optional[bool] = typer.Option(None, "--seq-len-warmup/--no-seq-len-warmup", help="Start short and double up to --seq-len."),
+        rc_augment: Optional[bool] = typer.Option(None, "--rc-augment/--no-rc-augment"),
+        bam: Optional[str] = typer.Option(None, "--bam", help="Train on reads of a BAM instead of a genome."),
+        num_workers: Optional[int] = typer.Option(None, "--num-workers"),
+        stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this step (checkpointed), resume later with --resume."),
+        gpus: Optional[int] = typer.Option(None, "--gpus", help="Launch torchrun with this many GPUs."),
+    ) -> None:
+        """Self-supervised pretraining on a reference genome."""
+        from mambadna.train import PretrainConfig, launch_or_pretrain
+
+        overrides = dict(
+            genome=None if genome is None else str(genome), out=out, seq_len=seq_len, batch_size=batch_size,
+            micro_batch_size=micro_batch_size, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps,
+            d_model=d_model, n_layers=n_layers, d_state=d_state, bidirectional=bidirectional,
+            rc_equivariant=rc_equivariant, device=device, seed=seed, regions=regions,
+            val_contigs=tuple(val_contigs) if val_contigs else None, val_bed=val_bed,
+            val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, resume=resume,
+            gradient_checkpointing=gradient_checkpointing, seq_len_warmup=seq_len_warmup,
+            rc_augment=rc_augment, bam=bam, num_workers=num_workers, stop_after=stop_after)
+        cfg = (PretrainConfig.from_toml(str(config), **overrides) if config
+               else PretrainConfig.from_mapping({}, overrides))
+        launch_or_pretrain(cfg, gpus=gpus)

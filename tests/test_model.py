@@ -1,0 +1,131 @@
+import pytest
+import torch
+
+from mambadna.checkpoint import load_model, save_model
+from mambadna.config import ModelConfig
+from mambadna.errors import CheckpointError
+from mambadna.kernels import selective_scan, selective_scan_ref
+from mambadna.kernels.reference import selective_scan_chunked
+from mambadna.model import MambaDNA
+from mambadna.tokenizer import reverse_complement
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = dict(d_model=32, n_layers=2, d_state=8)
+    cfg.update(kw)
+    return MambaDNA(ModelConfig(**cfg)).eval()
+
+
+def _ids(b=2, L=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(7, 11, (b, L), generator=g)
+
+
+def test_causal_output_ignores_future_tokens():
+    m = _model(bidirectional=False)
+    x = _ids()
+    i = 25
+    x2 = x.clone()
+    x2[:, i + 1:] = torch.where(x[:, i + 1:] == 7, 8, 7)
+    with torch.no_grad():
+        a, b = m(x), m(x2)
+    assert torch.equal(a[:, : i + 1], b[:, : i + 1])
+    assert (a[:, i + 1:] - b[:, i + 1:]).abs().max() > 1e-4
+
+
+def test_bidirectional_output_depends_on_future_tokens():
+    m = _model(bidirectional=True)
+    x = _ids()
+    x2 = x.clone()
+    x2[:, 30] = torch.where(x[:, 30] == 7, 8, 7)
+    with torch.no_grad():
+        a, b = m(x), m(x2)
+    assert (a[:, :30] - b[:, :30]).abs().max() > 1e-4
+    # the reverse direction sees the change at every earlier position
+    assert ((a[:, :30] - b[:, :30]).abs().amax(-1) > 0).all()
+
+
+def test_rc_equivariant_model_is_exactly_equivariant():
+    m = _model(rc_equivariant=True)
+    x = _ids()
+    with torch.no_grad():
+        lo, lo_rc = m(x), m(reverse_complement(x))
+        h, h_rc = m.hidden_states(x), m.hidden_states(reverse_complement(x))
+    torch.testing.assert_close(lo_rc, lo.flip(1)[..., m.complement], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_rc, h.flip(1).flip(2), atol=1e-5, rtol=1e-5)
+
+
+def test_model_gradients_reach_every_parameter():
+    m = _model(bidirectional=True).train()
+    m(_ids()).logsumexp(-1).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_matches_plain():
+    m = _model().train()
+    x = _ids()
+    m(x).square().mean().backward()
+    g1 = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.gradient_checkpointing = True
+    m(x).square().mean().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, g1[n], atol=1e-6, rtol=1e-5)
+
+
+def test_save_load_roundtrip_and_bad_checkpoints(tmp_path):
+    m = _model(bidirectional=False)
+    save_model(m, tmp_path)
+    m2 = load_model(tmp_path)
+    assert m2.config == m.config
+    x = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m2.eval()(x))
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):
+        load_model(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("chunk", [0, 1, 7, 64])
+def test_chunked_torch_scan_matches_sequential_reference(reverse, chunk):
+    torch.manual_seed(1)
+    b, L, d, n, g = 2, 29, 6, 4, 2
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    ins = [torch.randn(b, L, d, **f64), torch.randn(b, L, d, **f64), (-torch.rand(d, n, dtype=torch.float64)).requires_grad_(),
+           torch.randn(b, L, g, n, **f64), torch.randn(b, L, g, n, **f64), torch.randn(d, **f64),
+           torch.randn(b, L, d, **f64), torch.randn(d, **f64)]
+    h0 = torch.randn(b, d, n, **f64)
+    y1, h1 = selective_scan_ref(*ins, True, h0, True, reverse)
+    y2, h2 = selective_scan_chunked(*ins, True, h0, True, reverse, chunk=chunk)
+    torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h2, h1, rtol=1e-10, atol=1e-10)
+    w = torch.randn_like(y1)
+    g1 = torch.autograd.grad((y1 * w).sum() + h1.sum(), ins + [h0])
+    g2 = torch.autograd.grad((y2 * w).sum() + h2.sum(), ins + [h0])
+    for a, c in zip(g1, g2):
+        torch.testing.assert_close(c, a, rtol=1e-9, atol=1e-9)
+
+
+def test_dispatch_reference_carried_state_split_anywhere():
+    torch.manual_seed(2)
+    b, L, d, n = 1, 33, 4, 3
+    u, dl, z = torch.randn(b, L, d), torch.randn(b, L, d), torch.randn(b, L, d)
+    A = -torch.rand(d, n) - 0.1
+    B, C = torch.randn(b, L, 1, n), torch.randn(b, L, 1, n)
+    y, hT = selective_scan(u, dl, A, B, C, z=z, delta_softplus=True, return_final_state=True, backend="reference")
+    k = 13
+    ya, ha = selective_scan(u[:, :k], dl[:, :k], A, B[:, :k], C[:, :k], z=z[:, :k], delta_softplus=True,
+                            return_final_state=True, backend="reference")
+    yb, hb = selective_scan(u[:, k:], dl[:, k:], A, B[:, k:], C[:, k:], z=z[:, k:], delta_softplus=True,
+                            initial_state=ha, return_final_state=True, backend="reference")
+    torch.testing.assert_close(torch.cat([ya, yb], 1), y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hb, hT, atol=1e-5, rtol=1e-5)

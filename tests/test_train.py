@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mambadna.config import ModelConfig
+from mambadna.errors import CheckpointError, InputError
+from mambadna.train import PretrainConfig, mlm_mask, pretrain, seq_len_schedule
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "data" / "example_genome.fa"
+
+
+def _cfg(out, **kw):
+    base = dict(genome=str(EXAMPLE), out=str(out), seq_len=64, batch_size=4, max_steps=6, lr=3e-3,
+                model=ModelConfig(d_model=16, n_layers=1, d_state=4), val_contigs=("chrB",),
+                eval_every=3, save_every=2, log_every=1, progress=False, seed=3)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_mlm_mask_statistics():
+    ids = torch.randint(7, 11, (20000,))
+    ids[:100] = 11  # N is never a target
+    inp, lab = mlm_mask(ids, torch.Generator().manual_seed(0), 0.15)
+    sel = lab != -100
+    assert not sel[:100].any()
+    frac = sel.float().mean().item()
+    assert 0.13 < frac < 0.17
+    masked = (inp[sel] == 3).float().mean().item()
+    unchanged = (inp[sel] == ids[sel]).float().mean().item()
+    assert 0.77 < masked < 0.83 and 0.10 < unchanged < 0.16  # 10% kept + random draws equal to the original
+    assert torch.equal(inp[~sel], ids[~sel])
+
+
+def test_pretrain_writes_model_metrics_and_curve(tmp_path):
+    res = pretrain(_cfg(tmp_path / "run"))
+    out = tmp_path / "run"
+    for f in ("model.safetensors", "config.json", "metrics.jsonl", "loss_curve.png"):
+        assert (out / f).is_file(), f
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all("val_loss" in r for r in rows if r["step"] in (3, 6))
+    assert res["val"]["val_loss"] == rows[-1]["val_loss"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["d_model"] == 16 and cfg["step"] == 6
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0000004", "checkpoint-0000006"]
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    full = tmp_path / "full"
+    pretrain(_cfg(full))
+    part = tmp_path / "part"
+    pretrain(_cfg(part, stop_after=3))  # interrupted after step 3 (checkpoint written there) ...
+    assert not (part / "model.safetensors").exists()
+    pretrain(_cfg(part, resume=True))  # ... and resumed to step 6
+    a = load_file(str(full / "model.safetensors"))
+    b = load_file(str(part / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = [json.loads(l)["loss"] for l in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l)["loss"] for l in (part / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+
+
+def test_resume_with_corrupt_checkpoint_fails_cleanly(tmp_path):
+    out = tmp_path / "r"
+    pretrain(_cfg(out, max_steps=2))
+    (out / "checkpoint-0000002" / "trainer_state.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="trainer_state.safetensors: corrupt"):
+        pretrain(_cfg(out, max_steps=4, resume=True))
+    assert not (out / "checkpoint-0000004").exists()
+
+
+def test_seq_len_warmup_schedule_doubles_to_target():
+    cfg = _cfg("x", seq_len=1024, seq_len_warmup=True, seq_len_warmup_start=128, max_steps=100,
+               seq_len_warmup_steps=5)
+    assert seq_len_schedule(cfg) == [(0, 128), (5, 256), (10, 512), (15, 1024)]
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mambadna.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing", "not_fasta", "empty", "too_short", "bad_val_contig", "bad_bed"])
+def test_pretrain_bad_input_one_line_nonzero_no_checkpoint(tmp_path, case):
+    out = tmp_path / "out"
+    fa = tmp_path / "g.fa"
+    extra = []
+    if case == "missing":
+        fa = tmp_path / "nope.fa"
+    elif case == "not_fasta":
+        fa.write_text("hello world\nthis is not a fasta\n")
+    elif case == "empty":
+        fa.write_text("")
+    elif case == "too_short":
+        fa.write_text(">c1\nACGTACGTAC\n>c2\nACGT\n")
+    else:
+        fa.write_text(">c1\n" + "ACGT" * 100 + "\n>c2\n" + "GGCA" * 100 + "\n")
+        if case == "bad_val_contig":
+            extra = ["--val-contigs", "chrZ"]
+        else:
+            bed = tmp_path / "r.bed"
+            bed.write_text("chrQ\t0\t100\n")
+            extra = ["--regions", bed]
+    r = _cli("pretrain", fa, "--out", out, "--seq-len", 64, "--max-steps", 2, "--d-model", 8,
+             "--n-layers", 1, *extra)
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    named = {"bad_val_contig": "chrZ", "bad_bed": "r.bed"}.get(case, fa.name)
+    assert named in lines[0]
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+def test_cli_toml_config_and_info(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'out = "{tmp_path / "o"}"\nseq_len = 32\nbatch_size = 2\nmax_steps = 2\n'
+                    f'save_every = 2\n[model]\nd_model = 8\nn_layers = 1\nbidirectional = false\n')
+    r = _cli("pretrain", EXAMPLE, "--config", toml, "--max-steps", 3)  # CLI overrides the file
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert cfg["step"] == 3 and cfg["model"]["bidirectional"] is False
+    info = _cli("info", tmp_path / "o")
+    assert info.returncode == 0 and "parameters:" in info.stdout and "trained steps: 3" in info.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seq_len = 32\nfoo = 1\n")
+    r = _cli("pretrain", EXAMPLE, "--config", bad)
+    assert r.returncode == 2 and "unknown option(s): foo" in r.stderr
