@@ -125,6 +125,7 @@ def main():
     ap.add_argument("--config", default="", help="json dict to update triton_scan.CONFIG")
     ap.add_argument("--shapes", default="", help="indices into SHAPES, comma separated")
     ap.add_argument("--skip-bidir", action="store_true")
+    ap.add_argument("--sweep-only", action="store_true")
     args = ap.parse_args()
     if args.config:
         ts.CONFIG.update(json.loads(args.config))
@@ -135,8 +136,10 @@ def main():
         f"copy bandwidth {bw / 1e12:.2f} TB/s; CONFIG {json.dumps(ts.CONFIG)}")
     shapes = SHAPES if not args.shapes else [SHAPES[int(i)] for i in args.shapes.split(",")]
 
-    if args.sweep:
+    if args.sweep or args.sweep_only:
         sweep(shapes[0])
+        if args.sweep_only:
+            return
 
     rows = []
     for (b, D, N, L) in shapes:
