@@ -2,6 +2,8 @@
 
     PYTHONPATH=/tmp/mamba_site python3 benchmarks/bench_scan.py [--sweep] [--out DIR]
 
+(mambadna installed, or its kernels/ folder importable as mambadna.kernels.)
+
 bf16 inputs, z gate, fp32 A/D/delta_bias, delta_softplus. mambadna gets its native
 channel-last layout (batch, length, d_inner); mamba_ssm its native channel-first
 layout (batch, d_inner, length). Prints one table: median ms (triton.testing.do_bench),
@@ -22,7 +24,6 @@ import torch
 import triton
 from triton.testing import do_bench
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from mambadna.kernels import triton_scan as ts  # noqa: E402
 from mambadna.kernels.reference import selective_scan_ref  # noqa: E402
 
