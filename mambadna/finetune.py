@@ -42,6 +42,7 @@ from .checkpoint import load_model, read_config
 from .errors import InputError, TrainingError
 from .heads import (HeadConfig, SequenceClassifier, linear_head_from_logistic, logits_to_proba,
                     pooled_embeddings, predict_proba, save_classifier)
+from .classify import publish_mode
 from .io_utils import atomic_dir
 from .labeled import LabeledSet, load_labeled, stratified_split
 from .pooling import POOL_MODES
@@ -473,6 +474,7 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         save_plots(task, y_te, test_proba, classes, tmp / "confusion_matrix.png", tmp / "roc.png",
                    title=f"({cfg.mode}, test n={len(test)})")
         _write_predictions(tmp / "test_predictions.tsv", test, y_te, test_proba, classes, task)
+        publish_mode(tmp, 0o755)
     return metrics
 
 
