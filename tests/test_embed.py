@@ -1,0 +1,323 @@
+"""Embedding engine, API and `mambadna embed` (CPU, tiny models, real data where cheap)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mambadna
+from mambadna.config import ModelConfig
+from mambadna.embed import Embedder, Stream, plan_batches
+from mambadna.errors import InputError
+from mambadna.model import MambaDNA
+from mambadna.tokenizer import encode, reverse_complement
+
+REPO = Path(__file__).resolve().parents[1]
+ATOL = 1e-5
+
+
+def _model(bidirectional: bool, rc: bool = False, seed: int = 0) -> MambaDNA:
+    torch.manual_seed(seed)
+    return MambaDNA(ModelConfig(d_model=32, n_layers=2, d_state=8, bidirectional=bidirectional,
+                                rc_equivariant=rc)).eval()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["causal", "bidirectional"])
+def model(request) -> MambaDNA:
+    return _model(request.param)
+
+
+def _ids(B: int, L: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(7, 12, (B, L), generator=g)
+
+
+# --------------------------------------------------------------------------- exact chunking
+@pytest.mark.parametrize("chunk", [1, 5, 16, 36, 37, 64])
+def test_chunked_equals_whole(model, chunk):
+    ids = _ids(2, 37)
+    with torch.no_grad():
+        whole = model.hidden_states(ids).numpy()
+    out = np.stack(Embedder(model, pool=None, chunk_size=chunk, progress=False).embed(list(ids.numpy())))
+    assert out.shape == whole.shape
+    np.testing.assert_allclose(out, whole, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("layer", [0, -2])
+def test_chunked_equals_whole_inner_layer(model, layer):
+    ids = _ids(1, 29)
+    with torch.no_grad():
+        whole = model.hidden_states(ids, layer=layer).numpy()
+    out = Embedder(model, pool=None, layer=layer, chunk_size=6, progress=False).embed(list(ids.numpy()))[0]
+    np.testing.assert_allclose(out, whole[0], atol=ATOL, rtol=0)
+
+
+def test_chunked_logits_equal_forward(model):
+    ids = _ids(2, 23)
+    with torch.no_grad():
+        ref = model(ids).numpy()
+    out = np.stack(Embedder(model, pool=None, head="logits", chunk_size=8, progress=False).embed(list(ids.numpy())))
+    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_ragged_batches_exact(model, chunk):
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(7, 11, size=n) for n in (30, 31, 34, 36, 12)]
+    with torch.no_grad():
+        ref = [model.hidden_states(torch.as_tensor(s[None], dtype=torch.long)).numpy()[0] for s in seqs]
+    out = Embedder(model, pool=None, chunk_size=chunk, batch_size=8, progress=False).embed(seqs)
+    for a, b in zip(out, ref):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["mean", "center", "first", "last", "max"])
+def test_pooled_chunked_equals_pool_of_whole(model, mode):
+    from mambadna.pooling import pool
+
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(7, 11, size=n) for n in (25, 28, 28)]
+    with torch.no_grad():
+        ref = [pool(model.hidden_states(torch.as_tensor(s[None], dtype=torch.long)), mode,
+                    center_width=6).numpy()[0] for s in seqs]
+    for chunk in (None, 4):
+        out = Embedder(model, pool=mode, chunk_size=chunk, center_width=6, progress=False).embed(seqs)
+        np.testing.assert_allclose(np.stack(out), np.stack(ref), atol=ATOL, rtol=0)
+
+
+def test_plan_batches_groups_by_length():
+    lens = [10, 100, 11, 100, 12, 99]
+    batches = plan_batches(lens, batch_size=8, max_tokens=10_000, equal_lengths=lambda n: n > 50)
+    assert sorted(k for b in batches for k in b) == list(range(6))
+    for b in batches:
+        ls = {lens[k] for k in b}
+        if max(ls) > 50:
+            assert len(ls) == 1  # long bidirectional batches: equal lengths only
+    assert plan_batches([5] * 10, batch_size=4, max_tokens=100, equal_lengths=lambda n: False) == \
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert all(len(b) == 1 for b in plan_batches([50] * 3, 8, 60, lambda n: False))
+
+
+# --------------------------------------------------------------------------- streaming
+def test_stream_step_equals_parallel():
+    m = _model(False)
+    ids = _ids(2, 21)
+    with torch.no_grad():
+        whole = m.hidden_states(ids).numpy()
+        logits = m(ids).numpy()
+    s = Stream(m, batch_size=2)
+    steps = np.stack([s.step(ids[:, t].numpy()) for t in range(ids.shape[1])], axis=1)
+    np.testing.assert_allclose(steps, whole, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(s.next_token_logits(), logits[:, -1], atol=ATOL, rtol=0)
+    s.reset()
+    blocks = np.concatenate([s.feed(ids[:, :5].numpy()), s.step(ids[:, 5].numpy())[:, None],
+                             s.feed(ids[:, 6:].numpy())], axis=1)
+    np.testing.assert_allclose(blocks, whole, atol=ATOL, rtol=0)
+    assert s.position == ids.shape[1]
+
+
+def test_stream_rejects_bidirectional():
+    with pytest.raises(InputError, match="causal"):
+        Stream(_model(True))
+
+
+# --------------------------------------------------------------------------- API
+def test_api_shapes_and_rc_average(tiny_model_dir, tiny_causal_model_dir):
+    for d in (tiny_model_dir, tiny_causal_model_dir):
+        m = mambadna.load(d, device="cpu")
+        D = m.d_model
+        seqs = ["ACGTACGGTCAGTTTACGAN", "GGGCATTACGATCGATCGAT", "ACGTTTAGC"]
+        assert m.embed(seqs[0]).shape == (D,)
+        assert m.embed(seqs[0], pool=None).shape == (20, D)
+        assert m.embed(seqs, pool="center", center_width=4).shape == (3, D)
+        per_tok = m.embed(seqs, pool=None)
+        assert isinstance(per_tok, list) and [p.shape for p in per_tok] == [(20, D), (20, D), (9, D)]
+        assert m.embed(seqs[:2], pool="none").shape == (2, 20, D)
+        ids = encode(seqs[1]).astype(np.int64)
+        np.testing.assert_allclose(m.embed(ids), m.embed(seqs[1]), atol=1e-6)
+        assert m.embed(np.stack([ids, ids])).shape == (2, D)
+        # RC-average is invariant to taking the reverse complement
+        rc = reverse_complement(ids)
+        for pool in ("mean", "max"):
+            a = m.embed(ids, pool=pool, rc_average=True)
+            b = m.embed(rc, pool=pool, rc_average=True)
+            np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+        # the per-token average is strand-aligned: the RC's first base is the forward's last
+        np.testing.assert_allclose(m.embed(ids, pool="first", rc_average=True),
+                                   m.embed(rc, pool="last", rc_average=True, chunk_size=7), atol=ATOL, rtol=0)
+        a = m.embed(ids, pool=None, rc_average=True)
+        b = m.embed(rc, pool=None, rc_average=True, chunk_size=6)
+        np.testing.assert_allclose(a, b[::-1], atol=ATOL, rtol=0)
+        assert not np.allclose(a, m.embed(ids, pool=None))
+        X, index = m.embed(seqs, return_index=True)
+        assert list(index.columns) == ["name", "contig", "start", "end", "strand", "allele"]
+        assert len(index) == 3 and index["end"].tolist() == [20, 20, 9]
+
+
+def test_api_masked_log_probs(tiny_model_dir):
+    m = mambadna.load(tiny_model_dir, device="cpu")
+    lp = m.masked_log_probs(["ACGTACGTAC", "TTTTGGGGCC"], positions=[4, 0])
+    assert lp.shape == (2, m.config.vocab_size)
+    np.testing.assert_allclose(np.exp(lp).sum(1), 1.0, rtol=1e-5)
+    full = m.logits("ACGTACGTAC")
+    assert full.shape == (10, m.config.vocab_size)
+
+
+def test_api_genome_bam_vcf_sources(tiny_model_dir, shared_data):
+    m = mambadna.load(tiny_model_dir, device="cpu")
+    ref = shared_data / "alignments" / "ex1" / "ex1.fa"
+    g = mambadna.Genome(ref)
+    X, idx = m.embed(g, intervals=[("chr1", 10, 60, "+"), ("chr2", 100, 130, "-")], return_index=True)
+    assert X.shape == (2, m.d_model) and idx["strand"].tolist() == ["+", "-"]
+    fwd = m.embed(g.fetch("chr2", 100, 130, strand="-"))
+    np.testing.assert_allclose(X[1], fwd, atol=1e-6)
+    R, ridx = m.embed(bam=shared_data / "alignments" / "ex1" / "ex1.bam", region="chr1:100-200",
+                      return_index=True)
+    assert R.shape[0] == len(ridx) > 0 and set(ridx["contig"]) == {"chr1"}
+    vdir = shared_data / "variants_brca1"
+    from mambadna.variants import iter_variant_windows
+
+    wins = []
+    for w in iter_variant_windows(vdir / "brca1_1kgPhase3_variants.vcf", mambadna.Genome(vdir / "ref_brca1.fa"),
+                                  window=32):
+        wins.append(w)
+        if len(wins) == 3:
+            break
+    V, vidx = m.embed(wins, return_index=True)
+    assert V.shape == (6, m.d_model) and vidx["allele"].tolist() == ["ref", "alt"] * 3
+
+
+def test_rc_equivariant_whole_ok_chunked_clear_error():
+    m = _model(True, rc=True)
+    ids = _ids(1, 20).numpy()
+    out = Embedder(m, pool=None, progress=False).embed(list(ids))[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, m.hidden_states(torch.as_tensor(ids)).numpy()[0], atol=ATOL)
+    with pytest.raises(InputError, match="RC-equivariant"):
+        Embedder(m, pool=None, chunk_size=8, progress=False).embed(list(ids))
+
+
+def test_bad_layer_is_input_error(tiny_model_dir):
+    m = mambadna.load(tiny_model_dir, device="cpu")
+    with pytest.raises(InputError, match="layer"):
+        m.embed("ACGT", layer=5)
+    with pytest.raises(InputError, match="invalid character"):
+        m.embed("ACGTXX")
+
+
+def test_import_is_light():
+    code = "import sys, mambadna; assert 'torch' not in sys.modules and 'pysam' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- CLI
+def _cli(args, capsys):
+    from mambadna.cli.main import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+def test_cli_npz_pooled_and_per_token(tiny_model_dir, shared_data, tmp_path, capsys):
+    # the first 40 records of a real FASTA (keeps the test fast on 2 cores)
+    src = (shared_data / "cnnprom_promoters" / "Bacillus_prom.fa").read_text().split(">")[1:41]
+    fa = tmp_path / "bacillus40.fa"
+    fa.write_text("".join(">" + r for r in src))
+    out = tmp_path / "e.npz"
+    code, cap = _cli(["embed", "--model", str(tiny_model_dir), "--fasta", str(fa), "--out", str(out),
+                      "--device", "cpu", "--no-progress"], capsys)
+    assert code == 0, cap.err
+    z = np.load(out, allow_pickle=False)
+    assert z["embeddings"].shape == (40, 32) and z["embeddings"].dtype == np.float32
+    for col in ("name", "contig", "start", "end", "strand", "allele"):
+        assert z[col].shape == (40,)
+    assert z["name"][0] == "abnA" and z["end"][0] == 81
+
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr1\t10\t50\tr1\t0\t+\nchr2\t5\t30\tr2\t0\t-\n")
+    out2 = tmp_path / "t.npz"
+    code, cap = _cli(["embed", "--model", str(tiny_model_dir), "--bed", str(bed), "--reference",
+                      str(shared_data / "alignments" / "ex1" / "ex1.fa"), "--out", str(out2), "--pool", "none",
+                      "--chunk-size", "16", "--rc-average", "--no-progress"], capsys)
+    assert code == 0, cap.err
+    z = np.load(out2, allow_pickle=False)
+    assert z["offsets"].tolist() == [0, 40, 65] and z["embeddings"].shape == (65, 32)
+    assert z["strand"].tolist() == ["+", "-"] and z["name"].tolist() == ["r1", "r2"]
+
+
+def test_cli_parquet(tiny_model_dir, shared_data, tmp_path, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    vdir = shared_data / "variants_brca1"
+    vcf = tmp_path / "few.vcf"
+    lines = (vdir / "brca1_1kgPhase3_variants.vcf").read_text().splitlines()
+    head = [l for l in lines if l.startswith("#")]
+    body = [l for l in lines if not l.startswith("#")][:4]
+    vcf.write_text("\n".join(head + body) + "\n")
+    out = tmp_path / "v.parquet"
+    code, cap = _cli(["embed", "--model", str(tiny_model_dir), "--vcf", str(vcf), "--reference",
+                      str(vdir / "ref_brca1.fa"), "--window", "32", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, cap.err
+    t = pq.read_table(out)
+    assert t.column_names == ["name", "contig", "start", "end", "strand", "allele", "embedding"]
+    assert t.num_rows == 8 and t["allele"].to_pylist() == ["ref", "alt"] * 4
+    emb = np.asarray(t["embedding"].combine_chunks().flatten()).reshape(t.num_rows, -1)
+    assert emb.shape == (8, 32) and np.isfinite(emb).all()
+
+    out2 = tmp_path / "reads.parquet"
+    code, cap = _cli(["embed", "--model", str(tiny_model_dir), "--bam",
+                      str(shared_data / "alignments" / "ex1" / "ex1.bam"), "--region", "chr2:100-160",
+                      "--pool", "none", "--out", str(out2), "--no-progress"], capsys)
+    assert code == 0, cap.err
+    t = pq.read_table(out2)
+    first = np.asarray(t["embedding"][0].values.flatten()).reshape(-1, 32)
+    assert t.num_rows > 0 and first.shape[0] == t["end"][0].as_py() - t["start"][0].as_py()
+
+
+@pytest.mark.parametrize("case", ["missing_fasta", "bad_ext", "bed_no_ref", "bad_chars", "two_sources",
+                                  "bad_model", "bad_layer"])
+def test_cli_bad_input(case, tiny_model_dir, shared_data, tmp_path, capsys):
+    fa = tmp_path / "in.fa"
+    fa.write_text(">a\nACGT\n>b\nACXGT\n" if case == "bad_chars" else ">a\nACGTACGT\n")
+    out = tmp_path / ("out.txt" if case == "bad_ext" else "out.npz")
+    model = str(tiny_model_dir) if case != "bad_model" else str(tmp_path)
+    args = ["embed", "--model", model, "--out", str(out), "--no-progress"]
+    if case == "missing_fasta":
+        args += ["--fasta", str(tmp_path / "nope.fa")]
+    elif case == "bed_no_ref":
+        bed = tmp_path / "x.bed"
+        bed.write_text("chr1\t1\t5\n")
+        args += ["--bed", str(bed)]
+    elif case == "two_sources":
+        args += ["--fasta", str(fa), "--bam", str(shared_data / "alignments" / "ex1" / "ex1.bam")]
+    elif case == "bad_layer":
+        args += ["--fasta", str(fa), "--layer", "9"]
+    else:
+        args += ["--fasta", str(fa)]
+    code, cap = _cli(args, capsys)
+    assert code == 2
+    lines = [l for l in cap.err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), cap.err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# --------------------------------------------------------------------------- benchmark
+def test_bench_embed_smoke(tmp_path):
+    code = ("import sys, runpy; sys.argv=['bench_embed.py','--smoke']; "
+            "runpy.run_path(sys.argv[0] if False else %r, run_name='__main__'); "
+            "assert 'pysam' not in sys.modules, 'benchmark imported pysam'") % str(REPO / "benchmarks" / "bench_embed.py")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bases/s" in r.stdout and "chunked" in r.stdout
+    assert "max |chunked - whole|" in r.stdout
