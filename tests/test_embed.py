@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread, and far faster on a busy 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model(bidirectional: bool, rc: bool = False, seed: int = 0) -> MambaDNA:
     torch.manual_seed(seed)
     return MambaDNA(ModelConfig(d_model=32, n_layers=2, d_state=8, bidirectional=bidirectional,
@@ -317,7 +326,7 @@ def test_bench_embed_smoke(tmp_path):
             "runpy.run_path(sys.argv[0] if False else %r, run_name='__main__'); "
             "assert 'pysam' not in sys.modules, 'benchmark imported pysam'") % str(REPO / "benchmarks" / "bench_embed.py")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                       env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "bases/s" in r.stdout and "chunked" in r.stdout
     assert "max |chunked - whole|" in r.stdout
