@@ -244,14 +244,15 @@ def compute_metrics(task: str, y_true: np.ndarray, proba: np.ndarray, classes: S
     return m
 
 
-def _score(metrics: Dict[str, Any], metric: str, loss: float) -> float:
-    """Higher is better; falls back to MCC then -loss when a metric is undefined."""
+def _score(metrics: Dict[str, Any], metric: str, loss: float) -> Tuple[float, float]:
+    """Higher is better: (metric, -loss); ties on the metric (e.g. AUROC 1.0)
+    go to the lower validation loss. Falls back to MCC when undefined."""
     if metric == "loss":
-        return -loss
+        return (-loss, -loss)
     v = metrics.get(metric)
     if v is None:
         v = metrics.get("mcc")
-    return -loss if v is None else float(v)
+    return (-loss if v is None else round(float(v), 6), -loss)
 
 
 def save_plots(task: str, y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
@@ -528,7 +529,7 @@ def _train_full(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr, s
     base = [g["lr"] for g in opt.param_groups]
     rng = np.random.default_rng(cfg.seed)
     batches = _batches(len(seqs_tr), cfg.batch_size, rng)
-    best, best_state, best_step, bad, history = -math.inf, None, 0, 0, []
+    best, best_state, best_step, bad, history = (-math.inf, -math.inf), None, 0, 0, []
     best_val = None
     bar = _progress(total, cfg.progress, "finetune")
     step = 0
@@ -547,7 +548,7 @@ def _train_full(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr, s
                 tgt = torch.as_tensor(y_tr[grp], device=device)
                 loss = model.loss(model(ids), tgt) * (len(grp) / len(idx))
                 loss.backward()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
             if not math.isfinite(loss_sum):
                 raise TrainingError(f"non-finite training loss at step {step}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -569,7 +570,7 @@ def _train_full(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr, s
                 else:
                     bad += 1
                     if bad >= cfg.patience:
-                        log.info("early stopping at step %d (best %s %.4f at step %d)", step, metric, best, best_step)
+                        log.info("early stopping at step %d (best %s %.4f at step %d)", step, metric, best[0], best_step)
                         break
     finally:
         bar.close()
@@ -606,7 +607,7 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr,
     opt = torch.optim.AdamW(model.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     batches = _batches(len(seqs_tr), cfg.batch_size, rng)
-    best, best_state, best_step, bad, best_val, history = -math.inf, None, 0, 0, None, []
+    best, best_state, best_step, bad, best_val, history = (-math.inf, -math.inf), None, 0, 0, None, []
     step = 0
     bar = _progress(total, cfg.progress, "head")
     try:
@@ -631,7 +632,7 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr,
                 vloss = _val_loss(model, proba, y_va)
                 vm["loss"] = vloss
                 score = _score(vm, metric, vloss)
-                history.append({"step": step, "train_loss": float(loss), "val_loss": vloss,
+                history.append({"step": step, "train_loss": float(loss.detach()), "val_loss": vloss,
                                 f"val_{metric}": vm.get(metric)})
                 if score > best:
                     best, best_step, bad, best_val = score, step, 0, vm
@@ -639,7 +640,7 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr,
                 else:
                     bad += 1
                     if bad >= cfg.patience:
-                        log.info("early stopping at step %d (best %s %.4f at step %d)", step, metric, best, best_step)
+                        log.info("early stopping at step %d (best %s %.4f at step %d)", step, metric, best[0], best_step)
                         break
     finally:
         bar.close()
