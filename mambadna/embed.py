@@ -345,7 +345,8 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: int,
 class _Progress:
     def __init__(self, total: Optional[int], enabled: Optional[bool], desc: str = "embedding"):
         if enabled is None:
-            enabled = total is not None and total >= 200_000 and sys.stderr.isatty()
+            interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+            enabled = total is not None and total >= 200_000 and interactive
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
