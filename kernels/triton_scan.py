@@ -37,11 +37,11 @@ LOG2E = 1.4426950408889634
 
 # Tunables (chosen on the H100; see benchmarks/NOTES_scan.md). Overridable for tests.
 CONFIG = {
-    "chunk": 64,          # positions per chunk (power of two)
-    "block_d": 32,        # channels per program
-    "warps_state": 4,
-    "warps_out": 4,
-    "warps_bwd": 4,
+    "chunk": 32,          # positions per chunk (power of two)
+    "block_d": 64,        # channels per program (32 per warp: one channel a thread)
+    "warps_state": 2,
+    "warps_out": 2,
+    "warps_bwd": 2,
     "combine_chunks": 32,  # chunks per block in the cross-chunk scan
     "combine_lanes": 128,  # (d_state * d_inner) lanes per program in the cross-chunk scan
     "warps_combine": 4,
@@ -72,6 +72,16 @@ def _combine_adj(L_l, Q_l, V_l, L_r, Q_r, V_r):
 
 
 @triton.jit
+def _rows(pid_c, T: tl.constexpr, REV: tl.constexpr):
+    """Positions of chunk pid_c in scan order: a reverse scan reads its chunk backwards
+    (pointer arithmetic only), so every scan along the rows runs forward."""
+    ar = tl.arange(0, T)
+    if REV:
+        ar = T - 1 - ar
+    return pid_c.to(tl.int64) * T + ar
+
+
+@triton.jit
 def _softplus(v):
     return tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
 
@@ -97,11 +107,11 @@ def _load_dt(delta_ptr, bias_ptr, off, mask2, d_idx, mask_d,
 # ----------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["SD"])
 def _chunk_state_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, z_ptr,
     sloc_ptr, ssum_ptr,
-    L, D, NC, DPG,
+    L, D, NC, DPG, SD,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_zb, s_zl,
     N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REV: tl.constexpr,
@@ -118,21 +128,22 @@ def _chunk_state_kernel(
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    t_idx = pid_c.to(tl.int64) * T + tl.arange(0, T)
+    t_idx = _rows(pid_c, T, REV)
     d_idx = pid_d * BD + tl.arange(0, BD)
     mask_t = t_idx < L
     mask_d = d_idx < D
     mask2 = mask_t[:, None] & mask_d[None, :]
     grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
 
-    off_d = pid_b * s_db + t_idx[:, None] * s_dl + d_idx[None, :]
+    off_d = pid_b * s_db + t_idx[:, None] * s_dl + dcol[None, :]
     dt, _ = _load_dt(delta_ptr, bias_ptr, off_d, mask2, d_idx, mask_d, HAS_BIAS, SOFTPLUS)
-    off_u = pid_b * s_ub + t_idx[:, None] * s_ul + d_idx[None, :]
+    off_u = pid_b * s_ub + t_idx[:, None] * s_ul + dcol[None, :]
     uu = tl.load(u_ptr + off_u, mask=mask2, other=0.0).to(tl.float32)
     if ADJ:
         v = uu
         if HAS_Z:
-            zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + d_idx[None, :],
+            zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + dcol[None, :],
                          mask=mask2, other=0.0).to(tl.float32)
             v = v * zz * tl.sigmoid(zz)
     else:
@@ -144,16 +155,13 @@ def _chunk_state_kernel(
     # forward state, reverse scan:  W = s_incl - dt      (decay before t to chunk start)
     # adjoint of forward scan (runs descending, includes a_t): W = s_incl
     # adjoint of reverse scan (runs ascending, includes a_t): W = s_tot - s_incl + dt
+    # rows are in scan order (see _rows): the state decays from row t to the chunk's
+    # last row by sum_{k>t} dt_k; the adjoint runs the other way and its carried value
+    # includes a_t, so it decays from row t to the first row by sum_{k<=t} dt_k.
     if ADJ:
-        if REV:
-            W = s_tot[None, :] - s_incl + dt
-        else:
-            W = s_incl
+        W = s_incl
     else:
-        if REV:
-            W = s_incl - dt
-        else:
-            W = s_tot[None, :] - s_incl
+        W = s_tot[None, :] - s_incl
     b_base = pid_b * s_Bb + t_idx * s_Bl + grp * s_Bg
     out_base = (pid_b * NC + pid_c) * N * D
     for n in range(N):
@@ -228,15 +236,15 @@ def _chunk_combine_kernel(
 @triton.jit
 def _chunk_y(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
-    pid_b, pid_c, t_idx, d_idx, mask_t, mask_d, mask2, grp,
+    pid_b, pid_c, t_idx, d_idx, dcol, mask_t, mask_d, mask2, grp,
     D, NC, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
     N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REV: tl.constexpr,
 ):
     """Ungated output C.h + D u of one chunk tile (T, BD), fp32."""
-    off_d = pid_b * s_db + t_idx[:, None] * s_dl + d_idx[None, :]
+    off_d = pid_b * s_db + t_idx[:, None] * s_dl + dcol[None, :]
     dt, _ = _load_dt(delta_ptr, bias_ptr, off_d, mask2, d_idx, mask_d, HAS_BIAS, SOFTPLUS)
-    off_u = pid_b * s_ub + t_idx[:, None] * s_ul + d_idx[None, :]
+    off_u = pid_b * s_ub + t_idx[:, None] * s_ul + dcol[None, :]
     uu = tl.load(u_ptr + off_u, mask=mask2, other=0.0).to(tl.float32)
     dtu = dt * uu
     y = tl.zeros([T, BD], dtype=tl.float32)
@@ -250,7 +258,7 @@ def _chunk_y(
         h0 = tl.load(hin_ptr + h_base + n * D + d_idx, mask=mask_d, other=0.0)
         a = tl.exp2(a2[None, :] * dt)
         x = dtu * bn[:, None]
-        P, X = tl.associative_scan((a, x), 0, _combine_fwd, reverse=REV)
+        P, X = tl.associative_scan((a, x), 0, _combine_fwd)
         h = X + P * h0[None, :]
         y += h * cn[:, None]
     if HAS_D:
@@ -259,10 +267,10 @@ def _chunk_y(
     return y
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["SD"])
 def _chunk_output_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, hin_ptr, out_ptr,
-    L, D, NC, DPG,
+    L, D, NC, DPG, SD,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_ob, s_ol,
     N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -271,30 +279,31 @@ def _chunk_output_kernel(
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    t_idx = pid_c.to(tl.int64) * T + tl.arange(0, T)
+    t_idx = _rows(pid_c, T, REV)
     d_idx = pid_d * BD + tl.arange(0, BD)
     mask_t = t_idx < L
     mask_d = d_idx < D
     mask2 = mask_t[:, None] & mask_d[None, :]
     grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
     y = _chunk_y(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
-                 pid_b, pid_c, t_idx, d_idx, mask_t, mask_d, mask2, grp,
+                 pid_b, pid_c, t_idx, d_idx, dcol, mask_t, mask_d, mask2, grp,
                  D, NC, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
                  N, T, BD, HAS_D, HAS_BIAS, SOFTPLUS, REV)
     if HAS_Z:
-        zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + d_idx[None, :],
+        zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + dcol[None, :],
                      mask=mask2, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
-    tl.store(out_ptr + pid_b * s_ob + t_idx[:, None] * s_ol + d_idx[None, :],
+    tl.store(out_ptr + pid_b * s_ob + t_idx[:, None] * s_ol + dcol[None, :],
              y.to(out_ptr.dtype.element_ty), mask=mask2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["SD"])
 def _bidir_output_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
     u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hin2_ptr,
     z_ptr, out_ptr,
-    L, D, NC, DPG,
+    L, D, NC, DPG, SD,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
     s2_ub, s2_ul, s2_db, s2_dl, s2_Bb, s2_Bl, s2_Bg, s2_Cb, s2_Cl, s2_Cg,
     s_zb, s_zl, s_ob, s_ol,
@@ -306,25 +315,31 @@ def _bidir_output_kernel(
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    t_idx = pid_c.to(tl.int64) * T + tl.arange(0, T)
+    t_idx = _rows(pid_c, T, False)
+    t_rev = _rows(pid_c, T, True)
     d_idx = pid_d * BD + tl.arange(0, BD)
     mask_t = t_idx < L
     mask_d = d_idx < D
+    mask_tr = t_rev < L
+    mask2r = mask_tr[:, None] & mask_d[None, :]
     mask2 = mask_t[:, None] & mask_d[None, :]
     grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
     y = _chunk_y(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
-                 pid_b, pid_c, t_idx, d_idx, mask_t, mask_d, mask2, grp,
+                 pid_b, pid_c, t_idx, d_idx, dcol, mask_t, mask_d, mask2, grp,
                  D, NC, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
                  N, T, BD, HAS_D, HAS_BIAS, SOFTPLUS, False)
-    y += _chunk_y(u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hin2_ptr,
-                  pid_b, pid_c, t_idx, d_idx, mask_t, mask_d, mask2, grp,
+    # the reverse scan reads the chunk backwards; flip its rows back before the sum
+    y_r = _chunk_y(u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hin2_ptr,
+                  pid_b, pid_c, t_rev, d_idx, dcol, mask_tr, mask_d, mask2r, grp,
                   D, NC, s2_ub, s2_ul, s2_db, s2_dl, s2_Bb, s2_Bl, s2_Bg, s2_Cb, s2_Cl,
                   s2_Cg, N, T, BD, HAS_D2, HAS_BIAS2, SOFTPLUS, True)
+    y += tl.flip(y_r, 0)
     if HAS_Z:
-        zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + d_idx[None, :],
+        zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + dcol[None, :],
                      mask=mask2, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
-    tl.store(out_ptr + pid_b * s_ob + t_idx[:, None] * s_ol + d_idx[None, :],
+    tl.store(out_ptr + pid_b * s_ob + t_idx[:, None] * s_ol + dcol[None, :],
              y.to(out_ptr.dtype.element_ty), mask=mask2)
 
 
@@ -333,12 +348,12 @@ def _bidir_output_kernel(
 # ----------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["SD"])
 def _chunk_bwd_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
     hin_ptr, min_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    L, D, NC, DPG,
+    L, D, NC, DPG, SD,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
     s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg,
     N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
@@ -356,21 +371,22 @@ def _chunk_bwd_kernel(
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    t_idx = pid_c.to(tl.int64) * T + tl.arange(0, T)
+    t_idx = _rows(pid_c, T, REV)
     d_idx = pid_d * BD + tl.arange(0, BD)
     mask_t = t_idx < L
     mask_d = d_idx < D
     mask2 = mask_t[:, None] & mask_d[None, :]
     grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
 
-    off_d = pid_b * s_db + t_idx[:, None] * s_dl + d_idx[None, :]
+    off_d = pid_b * s_db + t_idx[:, None] * s_dl + dcol[None, :]
     dt, vpre = _load_dt(delta_ptr, bias_ptr, off_d, mask2, d_idx, mask_d, HAS_BIAS, SOFTPLUS)
-    uu = tl.load(u_ptr + pid_b * s_ub + t_idx[:, None] * s_ul + d_idx[None, :],
+    uu = tl.load(u_ptr + pid_b * s_ub + t_idx[:, None] * s_ul + dcol[None, :],
                  mask=mask2, other=0.0).to(tl.float32)
-    gout = tl.load(g_ptr + pid_b * s_gb + t_idx[:, None] * s_gl + d_idx[None, :],
+    gout = tl.load(g_ptr + pid_b * s_gb + t_idx[:, None] * s_gl + dcol[None, :],
                    mask=mask2, other=0.0).to(tl.float32)
     if HAS_Z:
-        zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + d_idx[None, :],
+        zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + dcol[None, :],
                      mask=mask2, other=0.0).to(tl.float32)
         sz = tl.sigmoid(zz)
         gy = gout * zz * sz
@@ -394,10 +410,10 @@ def _chunk_bwd_kernel(
         m0 = tl.load(min_ptr + st_base + n * D + d_idx, mask=mask_d, other=0.0)
         a = tl.exp2((an * 1.4426950408889634)[None, :] * dt)
         x = dtu * bn[:, None]
-        P, X = tl.associative_scan((a, x), 0, _combine_fwd, reverse=REV)
+        P, X = tl.associative_scan((a, x), 0, _combine_fwd)
         h = X + P * h0[None, :]
         cc = gy * cn[:, None]
-        _, Q, V = tl.associative_scan((a, ones, cc), 0, _combine_adj, reverse=not REV)
+        _, Q, V = tl.associative_scan((a, ones, cc), 0, _combine_adj, reverse=True)
         lam = V + Q * m0[None, :]
         if HAS_Z:
             y += h * cn[:, None]
@@ -420,7 +436,7 @@ def _chunk_bwd_kernel(
         if HAS_D:
             y += uu * dd[None, :]
         dz = gout * y * sz * (1.0 + zz * (1.0 - sz))
-        off_o = pid_b * L * D + t_idx[:, None] * D + d_idx[None, :]
+        off_o = pid_b * L * D + t_idx[:, None] * D + dcol[None, :]
         if ACC_DZ:
             dz += tl.load(dz_ptr + off_o, mask=mask2, other=0.0)
         tl.store(dz_ptr + off_o, dz.to(dz_ptr.dtype.element_ty), mask=mask2)
@@ -430,7 +446,7 @@ def _chunk_bwd_kernel(
     if HAS_BIAS:
         tl.store(dbias_ptr + (pid_b * NC + pid_c) * D + d_idx, tl.sum(ddt, axis=0),
                  mask=mask_d)
-    off_o = pid_b * L * D + t_idx[:, None] * D + d_idx[None, :]
+    off_o = pid_b * L * D + t_idx[:, None] * D + dcol[None, :]
     tl.store(du_ptr + off_o, du.to(du_ptr.dtype.element_ty), mask=mask2)
     tl.store(ddelta_ptr + off_o, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask2)
 
@@ -523,7 +539,7 @@ def _states(geom, u, delta, bias, A, B, h0, softplus, rev, adj, z=None):
     ssum = torch.empty(b, NC, D, device=dev, dtype=torch.float32)
     _chunk_state_kernel[(NC, geom.ND, b)](
         u, delta, bias if bias is not None else delta, A, B, z if z is not None else u,
-        sloc, ssum, L, D, NC, geom.DPG,
+        sloc, ssum, L, D, NC, geom.DPG, 1,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         B.stride(0), B.stride(1), B.stride(2),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
@@ -554,7 +570,7 @@ def _fwd(u, delta, A, B, C, D_, z, bias, h0, softplus, rev):
     _chunk_output_kernel[(geom.NC, geom.ND, b)](
         u, delta, bias if bias is not None else delta, A, B, C,
         D_ if D_ is not None else A, z if z is not None else u, hin, out,
-        L, D, geom.NC, geom.DPG,
+        L, D, geom.NC, geom.DPG, 1,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
@@ -581,7 +597,7 @@ def _bwd(geom, gout, ghT, u, delta, A, B, C, D_, z, bias, hin, softplus, rev,
         u, delta, bias if bias is not None else delta, A, B, C,
         D_ if D_ is not None else A, z if z is not None else u, gout, hin, min_,
         du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, dbias_part,
-        L, D, NC, geom.DPG,
+        L, D, NC, geom.DPG, 1,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
@@ -679,7 +695,7 @@ class _BidirScanFn(torch.autograd.Function):
             u_r, delta_r, bias_r if bias_r is not None else delta_r, A_r, B_r, C_r,
             D_r if D_r is not None else A_r, hin_r,
             z if z is not None else u_f, out,
-            L, D, gf.NC, gf.DPG,
+            L, D, gf.NC, gf.DPG, 1,
             u_f.stride(0), u_f.stride(1), delta_f.stride(0), delta_f.stride(1),
             B_f.stride(0), B_f.stride(1), B_f.stride(2), C_f.stride(0), C_f.stride(1),
             C_f.stride(2),
