@@ -29,6 +29,10 @@ for _ch in "RYKMSWBDHV":
 _LOWER = np.zeros(256, dtype=bool)
 _LOWER[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)] = True
 
+# the same tables as bytes.translate tables (a C loop over bytes, ~1 GB/s)
+_LUT_BYTES = _LUT.tobytes()
+_LOWER_BYTES = _LOWER.astype(np.uint8).tobytes()
+
 # ids -> ASCII byte for decoding (special tokens decode to '?' inside sequences)
 _DECODE = np.full(VOCAB_SIZE, ord("?"), dtype=np.uint8)
 for _id, _ch in {A: "A", C: "C", G: "G", T: "T", N: "N"}.items():
@@ -43,12 +47,12 @@ class TokenizationError(ValueError):
     """A byte outside the nucleotide alphabet; message names the sequence and offset."""
 
 
-def _as_bytes(seq: Union[str, bytes, bytearray, memoryview, np.ndarray]) -> np.ndarray:
+def _as_bytes(seq: Union[str, bytes, bytearray, memoryview, np.ndarray]) -> bytes:
     if isinstance(seq, str):
-        seq = seq.encode("latin-1", errors="replace")
+        return seq.encode("latin-1", errors="replace")
     if isinstance(seq, np.ndarray):
-        return seq.view(np.uint8).ravel()
-    return np.frombuffer(seq, dtype=np.uint8)
+        return seq.view(np.uint8).ravel().tobytes()
+    return bytes(seq) if not isinstance(seq, bytes) else seq
 
 
 def encode(
@@ -67,18 +71,17 @@ def encode(
     offset, or becomes [UNK] with ``lenient=True``.
     """
     raw = _as_bytes(seq)
-    ids = _LUT[raw]
-    bad = ids == _INVALID
-    if bad.any():
+    ids = np.frombuffer(raw.translate(_LUT_BYTES), dtype=np.uint8)
+    if len(ids) and ids.max() == _INVALID:
+        bad = ids == _INVALID
         if not lenient:
             off = int(np.flatnonzero(bad)[0])
-            ch = chr(raw[off])
             raise TokenizationError(
-                f"{name}: invalid character {ch!r} (byte {raw[off]}) at offset {off}")
+                f"{name}: invalid character {chr(raw[off])!r} (byte {raw[off]}) at offset {off}")
         ids = ids.copy()
         ids[bad] = UNK
     if return_softmask:
-        return ids, _LOWER[raw]
+        return ids, np.frombuffer(raw.translate(_LOWER_BYTES), dtype=np.bool_)
     return ids
 
 
