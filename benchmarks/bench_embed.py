@@ -132,7 +132,7 @@ def main(argv=None):
     for L in args.windows:
         batch = max(1, int(args.batch_tokens) // L)
         n = max(batch, int(args.bases) // L)
-        n = (n // batch) * batch
+        n = -(-n // batch) * batch
         rows.append(run_row(model, dev, args, "window", L, batch, n, chunk=L, rng=rng))
         print(_fmt(rows[-1], name), flush=True)
     for L in args.chunked:

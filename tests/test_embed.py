@@ -57,6 +57,38 @@ def test_chunked_equals_whole(model, chunk):
     np.testing.assert_allclose(out, whole, atol=ATOL, rtol=0)
 
 
+def test_chunked_exact_through_triton_kernels(monkeypatch):
+    """Same engine on the fused Triton scans (interpreted on CPU, native on a GPU)."""
+    pytest.importorskip("triton")
+    from mambadna.kernels import triton_available
+
+    if not triton_available():
+        pytest.skip("Triton kernels not importable")
+    monkeypatch.setenv("MAMBADNA_SCAN_BACKEND", "triton")
+    torch.manual_seed(0)
+    m = MambaDNA(ModelConfig(d_model=16, n_layers=1, d_state=4, bidirectional=True)).eval()
+    ids = _ids(1, 40)
+    with torch.no_grad():
+        whole = m.hidden_states(ids).numpy()
+    out = Embedder(m, pool=None, chunk_size=13, progress=False).embed(list(ids.numpy()))[0]
+    np.testing.assert_allclose(out, whole[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_chunked_equals_whole_cuda(bidirectional):
+    torch.manual_seed(0)
+    m = MambaDNA(ModelConfig(d_model=64, n_layers=2, d_state=16, bidirectional=bidirectional)).cuda().eval()
+    ids = _ids(2, 5000)
+    with torch.no_grad():
+        whole = m.hidden_states(ids.cuda()).cpu().numpy()
+    out = np.stack(Embedder(m, pool=None, chunk_size=1000, progress=False).embed(list(ids.numpy())))
+    np.testing.assert_allclose(out, whole, atol=1e-4, rtol=0)
+    torch.cuda.reset_peak_memory_stats()
+    Embedder(m, pool="mean", chunk_size=1000, progress=False).embed([np.full(200_000, 7, np.uint8)])
+    assert torch.cuda.max_memory_allocated() < 2 ** 30  # bounded by the chunk, not by L
+
+
 @pytest.mark.parametrize("layer", [0, -2])
 def test_chunked_equals_whole_inner_layer(model, layer):
     ids = _ids(1, 29)
