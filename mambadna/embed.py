@@ -256,6 +256,16 @@ def _run_causal_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: bool, ch
             advance((e - s) / L)
 
 
+def _host_buffer(shape, device) -> Tensor:
+    """fp32 host tensor; page-locked when the model is on a GPU (faster copies)."""
+    if torch.device(device).type == "cuda":
+        try:
+            return torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        except RuntimeError:  # pinning can fail for very large buffers
+            pass
+    return torch.empty(shape, dtype=torch.float32)
+
+
 @torch.no_grad()
 def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: bool, chunk: int,
                                device, sink: Callable, post: Optional[Callable] = None,
@@ -272,9 +282,9 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
     B, L = ids.shape
     D = model.config.d_model
     chunks = _chunks(L, chunk)
-    H = buffer if buffer is not None else torch.empty(B, L, D, dtype=torch.float32)
+    H = buffer if buffer is not None else _host_buffer((B, L, D), device)
     for s, e in chunks:
-        H[:, s:e] = model.embed_tokens(ids[:, s:e].to(device)).float().cpu()
+        H[:, s:e].copy_(model.embed_tokens(ids[:, s:e].to(device)).float())
     steps = (stop + 1) * 3 * len(chunks)  # pass 1 ~ 1 unit, pass 2 ~ 2 units per chunk
     for i in range(stop + 1):
         blk = model.layers[i]
@@ -285,7 +295,7 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
         ctx = state = None
         for s, e in chunks:
             saved.append((ctx, state))
-            hn = blk.norm(H[:, s:e].to(device))
+            hn = blk.norm(H[:, s:e].to(device, non_blocking=True))
             _, ctx, state = mix.forward_direction(hn, False, ctx, state)
             if advance:
                 advance(1 / steps)
@@ -293,7 +303,7 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
         rctx = rstate = None
         for c in range(len(chunks) - 1, -1, -1):
             s, e = chunks[c]
-            x = H[:, s:e].to(device)
+            x = H[:, s:e].to(device, non_blocking=True)
             hn = blk.norm(x)
             yr, rctx, rstate = mix.forward_direction(hn, True, rctx, rstate)
             yf, _, _ = mix.forward_direction(hn, False, *saved[c])
@@ -305,7 +315,7 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
                     out = model.final_norm(out)
                 sink(s, e, post(out) if post else out)
             else:
-                H[:, s:e] = out.float().cpu()
+                H[:, s:e].copy_(out.float())
             if advance:
                 advance(2 / steps)
 
