@@ -30,7 +30,6 @@ time with constant memory through the scan's single-step update.
 """
 from __future__ import annotations
 
-import math
 import sys
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -495,9 +494,10 @@ class Embedder:
         """Embed an iterable of id arrays (1-D integer numpy/torch), yielding
         one result per input in input order. The iterable is read in blocks
         of about ``block_tokens`` bases (default 8 x max_tokens), each block
-        sorted into length batches, so memory is bounded by a block.
-        ``total``: bases expected, for the progress bar."""
-        block_tokens = int(block_tokens or 8 * self.max_tokens)
+        sorted into length batches, so memory is bounded by a block
+        (per-token results: 2 x max_tokens). ``total``: bases expected, for
+        the progress bar."""
+        block_tokens = int(block_tokens or (2 if self.pool == "none" else 8) * self.max_tokens)
         bar = _Progress(total, self.progress)
         try:
             block: List[np.ndarray] = []
