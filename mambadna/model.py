@@ -202,6 +202,9 @@ class MambaDNA(nn.Module):
         self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layers))
         self.norm_f = RMSNorm(cfg.mixer_width, cfg.norm_eps)
         self.gradient_checkpointing = False
+        # dtype of the residual stream between blocks (None: as the embedding gives it, fp32);
+        # bf16 halves the activations kept per checkpointed layer at long lengths
+        self.residual_dtype: Optional[torch.dtype] = None
         self.register_buffer("complement", _complement_perm(cfg.vocab_size), persistent=False)
         self._init_weights()
 
@@ -256,6 +259,8 @@ class MambaDNA(nn.Module):
         n = self.config.n_layers
         stop = layer % n if n else 0
         h = self.embed_tokens(input_ids)
+        if self.residual_dtype is not None:
+            h = h.to(self.residual_dtype)
         for i in range(stop + 1):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h = checkpoint(self.run_layer, i, h, use_reentrant=False)

@@ -83,6 +83,7 @@ class PretrainConfig:
     seq_len_warmup_steps: int = 0  # steps per warm-up stage (0: 10% of max_steps split over stages)
     bf16: bool = True
     progress: bool = True
+    residual_bf16: bool = False  # keep the residual stream in bf16 on CUDA (halves checkpointed activations)
     stop_after: int = 0  # stop (with a checkpoint) after this step, to resume later; 0 = run to max_steps
 
     def __post_init__(self) -> None:
@@ -437,6 +438,8 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
         ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     use_amp = device.type == "cuda" and cfg.bf16
+    if use_amp and cfg.residual_bf16:
+        model.residual_dtype = torch.bfloat16
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else \
         (lambda: torch.autocast("cpu", enabled=False))
 
