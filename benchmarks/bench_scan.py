@@ -274,9 +274,9 @@ def sweep(shape):
     xr = req(x)
     g = torch.randn(b, L, D, device="cuda").to(DT)
     base = dict(ts.CONFIG)
-    cands = [dict(chunk=c, block_d=bd, warps_state=w, warps_out=w, warps_bwd=w)
-             for c, bd, w in ((32, 64, 2), (32, 32, 1), (64, 32, 1), (16, 64, 2),
-                              (32, 128, 4), (64, 64, 2), (16, 32, 1))]
+    cands = [dict(chunk=c, block_d=bd, warps_state=w, warps_out=w, warps_bwd=w, unroll_n=un)
+             for c, bd, w, un in ((16, 32, 1, 1), (16, 32, 1, 4), (16, 32, 1, 16), (16, 64, 2, 4),
+                                  (32, 32, 1, 4), (8, 32, 1, 4))]
     log(f"sweep at {shape}")
     best = {}
     for c in cands:

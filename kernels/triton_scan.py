@@ -37,11 +37,12 @@ LOG2E = 1.4426950408889634
 
 # Tunables (chosen on the H100; see benchmarks/NOTES_scan.md). Overridable for tests.
 CONFIG = {
-    "chunk": 32,          # positions per chunk (power of two)
-    "block_d": 64,        # channels per program (32 per warp: one channel a thread)
-    "warps_state": 2,
-    "warps_out": 2,
-    "warps_bwd": 2,
+    "chunk": 16,          # positions per chunk (power of two)
+    "block_d": 32,        # channels per program (32 per warp: one channel a thread)
+    "warps_state": 1,
+    "warps_out": 1,
+    "warps_bwd": 1,
+    "unroll_n": 1,        # unroll factor of the loop over d_state
     "combine_chunks": 32,  # chunks per block in the cross-chunk scan
     "combine_lanes": 128,  # (d_state * d_inner) lanes per program in the cross-chunk scan
     "warps_combine": 4,
@@ -113,7 +114,7 @@ def _chunk_state_kernel(
     sloc_ptr, ssum_ptr,
     L, D, NC, DPG, SD,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_zb, s_zl,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, UNROLL: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REV: tl.constexpr,
     ADJ: tl.constexpr, HAS_Z: tl.constexpr,
 ):
@@ -164,7 +165,7 @@ def _chunk_state_kernel(
         W = s_tot[None, :] - s_incl
     b_base = pid_b * s_Bb + t_idx * s_Bl + grp * s_Bg
     out_base = (pid_b * NC + pid_c) * N * D
-    for n in range(N):
+    for n in tl.range(0, N, loop_unroll_factor=UNROLL):
         a2 = tl.load(A_ptr + d_idx * N + n, mask=mask_d, other=0.0) * 1.4426950408889634
         bn = tl.load(B_ptr + b_base + n, mask=mask_t, other=0.0).to(tl.float32)
         w = tl.exp2(a2[None, :] * W) * v * bn[:, None]
@@ -238,7 +239,7 @@ def _chunk_y(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
     pid_b, pid_c, t_idx, d_idx, dcol, mask_t, mask_d, mask2, grp,
     D, NC, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, UNROLL: tl.constexpr,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REV: tl.constexpr,
 ):
     """Ungated output C.h + D u of one chunk tile (T, BD), fp32."""
@@ -251,7 +252,7 @@ def _chunk_y(
     b_base = pid_b * s_Bb + t_idx * s_Bl + grp * s_Bg
     c_base = pid_b * s_Cb + t_idx * s_Cl + grp * s_Cg
     h_base = (pid_b * NC + pid_c) * N * D
-    for n in range(N):
+    for n in tl.range(0, N, loop_unroll_factor=UNROLL):
         a2 = tl.load(A_ptr + d_idx * N + n, mask=mask_d, other=0.0) * 1.4426950408889634
         bn = tl.load(B_ptr + b_base + n, mask=mask_t, other=0.0).to(tl.float32)
         cn = tl.load(C_ptr + c_base + n, mask=mask_t, other=0.0).to(tl.float32)
@@ -272,7 +273,7 @@ def _chunk_output_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, hin_ptr, out_ptr,
     L, D, NC, DPG, SD,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_ob, s_ol,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, UNROLL: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, REV: tl.constexpr,
 ):
@@ -289,7 +290,7 @@ def _chunk_output_kernel(
     y = _chunk_y(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
                  pid_b, pid_c, t_idx, d_idx, dcol, mask_t, mask_d, mask2, grp,
                  D, NC, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
-                 N, T, BD, HAS_D, HAS_BIAS, SOFTPLUS, REV)
+                 N, T, BD, UNROLL, HAS_D, HAS_BIAS, SOFTPLUS, REV)
     if HAS_Z:
         zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + dcol[None, :],
                      mask=mask2, other=0.0).to(tl.float32)
@@ -307,7 +308,7 @@ def _bidir_output_kernel(
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
     s2_ub, s2_ul, s2_db, s2_dl, s2_Bb, s2_Bl, s2_Bg, s2_Cb, s2_Cl, s2_Cg,
     s_zb, s_zl, s_ob, s_ol,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, UNROLL: tl.constexpr,
     HAS_D: tl.constexpr, HAS_D2: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
@@ -328,12 +329,12 @@ def _bidir_output_kernel(
     y = _chunk_y(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
                  pid_b, pid_c, t_idx, d_idx, dcol, mask_t, mask_d, mask2, grp,
                  D, NC, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
-                 N, T, BD, HAS_D, HAS_BIAS, SOFTPLUS, False)
+                 N, T, BD, UNROLL, HAS_D, HAS_BIAS, SOFTPLUS, False)
     # the reverse scan reads the chunk backwards; flip its rows back before the sum
     y_r = _chunk_y(u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hin2_ptr,
                   pid_b, pid_c, t_rev, d_idx, dcol, mask_tr, mask_d, mask2r, grp,
                   D, NC, s2_ub, s2_ul, s2_db, s2_dl, s2_Bb, s2_Bl, s2_Bg, s2_Cb, s2_Cl,
-                  s2_Cg, N, T, BD, HAS_D2, HAS_BIAS2, SOFTPLUS, True)
+                  s2_Cg, N, T, BD, UNROLL, HAS_D2, HAS_BIAS2, SOFTPLUS, True)
     y += tl.flip(y_r, 0)
     if HAS_Z:
         zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + dcol[None, :],
@@ -356,7 +357,7 @@ def _chunk_bwd_kernel(
     L, D, NC, DPG, SD,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
     s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, UNROLL: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, REV: tl.constexpr, ACC_DZ: tl.constexpr,
 ):
@@ -402,7 +403,7 @@ def _chunk_bwd_kernel(
     db_base = pid_b * s_dBb + t_idx * s_dBl + grp * s_dBg
     dc_base = pid_b * s_dCb + t_idx * s_dCl + grp * s_dCg
     st_base = (pid_b * NC + pid_c) * N * D
-    for n in range(N):
+    for n in tl.range(0, N, loop_unroll_factor=UNROLL):
         an = tl.load(A_ptr + d_idx * N + n, mask=mask_d, other=0.0)
         bn = tl.load(B_ptr + b_base + n, mask=mask_t, other=0.0).to(tl.float32)
         cn = tl.load(C_ptr + c_base + n, mask=mask_t, other=0.0).to(tl.float32)
@@ -543,7 +544,7 @@ def _states(geom, u, delta, bias, A, B, h0, softplus, rev, adj, z=None):
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         B.stride(0), B.stride(1), B.stride(2),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-        N=N, T=T, BD=BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ADJ=adj,
+        N=N, T=T, BD=BD, UNROLL=CONFIG["unroll_n"], HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ADJ=adj,
         HAS_Z=z is not None,
         num_warps=CONFIG["warps_state"],
     )
@@ -575,7 +576,7 @@ def _fwd(u, delta, A, B, C, D_, z, bias, h0, softplus, rev):
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         out.stride(0), out.stride(1),
-        N=N, T=geom.T, BD=geom.BD, HAS_D=D_ is not None, HAS_Z=z is not None,
+        N=N, T=geom.T, BD=geom.BD, UNROLL=CONFIG["unroll_n"], HAS_D=D_ is not None, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev,
         num_warps=CONFIG["warps_out"],
     )
@@ -603,7 +604,7 @@ def _bwd(geom, gout, ghT, u, delta, A, B, C, D_, z, bias, hin, softplus, rev,
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         gout.stride(0), gout.stride(1),
         dB.stride(0), dB.stride(1), dB.stride(2), dC.stride(0), dC.stride(1), dC.stride(2),
-        N=N, T=geom.T, BD=geom.BD, HAS_D=D_ is not None, HAS_Z=z is not None,
+        N=N, T=geom.T, BD=geom.BD, UNROLL=CONFIG["unroll_n"], HAS_D=D_ is not None, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ACC_DZ=acc_dz,
         num_warps=CONFIG["warps_bwd"],
     )
@@ -704,7 +705,7 @@ class _BidirScanFn(torch.autograd.Function):
             C_r.stride(2),
             z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
             out.stride(0), out.stride(1),
-            N=N, T=gf.T, BD=gf.BD, HAS_D=D_f is not None, HAS_D2=D_r is not None,
+            N=N, T=gf.T, BD=gf.BD, UNROLL=CONFIG["unroll_n"], HAS_D=D_f is not None, HAS_D2=D_r is not None,
             HAS_Z=z is not None, HAS_BIAS=bias_f is not None, HAS_BIAS2=bias_r is not None,
             SOFTPLUS=softplus, num_warps=CONFIG["warps_out"],
         )
