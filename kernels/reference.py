@@ -78,8 +78,9 @@ def selective_scan_ref(
     else:
         h = initial_state.to(cdt)
     hs = []
-    for t in range(length):
-        h = dA[:, t] * h + dBu[:, t]
+    # unbind once: indexing inside the loop would cost a full-size zero fill per step in backward
+    for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
+        h = dA_t * h + dBu_t
         hs.append(h)
     if length:
         H = torch.stack(hs, dim=1)                           # (b, l, d, n)
@@ -191,15 +192,15 @@ def selective_scan_chunked(
     dA = torch.exp(logdA)
     h = torch.zeros(b, nc, d, n, dtype=cdt, device=u.device)
     local = []
-    for t in range(T):                                       # all chunks at once
-        h = dA[:, :, t] * h + dBu[:, :, t]
+    for dA_t, dBu_t in zip(dA.unbind(2), dBu.unbind(2)):     # all chunks at once
+        h = dA_t * h + dBu_t
         local.append(h)
     Hloc = torch.stack(local, dim=2)                          # (b, nc, T, d, n)
     cum = torch.cumsum(logdA, dim=2)
     total = torch.exp(cum[:, :, -1])                          # (b, nc, d, n)
     carry = [h0]
-    for c in range(nc):                                       # across chunks
-        carry.append(total[:, c] * carry[-1] + Hloc[:, c, -1])
+    for tot_c, last_c in zip(total.unbind(1), local[-1].unbind(1)):  # across chunks
+        carry.append(tot_c * carry[-1] + last_c)
     hin = torch.stack(carry[:-1], dim=1)                      # (b, nc, d, n)
     H = Hloc + torch.exp(cum) * hin.unsqueeze(2)
     H = H.reshape(b, nc * T, d, n)[:, :L]
