@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         val_bed: Optional[str] = typer.Option(None, "--val-bed", help="BED of validation regions."),
         val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold out the last fraction of each contig."),
         eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+        eval_batches: Optional[int] = typer.Option(None, "--eval-batches", help="Validation batches per evaluation [4]."),
         save_every: Optional[int] = typer.Option(None, "--save-every"),
         resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
         gradient_checkpointing: Optional[bool] = typer.Option(None, "--checkpoint-layers/--no-checkpoint-layers", help="Per-layer activation checkpointing."),
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
             d_model=d_model, n_layers=n_layers, d_state=d_state, bidirectional=bidirectional,
             rc_equivariant=rc_equivariant, device=device, seed=seed, regions=regions,
             val_contigs=tuple(val_contigs) if val_contigs else None, val_bed=val_bed,
-            val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, resume=resume,
+            val_fraction=val_fraction, eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, resume=resume,
             gradient_checkpointing=gradient_checkpointing, seq_len_warmup=seq_len_warmup,
             rc_augment=rc_augment, bam=bam, num_workers=num_workers, stop_after=stop_after,
             residual_bf16=residual_bf16)
