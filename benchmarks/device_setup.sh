@@ -1,0 +1,22 @@
+# Source on a GPU machine with no package registry: makes `mambadna` importable
+# and runnable from the working tree, with carried wheels (.whl/) for what the
+# machine lacks (pysam, typer, ...), and starts the mamba_ssm build (.baselines/)
+# in the background when asked: `source benchmarks/device_setup.sh [--mamba]`.
+set -e
+ROOT=$(pwd)
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || true
+fi
+rm -rf /tmp/pkg && mkdir -p /tmp/pkg/mambadna
+cp -r "$ROOT"/mambadna/. /tmp/pkg/mambadna/
+cp -r "$ROOT"/kernels /tmp/pkg/mambadna/kernels
+cp -r "$ROOT"/cli /tmp/pkg/mambadna/cli
+export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -m mambadna.cli "$@"\n' > /tmp/bin/mambadna && chmod +x /tmp/bin/mambadna
+export PATH=/tmp/bin:$PATH
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+if [ "${1:-}" = "--mamba" ] && [ -d .baselines ]; then
+  (cd .baselines && bash build_mamba_ssm.sh /tmp/mamba_site > /tmp/mamba_build.log 2>&1; echo "mamba_ssm build exit $?" >> /tmp/mamba_build.log) &
+  MAMBA_BUILD_PID=$!
+fi
+set +e
