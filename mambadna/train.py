@@ -545,6 +545,8 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
                     torch.cuda.synchronize()
                 now = time.perf_counter()
                 rec["tokens_per_s"] = tok_acc / max(now - t_last, 1e-9)
+                if device.type == "cuda":
+                    rec["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 t_last, tok_acc = now, 0
                 pbar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rec['tokens_per_s']:.3g}")
             val_ds = data_for(cfg.seq_len)[1]
