@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 from mambadna.config import ModelConfig  # noqa: E402
 from mambadna.embed import Embedder  # noqa: E402

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 from mambadna.config import ModelConfig  # noqa: E402
 from mambadna.model import MambaDNA  # noqa: E402

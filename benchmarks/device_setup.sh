@@ -12,7 +12,7 @@ cp -r "$ROOT"/mambadna/. /tmp/pkg/mambadna/
 cp -r "$ROOT"/kernels /tmp/pkg/mambadna/kernels
 cp -r "$ROOT"/cli /tmp/pkg/mambadna/cli
 export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -m mambadna.cli "$@"\n' > /tmp/bin/mambadna && chmod +x /tmp/bin/mambadna
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -P -m mambadna.cli "$@"\n' > /tmp/bin/mambadna && chmod +x /tmp/bin/mambadna
 export PATH=/tmp/bin:$PATH
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 if [ "${1:-}" = "--mamba" ] && [ -d .baselines ]; then
