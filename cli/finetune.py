@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         test_fraction: float = typer.Option(0.2, "--test-fraction"),
         eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between validations."),
         patience: int = typer.Option(5, "--patience", help="Validations without improvement before stopping."),
-        metric: str = typer.Option("auto", "--metric", help="auroc|auprc|mcc|accuracy|loss (auto = auroc)."),
+        metric: str = typer.Option("auto", "--metric", help="auroc|auprc|mcc|accuracy|loss (auto: mcc; auroc for multilabel)."),
         positive: Optional[str] = typer.Option(None, "--positive", help="Positive class of a binary task."),
         max_length: Optional[int] = typer.Option(None, "--max-length", help="Centre-crop longer sequences."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),

@@ -66,7 +66,8 @@ class FinetuneConfig:
     layer: how per-token states become one vector. rc_average: average forward
     and reverse-complement predictions at inference; rc_augment: random
     reverse complements during training (default: = rc_average).
-    metric: validation metric for early stopping ('auto' = auroc).
+    metric: validation metric for early stopping ('auto': MCC, AUROC for multilabel);
+    ties go to the lower validation loss.
     patience: evaluations without improvement before stopping.
     positive: binary positive class name (default: the second class).
     """
@@ -242,6 +243,14 @@ def compute_metrics(task: str, y_true: np.ndarray, proba: np.ndarray, classes: S
                  auroc=safe(roc_auc_score, yt[:, ok], proba[:, ok], average="macro") if ok else None,
                  auprc=safe(average_precision_score, yt[:, ok], proba[:, ok], average="macro") if ok else None)
     return m
+
+
+def _auto_metric(cfg: "FinetuneConfig", task: str) -> str:
+    """'auto': MCC (the thresholded metric reported) for binary/multiclass,
+    macro AUROC for multilabel."""
+    if cfg.metric != "auto":
+        return cfg.metric
+    return "auroc" if task == "multilabel" else "mcc"
 
 
 def _score(metrics: Dict[str, Any], metric: str, loss: float) -> Tuple[float, float]:
@@ -521,7 +530,7 @@ def _train_full(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr, s
     total, spe = _total_steps(cfg, len(seqs_tr))
     every = _eval_interval(cfg, total, spe)
     warmup = int(cfg.warmup_fraction * total)
-    metric = "auroc" if cfg.metric == "auto" else cfg.metric
+    metric = _auto_metric(cfg, task)
     opt = torch.optim.AdamW([
         {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.lr},
         {"params": list(model.head.parameters()), "lr": cfg.head_lr},
@@ -603,7 +612,7 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr,
     total, spe = _total_steps(cfg, len(seqs_tr))
     every = _eval_interval(cfg, total, spe)
     warmup = int(cfg.warmup_fraction * total)
-    metric = "auroc" if cfg.metric == "auto" else cfg.metric
+    metric = _auto_metric(cfg, task)
     opt = torch.optim.AdamW(model.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     batches = _batches(len(seqs_tr), cfg.batch_size, rng)
