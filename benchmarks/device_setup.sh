@@ -15,6 +15,7 @@ export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -P -m mambadna.cli "$@"\n' > /tmp/bin/mambadna && chmod +x /tmp/bin/mambadna
 export PATH=/tmp/bin:$PATH
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+export PYTHONSAFEPATH=1  # the repo root (cwd) must not shadow the assembled package in /tmp/pkg
 if [ "${1:-}" = "--mamba" ] && [ -d .baselines ]; then
   (cd .baselines && bash build_mamba_ssm.sh /tmp/mamba_site > /tmp/mamba_build.log 2>&1; echo "mamba_ssm build exit $?" >> /tmp/mamba_build.log) &
   MAMBA_BUILD_PID=$!
