@@ -133,3 +133,23 @@ def test_cli_toml_config_and_info(tmp_path):
     bad.write_text("seq_len = 32\nfoo = 1\n")
     r = _cli("pretrain", EXAMPLE, "--config", bad)
     assert r.returncode == 2 and "unknown option(s): foo" in r.stderr
+
+
+def test_non_finite_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    import mambadna.train as tr
+    from mambadna.errors import TrainingError
+
+    real = tr.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        calls["n"] += 1
+        out = real(*a, **kw)
+        return out * float("nan") if calls["n"] >= 4 else out  # steps 1-3 fine (eval off), then NaN
+
+    monkeypatch.setattr(tr.F, "cross_entropy", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 4.*checkpoint-0000002"):
+        pretrain(_cfg(out, val_contigs=(), eval_every=100))
+    assert (out / "checkpoint-0000002" / "model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists()
