@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,13 @@ def test_non_finite_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_
         pretrain(_cfg(out, val_contigs=(), eval_every=100))
     assert (out / "checkpoint-0000002" / "model.safetensors").is_file()
     assert not (out / "model.safetensors").exists()
+
+
+def test_pretrain_on_bam_reads(tmp_path, shared_data):
+    bam = shared_data / "alignments" / "ex1" / "ex1.bam"
+    res = pretrain(PretrainConfig(bam=str(bam), bam_region="chr1", out=str(tmp_path / "bam"), seq_len=36,
+                                  batch_size=4, max_steps=2, model=ModelConfig(d_model=8, n_layers=1, d_state=4,
+                                                                               bidirectional=False),
+                                  progress=False, save_every=2))
+    assert res["step"] == 2 and math.isfinite(res["loss"])
+    assert (tmp_path / "bam" / "model.safetensors").is_file()
