@@ -42,6 +42,10 @@ def log(*a):
     s = " ".join(str(x) for x in a)
     print(s, flush=True)
     LOG.append(s)
+    out = os.environ.get("OUT")
+    if out:  # keep a copy as we go (a run cut off at its time limit still leaves it)
+        with open(os.path.join(out, "bench_scan_live.log"), "a") as f:
+            f.write(s + "\n")
 
 
 def rel(a, b):
@@ -126,6 +130,7 @@ def main():
     ap.add_argument("--config", default="", help="json dict to update triton_scan.CONFIG")
     ap.add_argument("--shapes", default="", help="indices into SHAPES, comma separated")
     ap.add_argument("--skip-bidir", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="per-kernel times (torch.profiler)")
     ap.add_argument("--sweep-only", action="store_true")
     args = ap.parse_args()
     if args.config:
@@ -138,9 +143,14 @@ def main():
     shapes = SHAPES if not args.shapes else [SHAPES[int(i)] for i in args.shapes.split(",")]
 
     if args.sweep or args.sweep_only:
-        sweep(shapes[0])
-        if args.sweep_only:
-            return
+        sweep(shapes)
+        with open(os.path.join(args.out, "best_config.json"), "w") as f:
+            json.dump(ts.CONFIG, f)
+    if args.profile:
+        for shp in shapes[:2]:
+            profile(shp)
+    if args.sweep_only:
+        return
 
     rows = []
     for (b, D, N, L) in shapes:
@@ -267,38 +277,68 @@ def bidir(b, D, N, L, bw):
     return rows
 
 
-def sweep(shape):
-    """Time the separate kernels for a few configs at one shape (no mamba_ssm needed)."""
+SWEEP = [dict(chunk=16, target_programs=4096, single_pass_max_ns=1),
+         dict(chunk=8, target_programs=4096, single_pass_max_ns=1),
+         dict(chunk=16, target_programs=1024, single_pass_max_ns=1),
+         dict(chunk=16, target_programs=16384, single_pass_max_ns=1),
+         dict(chunk=16, target_programs=4096, single_pass_max_ns=8)]
+
+
+def sweep(shapes):
+    """Time kernel configs (ts.CONFIG updates, --sweep-config or SWEEP) at every shape
+    (no mamba_ssm needed); keep the config with the lowest sum over shapes of
+    (fwd+bwd ms / first config's fwd+bwd ms)."""
+    base = dict(ts.CONFIG)
+    cands = SWEEP
+    data = {}
+    for (b, D, N, L) in shapes:
+        x = make_inputs(b, D, N, L)
+        xr = req(x)
+        g = torch.randn(b, L, D, device="cuda").to(DT)
+        for i, c in enumerate(cands):
+            ts.CONFIG.clear()
+            ts.CONFIG.update(base)
+            ts.CONFIG.update(c)
+            try:
+                t0 = time.time()
+                t_f = bench(lambda: ours(x), 100)
+                t_fb = bench(lambda: fwd_bwd(ours, xr, g), 100)
+                data[(i, (b, D, N, L))] = (t_f, t_fb)
+                log(f"  sweep {(b, D, N, L)} {c}: fwd {t_f:.3f} ms fwd+bwd {t_fb:.3f} ms "
+                    f"({time.time() - t0:.0f}s)")
+            except Exception as e:  # noqa: BLE001
+                log(f"  sweep {(b, D, N, L)} {c}: failed {e!r}"[:300])
+        del x, xr, g
+        torch.cuda.empty_cache()
+    score = {}
+    for i in range(len(cands)):
+        try:
+            score[i] = sum(data[(i, s)][1] / data[(0, s)][1] for s in shapes)
+        except KeyError:
+            pass
+    best = min(score, key=score.get)
+    log(f"sweep scores (fwd+bwd vs first): {score}; best {cands[best]}")
+    ts.CONFIG.clear()
+    ts.CONFIG.update(base)
+    ts.CONFIG.update(cands[best])
+    log(f"using CONFIG {json.dumps(ts.CONFIG)}")
+
+
+def profile(shape):
+    """Per-kernel device time of one forward+backward (torch.profiler, 3 iterations)."""
     b, D, N, L = shape
     x = make_inputs(b, D, N, L)
     xr = req(x)
     g = torch.randn(b, L, D, device="cuda").to(DT)
-    base = dict(ts.CONFIG)
-    cands = [dict(chunk=c, block_d=bd, warps_state=w, warps_out=w, warps_bwd=w, unroll_n=un)
-             for c, bd, w, un in ((16, 32, 1, 1), (16, 32, 1, 4), (16, 32, 1, 16), (16, 64, 2, 4),
-                                  (32, 32, 1, 4), (8, 32, 1, 4))]
-    log(f"sweep at {shape}")
-    best = {}
-    for c in cands:
-        ts.CONFIG.clear()
-        ts.CONFIG.update(base)
-        ts.CONFIG.update(c)
-        try:
-            t0 = time.time()
-            t_f = bench(lambda: ours(x), 150)
-            t_fb = bench(lambda: fwd_bwd(ours, xr, g), 150)
-            log(f"  {c}: fwd {t_f:.3f} ms fwd+bwd {t_fb:.3f} ms (compile+bench {time.time() - t0:.0f}s)")
-            for k, t in (("fwd", t_f), ("fb", t_fb)):
-                if k not in best or t < best[k][0]:
-                    best[k] = (t, c)
-        except Exception as e:  # noqa: BLE001
-            log(f"  {c}: failed {e!r}"[:300])
-    log(f"sweep best: {best}")
-    ts.CONFIG.clear()
-    ts.CONFIG.update(base)
-    if "fb" in best:  # keep the best forward+backward config for the table
-        ts.CONFIG.update(best["fb"][1])
-        log(f"using CONFIG {json.dumps(ts.CONFIG)}")
+    fwd_bwd(ours, xr, g)
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile as tprof
+    with tprof(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fwd_bwd(ours, xr, g)
+        torch.cuda.synchronize()
+    log(f"profile {shape} (3 x fwd+bwd):")
+    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=40))
     del x, xr, g
     torch.cuda.empty_cache()
 

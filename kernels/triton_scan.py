@@ -3,25 +3,30 @@
 Layout is channel-last: u, delta, z (batch, length, d_inner); B, C (batch, length,
 n_groups, d_state); A (d_inner, d_state) fp32; D, delta_bias (d_inner,).
 
-Algorithm (forward, one direction), with chunks of ``T`` positions:
+Algorithm (one direction), with chunks of ``T`` positions grouped into segments of
+``CPS`` chunks; a program owns (segment, block of channels, batch row) and walks its
+chunks in order, carrying the state:
 
-1. ``_chunk_state_kernel`` -- for every chunk, the state it would produce from a zero
-   start: ``sum_t exp(A * W_t) * delta_t * B_t * u_t``, ``W_t`` the sum of delta from
-   ``t`` (exclusive) to the chunk's end: always >= 0, so only non-positive numbers are
-   exponentiated. Also the chunk's total log-decay ``sum_t delta_t``.
-2. ``_chunk_combine_kernel`` -- the chunk states are combined across chunks
-   (``H_c = exp(A * S_c) * H_{c-1} + local_c``) by an associative scan over blocks of
-   chunks, giving the state entering every chunk and the final state.
-3. ``_chunk_output_kernel`` -- every chunk rescans its positions from its entering
-   state (associative scan along the chunk, one ``d_state`` column at a time), forms
-   ``y = C.h + D u``, gates it with ``silu(z)`` and writes it once.
+1. ``_seg_state_kernel`` (only with more than one segment) -- every segment's state
+   from a zero start, chunk by chunk: ``sum_t exp(A * W_t) * delta_t * B_t * u_t`` with
+   ``W_t >= 0`` the log-decay from ``t`` to the chunk's end (only non-positive numbers
+   are exponentiated), carried across chunks by ``exp(A * sum delta)``.
+2. ``_chunk_combine_kernel`` -- the segment states are combined across segments (an
+   associative scan), giving the state entering every segment.
+3. ``_seg_output_kernel`` -- every segment rescans its chunks from its entering state
+   (a scan along the chunk, one ``d_state`` column at a time, the entering state
+   folded into the first row), forms ``y = C.h + D u``, gates it with ``silu(z)`` and
+   writes it once; for training it also writes the state entering every chunk.
 
-The backward pass is the same three steps on the adjoint (which runs the other way),
-followed by one kernel that recomputes both the state ``h`` and the adjoint ``lambda``
-of every chunk and forms all gradients; the (batch, length, d_inner, d_state) states
-are never stored. A reverse scan is the same kernels with the scan direction flipped
-(no flipped copies), and the bidirectional entry runs both directions' outputs in one
-kernel with one output write.
+The backward pass is steps 1-2 on the adjoint (which runs the other way), then
+``_seg_bwd_kernel``: each segment walks its chunks in the adjoint's direction, carrying
+the adjoint, recomputes ``h`` from the stored chunk-entering state and forms all
+gradients; the (batch, length, d_inner, d_state) states are never stored. A reverse
+scan is the same kernels with the scan direction flipped (no flipped copies). The
+bidirectional entry computes chunk states with the per-chunk kernels
+(``_chunk_state_kernel`` + ``_chunk_combine_kernel``) and runs both directions' outputs
+in one kernel (``_bidir_output_kernel``) with one output write; its backward is the
+segment backward of each direction.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ LOG2E = 1.4426950408889634
 
 # Tunables (chosen on the H100; see benchmarks/NOTES_scan.md). Overridable for tests.
 CONFIG = {
-    "chunk": 16,          # positions per chunk (power of two)
+    "chunk": 8,           # positions per chunk (power of two)
     "block_d": 32,        # channels per program (32 per warp: one channel a thread)
     "warps_state": 1,
     "warps_out": 1,
@@ -46,6 +51,8 @@ CONFIG = {
     "combine_chunks": 32,  # chunks per block in the cross-chunk scan
     "combine_lanes": 128,  # (d_state * d_inner) lanes per program in the cross-chunk scan
     "warps_combine": 4,
+    "target_programs": 4096,  # batch x d-blocks x segments to aim for (segment kernels)
+    "single_pass_max_ns": 1,  # use one segment (single pass) when fewer would be needed
 }
 
 
@@ -94,6 +101,20 @@ def _load_dt(delta_ptr, bias_ptr, off, mask2, d_idx, mask_d,
     v = tl.load(delta_ptr + off, mask=mask2, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+        v = v + bias[None, :]
+    if SOFTPLUS:
+        dt = _softplus(v)
+    else:
+        dt = v
+    dt = tl.where(mask2, dt, 0.0)
+    return dt, v
+
+
+@triton.jit
+def _load_dt_pre(delta_ptr, off, mask2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """_load_dt with the (BD,) bias already loaded (outside a loop over chunks)."""
+    v = tl.load(delta_ptr + off, mask=mask2, other=0.0).to(tl.float32)
+    if HAS_BIAS:
         v = v + bias[None, :]
     if SOFTPLUS:
         dt = _softplus(v)
@@ -269,37 +290,6 @@ def _chunk_y(
 
 
 @triton.jit(do_not_specialize=["SD"])
-def _chunk_output_kernel(
-    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, hin_ptr, out_ptr,
-    L, D, NC, DPG, SD,
-    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_ob, s_ol,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, UNROLL: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REV: tl.constexpr,
-):
-    pid_c = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    t_idx = _rows(pid_c, T, REV)
-    d_idx = pid_d * BD + tl.arange(0, BD)
-    mask_t = t_idx < L
-    mask_d = d_idx < D
-    mask2 = mask_t[:, None] & mask_d[None, :]
-    grp = (pid_d * BD) // DPG
-    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
-    y = _chunk_y(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
-                 pid_b, pid_c, t_idx, d_idx, dcol, mask_t, mask_d, mask2, grp,
-                 D, NC, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
-                 N, T, BD, UNROLL, HAS_D, HAS_BIAS, SOFTPLUS, REV)
-    if HAS_Z:
-        zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + dcol[None, :],
-                     mask=mask2, other=0.0).to(tl.float32)
-        y = y * zz * tl.sigmoid(zz)
-    tl.store(out_ptr + pid_b * s_ob + t_idx[:, None] * s_ol + dcol[None, :],
-             y.to(out_ptr.dtype.element_ty), mask=mask2)
-
-
-@triton.jit(do_not_specialize=["SD"])
 def _bidir_output_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hin_ptr,
     u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hin2_ptr,
@@ -345,111 +335,320 @@ def _bidir_output_kernel(
 
 
 # ----------------------------------------------------------------------------------
-# backward kernel
+# segment kernels: a program owns (segment of CPS chunks, d-block, batch) and walks its
+# chunks in order, carrying the (N, BD) state from chunk to chunk. Only per-segment
+# states cross programs; per-chunk states are written only when the backward needs
+# them. The carried state sits in the program's own output slice (hend / sloc / mend):
+# each thread re-reads only values it wrote itself (L1 hits, no barrier), which keeps
+# the loop over d_state a plain loop (an unrolled loop with the state in registers ran
+# to 255 registers and spilled: ptxas hoists every B/C load). These kernels take A
+# transposed, (d_state, d_inner) contiguous, so every load runs along d.
 # ----------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["SD"])
-def _chunk_bwd_kernel(
-    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
-    hin_ptr, min_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    L, D, NC, DPG, SD,
-    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
-    s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg,
-    N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, UNROLL: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REV: tl.constexpr, ACC_DZ: tl.constexpr,
+@triton.jit(do_not_specialize=["SD", "NR"])
+def _seg_state_kernel(
+    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, z_ptr,
+    sloc_ptr, ssum_ptr,
+    L, D, NS, CPS, DPG, SD, NR,
+    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_zb, s_zl,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    UNROLL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REV: tl.constexpr,
+    ADJ: tl.constexpr, HAS_Z: tl.constexpr, DESC: tl.constexpr,
 ):
-    """All gradients of one chunk tile: recompute h (from the entering state hin) and
-    the adjoint lambda (from the entering adjoint min) by scans along the chunk.
+    """State of one segment from zero (forward, or adjoint when ADJ), and its sum of dt.
 
-    du, ddelta (and dz) are written contiguous (batch, L, D) in the input dtype (dz
-    accumulated in fp32 when ACC_DZ); dB, dC fp32 (batch, L, G, N) accumulated with
-    atomics across d-blocks; dA partials (batch, NC, N, D), dD and dbias partials
-    (batch, NC, D).
+    Chunks are visited in the carried quantity's direction (DESC: descending chunk
+    index); within a chunk rows are in scan order (see _rows). Forward: the state after
+    the segment; adjoint: a_first * lambda_first of the segment from the gradients inside.
+    Writes sloc[b, s, n, d] and ssum[b, s, d].
     """
-    pid_c = tl.program_id(0)
+    pid_s = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    t_idx = _rows(pid_c, T, REV)
     d_idx = pid_d * BD + tl.arange(0, BD)
-    mask_t = t_idx < L
     mask_d = d_idx < D
-    mask2 = mask_t[:, None] & mask_d[None, :]
+    n_ar = tl.arange(0, NP)
+    mask_nd = (n_ar < N)[:, None] & mask_d[None, :]
+    nd_off = n_ar[:, None] * D + d_idx[None, :]
     grp = (pid_d * BD) // DPG
     dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
-
-    off_d = pid_b * s_db + t_idx[:, None] * s_dl + dcol[None, :]
-    dt, vpre = _load_dt(delta_ptr, bias_ptr, off_d, mask2, d_idx, mask_d, HAS_BIAS, SOFTPLUS)
-    uu = tl.load(u_ptr + pid_b * s_ub + t_idx[:, None] * s_ul + dcol[None, :],
-                 mask=mask2, other=0.0).to(tl.float32)
-    gout = tl.load(g_ptr + pid_b * s_gb + t_idx[:, None] * s_gl + dcol[None, :],
-                   mask=mask2, other=0.0).to(tl.float32)
-    if HAS_Z:
-        zz = tl.load(z_ptr + pid_b * s_zb + t_idx[:, None] * s_zl + dcol[None, :],
-                     mask=mask2, other=0.0).to(tl.float32)
-        sz = tl.sigmoid(zz)
-        gy = gout * zz * sz
+    base = (pid_b * NS + pid_s) * N * D
+    # the running state lives in sloc (each thread re-reads only what it wrote)
+    tl.store(sloc_ptr + base + nd_off, tl.zeros([NP, BD], dtype=tl.float32), mask=mask_nd)
+    stot = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
     else:
-        gy = gout
-    dtu = dt * uu
-    du = tl.zeros([T, BD], dtype=tl.float32)
-    ddt = tl.zeros([T, BD], dtype=tl.float32)
-    y = tl.zeros([T, BD], dtype=tl.float32)
-    ones = tl.full([T, BD], 1.0, dtype=tl.float32)
-    b_base = pid_b * s_Bb + t_idx * s_Bl + grp * s_Bg
-    c_base = pid_b * s_Cb + t_idx * s_Cl + grp * s_Cg
-    db_base = pid_b * s_dBb + t_idx * s_dBl + grp * s_dBg
-    dc_base = pid_b * s_dCb + t_idx * s_dCl + grp * s_dCg
-    st_base = (pid_b * NC + pid_c) * N * D
-    for n in tl.range(0, N, loop_unroll_factor=UNROLL):
-        an = tl.load(A_ptr + d_idx * N + n, mask=mask_d, other=0.0)
-        bn = tl.load(B_ptr + b_base + n, mask=mask_t, other=0.0).to(tl.float32)
-        cn = tl.load(C_ptr + c_base + n, mask=mask_t, other=0.0).to(tl.float32)
-        h0 = tl.load(hin_ptr + st_base + n * D + d_idx, mask=mask_d, other=0.0)
-        m0 = tl.load(min_ptr + st_base + n * D + d_idx, mask=mask_d, other=0.0)
-        a = tl.exp2((an * 1.4426950408889634)[None, :] * dt)
-        x = dtu * bn[:, None]
-        P, X = tl.associative_scan((a, x), 0, _combine_fwd)
-        h = X + P * h0[None, :]
-        cc = gy * cn[:, None]
-        _, Q, V = tl.associative_scan((a, ones, cc), 0, _combine_adj, reverse=True)
-        lam = V + Q * m0[None, :]
-        if HAS_Z:
-            y += h * cn[:, None]
-        dcn = tl.sum(gy * h, axis=1)
-        lam_dt = lam * dt
-        dbn = tl.sum(lam_dt * uu, axis=1)
-        tl.atomic_add(dB_ptr + db_base + n, dbn, mask=mask_t)
-        tl.atomic_add(dC_ptr + dc_base + n, dcn, mask=mask_t)
-        du += lam_dt * bn[:, None]
-        hmx = h - x  # = a_t * h_prev
-        ddt += lam * (uu * bn[:, None] + an[None, :] * hmx)
-        dan = tl.sum(lam_dt * hmx, axis=0)
-        tl.store(dA_ptr + st_base + n * D + d_idx, dan, mask=mask_d)
+        bias = tl.zeros([BD], dtype=tl.float32)
+    for k in range(CPS):
+        if DESC:
+            c = pid_s * CPS + CPS - 1 - k
+        else:
+            c = pid_s * CPS + k
+        # 64-bit scalar chunk base + 32-bit in-chunk offsets (keeps registers low)
+        row0 = c.to(tl.int64) * T
+        lr = tl.arange(0, T)
+        if REV:
+            lr = T - 1 - lr
+        mask_t = lr < L - row0
+        mask2 = mask_t[:, None] & mask_d[None, :]
+        off_d = (pid_b * s_db + row0 * s_dl) + (lr[:, None] * s_dl + dcol[None, :])
+        dt, _ = _load_dt_pre(delta_ptr, off_d, mask2, bias, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + (pid_b * s_ub + row0 * s_ul) + (lr[:, None] * s_ul + dcol[None, :]),
+                     mask=mask2, other=0.0).to(tl.float32)
+        if ADJ:
+            v = uu
+            if HAS_Z:
+                zz = tl.load(z_ptr + (pid_b * s_zb + row0 * s_zl) + (lr[:, None] * s_zl + dcol[None, :]),
+                             mask=mask2, other=0.0).to(tl.float32)
+                v = v * zz * tl.sigmoid(zz)
+        else:
+            v = uu * dt
+        s_incl = tl.cumsum(dt, axis=0)
+        s_tot = tl.sum(dt, axis=0)
+        if ADJ:
+            W = s_incl
+        else:
+            W = s_tot[None, :] - s_incl
+        b_base = B_ptr + (pid_b * s_Bb + row0 * s_Bl + grp * s_Bg) + lr * s_Bl
+        for n in tl.range(0, NR, loop_unroll_factor=UNROLL):
+            a2 = tl.load(A_ptr + n * D + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
+            bn = tl.load(b_base + n, mask=mask_t, other=0.0).to(tl.float32)
+            s = tl.sum(tl.exp2(a2[None, :] * W) * v * bn[:, None], axis=0)
+            prev = tl.load(sloc_ptr + base + n * D + d_idx, mask=mask_d, other=0.0)
+            tl.store(sloc_ptr + base + n * D + d_idx, tl.exp2(a2 * s_tot) * prev + s,
+                     mask=mask_d)
+        stot += s_tot
+    tl.store(ssum_ptr + (pid_b * NS + pid_s) * D + d_idx, stot, mask=mask_d)
+
+
+@triton.jit(do_not_specialize=["SD", "NR"])
+def _seg_output_kernel(
+    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr,
+    hseg_ptr, out_ptr, hchunk_ptr, hend_ptr,
+    L, D, NC, NS, CPS, DPG, SD, NR,
+    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_ob, s_ol,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    UNROLL: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REV: tl.constexpr, HAS_INIT: tl.constexpr,
+    STORE: tl.constexpr,
+):
+    """Outputs of one segment from its entering state hseg[b, s] (N, D), carried across
+    its chunks in scan order. STORE: also the state entering every chunk,
+    hchunk[b, c, n, d] (for the backward; NC = NS * CPS, padded). hend[b, s]: the state after the segment."""
+    pid_s = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BD + tl.arange(0, BD)
+    mask_d = d_idx < D
+    n_ar = tl.arange(0, NP)
+    mask_nd = (n_ar < N)[:, None] & mask_d[None, :]
+    nd_off = n_ar[:, None] * D + d_idx[None, :]
+    grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
+    seg_base = (pid_b * NS + pid_s) * N * D
+    # the running state lives in hend (each thread re-reads only what it wrote)
+    if HAS_INIT:
+        init = tl.load(hseg_ptr + seg_base + nd_off, mask=mask_nd, other=0.0)
+    else:
+        init = tl.zeros([NP, BD], dtype=tl.float32)
+    tl.store(hend_ptr + seg_base + nd_off, init, mask=mask_nd)
     if HAS_D:
         dd = tl.load(D_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
-        du += gy * dd[None, :]
-        tl.store(dD_ptr + (pid_b * NC + pid_c) * D + d_idx, tl.sum(gy * uu, axis=0),
-                 mask=mask_d)
-    if HAS_Z:
+    first = (tl.arange(0, T) == 0)[:, None]
+    last = (tl.arange(0, T) == T - 1)[:, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    for k in range(CPS):
+        if REV:
+            c = pid_s * CPS + CPS - 1 - k
+        else:
+            c = pid_s * CPS + k
+        # 64-bit scalar chunk base + 32-bit in-chunk offsets (keeps registers low)
+        row0 = c.to(tl.int64) * T
+        lr = tl.arange(0, T)
+        if REV:
+            lr = T - 1 - lr
+        mask_t = lr < L - row0
+        mask2 = mask_t[:, None] & mask_d[None, :]
+        if STORE:
+            tl.store(hchunk_ptr + (pid_b * NC + c) * N * D + nd_off,
+                     tl.load(hend_ptr + seg_base + nd_off, mask=mask_nd, other=0.0),
+                     mask=mask_nd)
+        off_d = (pid_b * s_db + row0 * s_dl) + (lr[:, None] * s_dl + dcol[None, :])
+        dt, _ = _load_dt_pre(delta_ptr, off_d, mask2, bias, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + (pid_b * s_ub + row0 * s_ul) + (lr[:, None] * s_ul + dcol[None, :]),
+                     mask=mask2, other=0.0).to(tl.float32)
+        dtu = dt * uu
+        y = tl.zeros([T, BD], dtype=tl.float32)
+        b_base = B_ptr + (pid_b * s_Bb + row0 * s_Bl + grp * s_Bg) + lr * s_Bl
+        c_base = C_ptr + (pid_b * s_Cb + row0 * s_Cl + grp * s_Cg) + lr * s_Cl
+        for n in tl.range(0, NR, loop_unroll_factor=UNROLL):
+            a2 = tl.load(A_ptr + n * D + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
+            h0 = tl.load(hend_ptr + seg_base + n * D + d_idx, mask=mask_d, other=0.0)
+            bn = tl.load(b_base + n, mask=mask_t, other=0.0).to(tl.float32)
+            cn = tl.load(c_base + n, mask=mask_t, other=0.0).to(tl.float32)
+            a = tl.exp2(a2[None, :] * dt)
+            # the entering state folds into the first row: the scan value is h itself
+            x = dtu * bn[:, None] + tl.where(first, a * h0[None, :], 0.0)
+            _, h = tl.associative_scan((a, x), 0, _combine_fwd)
+            y += h * cn[:, None]
+            tl.store(hend_ptr + seg_base + n * D + d_idx, tl.sum(tl.where(last, h, 0.0), axis=0),
+                     mask=mask_d)
         if HAS_D:
             y += uu * dd[None, :]
-        dz = gout * y * sz * (1.0 + zz * (1.0 - sz))
-        off_o = pid_b * L * D + t_idx[:, None] * D + dcol[None, :]
-        if ACC_DZ:
-            dz += tl.load(dz_ptr + off_o, mask=mask2, other=0.0)
-        tl.store(dz_ptr + off_o, dz.to(dz_ptr.dtype.element_ty), mask=mask2)
-    if SOFTPLUS:
-        ddt = ddt * tl.sigmoid(vpre)
-    ddt = tl.where(mask2, ddt, 0.0)
+        if HAS_Z:
+            zz = tl.load(z_ptr + (pid_b * s_zb + row0 * s_zl) + (lr[:, None] * s_zl + dcol[None, :]),
+                         mask=mask2, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + (pid_b * s_ob + row0 * s_ol) + (lr[:, None] * s_ol + dcol[None, :]),
+                 y.to(out_ptr.dtype.element_ty), mask=mask2)
+
+
+@triton.jit(do_not_specialize=["SD", "NR"])
+def _seg_bwd_kernel(
+    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
+    hchunk_ptr, mseg_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, mend_ptr,
+    L, D, NC, NS, CPS, DPG, SD, NR,
+    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
+    s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    UNROLL: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REV: tl.constexpr, ACC_DZ: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+):
+    """All gradients of one segment. Chunks are visited in the adjoint's direction,
+    carrying a_first * lambda_first (entering value mseg[b, s]); h is recomputed from the
+    stored state entering each chunk (hchunk). dB, dC: fp32 atomics across d-blocks;
+    dA partials (b, NS, N, D); dD, dbias partials (b, NS, D); mend[b, s]: the adjoint
+    carried out of the segment (d h_entering)."""
+    pid_s = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BD + tl.arange(0, BD)
+    mask_d = d_idx < D
+    n_ar = tl.arange(0, NP)
+    mask_nd = (n_ar < N)[:, None] & mask_d[None, :]
+    nd_off = n_ar[:, None] * D + d_idx[None, :]
+    grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
+    seg_base = (pid_b * NS + pid_s) * N * D
+    # the running adjoint lives in mend, the dA sums in dA (each thread re-reads only
+    # what it wrote)
+    if HAS_INIT:
+        init = tl.load(mseg_ptr + seg_base + nd_off, mask=mask_nd, other=0.0)
+    else:
+        init = tl.zeros([NP, BD], dtype=tl.float32)
+    tl.store(mend_ptr + seg_base + nd_off, init, mask=mask_nd)
+    tl.store(dA_ptr + seg_base + nd_off, tl.zeros([NP, BD], dtype=tl.float32), mask=mask_nd)
+    dDacc = tl.zeros([BD], dtype=tl.float32)
+    dbacc = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        dd = tl.load(D_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    first = (tl.arange(0, T) == 0)[:, None]
+    ncol = tl.arange(0, NP)[None, :]
+    last = (tl.arange(0, T) == T - 1)[:, None]
     if HAS_BIAS:
-        tl.store(dbias_ptr + (pid_b * NC + pid_c) * D + d_idx, tl.sum(ddt, axis=0),
-                 mask=mask_d)
-    off_o = pid_b * L * D + t_idx[:, None] * D + dcol[None, :]
-    tl.store(du_ptr + off_o, du.to(du_ptr.dtype.element_ty), mask=mask2)
-    tl.store(ddelta_ptr + off_o, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask2)
+        bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    for k in range(CPS):
+        if REV:
+            c = pid_s * CPS + k
+        else:
+            c = pid_s * CPS + CPS - 1 - k
+        # 64-bit scalar chunk base + 32-bit in-chunk offsets (keeps registers low)
+        row0 = c.to(tl.int64) * T
+        lr = tl.arange(0, T)
+        if REV:
+            lr = T - 1 - lr
+        mask_t = lr < L - row0
+        mask2 = mask_t[:, None] & mask_d[None, :]
+        off_d = (pid_b * s_db + row0 * s_dl) + (lr[:, None] * s_dl + dcol[None, :])
+        dt, vpre = _load_dt_pre(delta_ptr, off_d, mask2, bias, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + (pid_b * s_ub + row0 * s_ul) + (lr[:, None] * s_ul + dcol[None, :]),
+                     mask=mask2, other=0.0).to(tl.float32)
+        gout = tl.load(g_ptr + (pid_b * s_gb + row0 * s_gl) + (lr[:, None] * s_gl + dcol[None, :]),
+                       mask=mask2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + (pid_b * s_zb + row0 * s_zl) + (lr[:, None] * s_zl + dcol[None, :]),
+                         mask=mask2, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            gy = gout * zz * sz
+        else:
+            gy = gout
+        dtu = dt * uu
+        du = tl.zeros([T, BD], dtype=tl.float32)
+        ddt = tl.zeros([T, BD], dtype=tl.float32)
+        y = tl.zeros([T, BD], dtype=tl.float32)
+        ones = tl.full([T, BD], 1.0, dtype=tl.float32)
+        dBt = tl.zeros([T, NP], dtype=tl.float32)
+        dCt = tl.zeros([T, NP], dtype=tl.float32)
+        b_base = B_ptr + (pid_b * s_Bb + row0 * s_Bl + grp * s_Bg) + lr * s_Bl
+        c_base = C_ptr + (pid_b * s_Cb + row0 * s_Cl + grp * s_Cg) + lr * s_Cl
+        db_base = dB_ptr + (pid_b * s_dBb + row0 * s_dBl + grp * s_dBg) + lr * s_dBl
+        dc_base = dC_ptr + (pid_b * s_dCb + row0 * s_dCl + grp * s_dCg) + lr * s_dCl
+        for n in tl.range(0, NR, loop_unroll_factor=UNROLL):
+            an = tl.load(A_ptr + n * D + d_idx, mask=mask_d, other=0.0)
+            h0 = tl.load(hchunk_ptr + (pid_b * NC + c) * N * D + n * D + d_idx, mask=mask_d,
+                         other=0.0)
+            m0 = tl.load(mend_ptr + seg_base + n * D + d_idx, mask=mask_d, other=0.0)
+            bn = tl.load(b_base + n, mask=mask_t, other=0.0).to(tl.float32)
+            cn = tl.load(c_base + n, mask=mask_t, other=0.0).to(tl.float32)
+            a = tl.exp2((an * 1.4426950408889634)[None, :] * dt)
+            x = dtu * bn[:, None]
+            _, h = tl.associative_scan((a, x + tl.where(first, a * h0[None, :], 0.0)), 0,
+                                       _combine_fwd)
+            # lambda_t = gy_t C_t + a_{t+1} lambda_{t+1}; the later chunks enter at the
+            # last row (m0 = a_next * lambda_next), so the scan value is lambda itself
+            cc = gy * cn[:, None] + tl.where(last, m0[None, :], 0.0)
+            _, _, lam = tl.associative_scan((a, ones, cc), 0, _combine_adj, reverse=True)
+            tl.store(mend_ptr + seg_base + n * D + d_idx,
+                     tl.sum(tl.where(first, a * lam, 0.0), axis=0), mask=mask_d)
+            if HAS_Z:
+                y += h * cn[:, None]
+            # reduce over the d-block now; one (T, NP) atomic per chunk after the n loop
+            lam_dt = lam * dt
+            dBt = tl.where(ncol == n, tl.sum(lam_dt * uu, axis=1)[:, None], dBt)
+            dCt = tl.where(ncol == n, tl.sum(gy * h, axis=1)[:, None], dCt)
+            du += lam_dt * bn[:, None]
+            hmx = h - x  # = a_t * h_{t-1}
+            ddt += lam * (uu * bn[:, None] + an[None, :] * hmx)
+            dA_n = tl.load(dA_ptr + seg_base + n * D + d_idx, mask=mask_d, other=0.0)
+            tl.store(dA_ptr + seg_base + n * D + d_idx, dA_n + tl.sum(lam_dt * hmx, axis=0),
+                     mask=mask_d)
+        mask_tn = mask_t[:, None] & (ncol < N)
+        tl.atomic_add(db_base[:, None] + ncol, dBt, mask=mask_tn)
+        tl.atomic_add(dc_base[:, None] + ncol, dCt, mask=mask_tn)
+        if HAS_D:
+            du += gy * dd[None, :]
+            dDacc += tl.sum(gy * uu, axis=0)
+        off_o = (pid_b * L * D + row0 * D) + (lr[:, None] * D + dcol[None, :])
+        if HAS_Z:
+            if HAS_D:
+                y += uu * dd[None, :]
+            dz = gout * y * sz * (1.0 + zz * (1.0 - sz))
+            if ACC_DZ:
+                dz += tl.load(dz_ptr + off_o, mask=mask2, other=0.0)
+            tl.store(dz_ptr + off_o, dz.to(dz_ptr.dtype.element_ty), mask=mask2)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(vpre)
+        ddt = tl.where(mask2, ddt, 0.0)
+        if HAS_BIAS:
+            dbacc += tl.sum(ddt, axis=0)
+        tl.store(du_ptr + off_o, du.to(du_ptr.dtype.element_ty), mask=mask2)
+        tl.store(ddelta_ptr + off_o, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask2)
+    if HAS_D:
+        tl.store(dD_ptr + (pid_b * NS + pid_s) * D + d_idx, dDacc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + (pid_b * NS + pid_s) * D + d_idx, dbacc, mask=mask_d)
 
 
 # ----------------------------------------------------------------------------------
@@ -563,54 +762,117 @@ def _states(geom, u, delta, bias, A, B, h0, softplus, rev, adj, z=None):
     return hin, hT
 
 
-def _fwd(u, delta, A, B, C, D_, z, bias, h0, softplus, rev):
+def _segments(geom):
+    """(NS, CPS): segments per sequence and chunks per segment. Enough segments that
+    batch x d-blocks x segments reaches CONFIG["target_programs"]; one segment (a single
+    pass, no segment-state kernel) when batch x d-blocks alone is near it."""
+    pairs = geom.batch * geom.ND
+    ns = max(1, min(geom.NC, -(-CONFIG["target_programs"] // pairs)))
+    if ns <= CONFIG["single_pass_max_ns"]:
+        ns = 1
+    cps = triton.cdiv(geom.NC, ns)
+    return triton.cdiv(geom.NC, cps), cps
+
+
+def _seg_states(geom, NS, CPS, u, delta, bias, A, B, h0, softplus, rev, adj, z=None):
+    """State entering every segment, in the carried quantity's direction: (b, NS, N, D)
+    fp32, or None with one segment and no initial state. h0: (b, D, N) or None."""
+    b, D, N = geom.batch, geom.D, geom.N
+    dev = u.device
+    if NS == 1:
+        if h0 is None:
+            return None
+        return h0.float().permute(0, 2, 1).contiguous()
+    sloc = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
+    ssum = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
+    _seg_state_kernel[(NS, geom.ND, b)](
+        u, delta, bias if bias is not None else delta, A.t().contiguous(), B, z if z is not None else u,
+        sloc, ssum, geom.L, D, NS, CPS, geom.DPG, 1, N,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+        B.stride(0), B.stride(1), B.stride(2),
+        z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
+        N=N, NP=triton.next_power_of_2(N), UNROLL=CONFIG["unroll_n"], T=geom.T, BD=geom.BD,
+        HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ADJ=adj,
+        HAS_Z=z is not None, DESC=(rev != adj),
+        num_warps=CONFIG["warps_state"],
+    )
+    hseg = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
+    hT = torch.empty(b, D, N, device=dev, dtype=torch.float32)
+    BL = min(CONFIG["combine_lanes"], triton.next_power_of_2(N * D))
+    CB = min(CONFIG["combine_chunks"], triton.next_power_of_2(NS))
+    h0c = None if h0 is None else h0.float().contiguous()
+    crev = (not rev) if adj else rev
+    _chunk_combine_kernel[(b, triton.cdiv(N * D, BL))](
+        sloc, ssum, A, h0c if h0c is not None else sloc, hseg, hT,
+        D, NS, N=N, CB=CB, BL=BL, HAS_H0=h0c is not None, REV=crev,
+        num_warps=CONFIG["warps_combine"],
+    )
+    return hseg
+
+
+def _fwd(u, delta, A, B, C, D_, z, bias, h0, softplus, rev, store):
+    """Forward of one direction. Returns (out, hT (b, D, N), hchunk (b, NC, N, D) or None)."""
     geom = _Geom(u, A, B)
     b, L, D, N = geom.batch, geom.L, geom.D, geom.N
-    hin, hT = _states(geom, u, delta, bias, A, B, h0, softplus, rev, adj=False)
+    NS, CPS = _segments(geom)
+    hseg = _seg_states(geom, NS, CPS, u, delta, bias, A, B, h0, softplus, rev, adj=False)
     out = torch.empty(b, L, D, device=u.device, dtype=u.dtype)
-    _chunk_output_kernel[(geom.NC, geom.ND, b)](
-        u, delta, bias if bias is not None else delta, A, B, C,
-        D_ if D_ is not None else A, z if z is not None else u, hin, out,
-        L, D, geom.NC, geom.DPG, 1,
+    hchunk = torch.empty(b, NS * CPS, N, D, device=u.device, dtype=torch.float32) if store else None
+    hend = torch.empty(b, NS, N, D, device=u.device, dtype=torch.float32)
+    _seg_output_kernel[(NS, geom.ND, b)](
+        u, delta, bias if bias is not None else delta, A.t().contiguous(), B, C,
+        D_ if D_ is not None else A, z if z is not None else u,
+        hseg if hseg is not None else hend, out, hchunk if store else hend, hend,
+        L, D, NS * CPS, NS, CPS, geom.DPG, 1, N,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         out.stride(0), out.stride(1),
-        N=N, T=geom.T, BD=geom.BD, UNROLL=CONFIG["unroll_n"], HAS_D=D_ is not None, HAS_Z=z is not None,
-        HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev,
+        N=N, NP=triton.next_power_of_2(N), UNROLL=CONFIG["unroll_n"], T=geom.T, BD=geom.BD, HAS_D=D_ is not None,
+        HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev,
+        HAS_INIT=hseg is not None, STORE=store,
         num_warps=CONFIG["warps_out"],
     )
-    return out, hT, hin
+    hT = hend[:, 0 if rev else NS - 1].transpose(1, 2).contiguous()
+    return out, hT, hchunk
 
 
-def _bwd(geom, gout, ghT, u, delta, A, B, C, D_, z, bias, hin, softplus, rev,
+def _bwd(geom, gout, ghT, u, delta, A, B, C, D_, z, bias, hchunk, softplus, rev,
          du, ddelta, dz, dB, dC, acc_dz):
-    """Backward of one direction. Writes du, ddelta (, dz) and accumulates dB, dC.
-    Returns (dA (D,N), dD, dbias, dh0)."""
+    """Backward of one direction from the per-chunk states hchunk (b, NC, N, D). Writes
+    du, ddelta (, dz) and accumulates dB, dC. Returns (dA (D,N), dD, dbias, dh0)."""
     b, L, D, N, NC = geom.batch, geom.L, geom.D, geom.N, geom.NC
     dev = u.device
-    # adjoint chunk states: the value is gout * silu(z) (gate) times C
-    min_, dh0 = _states(geom, gout, delta, bias, A, C, ghT, softplus, rev, adj=True, z=z)
-    dA_part = torch.empty(b, NC, N, D, device=dev, dtype=torch.float32)
-    dD_part = torch.empty(b, NC, D, device=dev, dtype=torch.float32) if D_ is not None else dA_part
-    dbias_part = torch.empty(b, NC, D, device=dev, dtype=torch.float32) if bias is not None else dA_part
-    _chunk_bwd_kernel[(NC, geom.ND, b)](
-        u, delta, bias if bias is not None else delta, A, B, C,
-        D_ if D_ is not None else A, z if z is not None else u, gout, hin, min_,
-        du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, dbias_part,
-        L, D, NC, geom.DPG, 1,
+    NS, CPS = _segments(geom)
+    # adjoint segment states: the value is gout * silu(z) (gate) times C
+    mseg = _seg_states(geom, NS, CPS, gout, delta, bias, A, C, ghT, softplus, rev, adj=True,
+                       z=z)
+    if hchunk.shape[1] < NS * CPS:  # states from _states (bidirectional): pad, finite
+        hchunk = torch.cat([hchunk, hchunk.new_zeros(b, NS * CPS - hchunk.shape[1], N, D)], 1)
+    dA_part = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
+    mend = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
+    dD_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32) if D_ is not None else dA_part
+    dbias_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32) if bias is not None else dA_part
+    _seg_bwd_kernel[(NS, geom.ND, b)](
+        u, delta, bias if bias is not None else delta, A.t().contiguous(), B, C,
+        D_ if D_ is not None else A, z if z is not None else u, gout, hchunk,
+        mseg if mseg is not None else mend,
+        du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, dbias_part, mend,
+        L, D, NS * CPS, NS, CPS, geom.DPG, 1, N,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         gout.stride(0), gout.stride(1),
         dB.stride(0), dB.stride(1), dB.stride(2), dC.stride(0), dC.stride(1), dC.stride(2),
-        N=N, T=geom.T, BD=geom.BD, UNROLL=CONFIG["unroll_n"], HAS_D=D_ is not None, HAS_Z=z is not None,
-        HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ACC_DZ=acc_dz,
+        N=N, NP=triton.next_power_of_2(N), UNROLL=CONFIG["unroll_n"], T=geom.T, BD=geom.BD, HAS_D=D_ is not None,
+        HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev,
+        ACC_DZ=acc_dz, HAS_INIT=mseg is not None,
         num_warps=CONFIG["warps_bwd"],
     )
     dA = dA_part.sum(dim=(0, 1)).t()
     dD = dD_part.sum(dim=(0, 1)) if D_ is not None else None
     dbias = dbias_part.sum(dim=(0, 1)) if bias is not None else None
+    dh0 = mend[:, NS - 1 if rev else 0].transpose(1, 2)
     return dA, dD, dbias, dh0
 
 
@@ -631,8 +893,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         D_dtype = None if D_ is None else D_.dtype
         b_dtype = None if bias is None else bias.dtype
         u, delta, A, B, C, D_, z, bias = _prep(u, delta, A, B, C, D_, z, bias)
-        out, hT, hin = _fwd(u, delta, A, B, C, D_, z, bias, h0, softplus, rev)
-        ctx.save_for_backward(u, delta, A, B, C, D_, z, bias, hin)
+        store = any(ctx.needs_input_grad)
+        out, hT, hchunk = _fwd(u, delta, A, B, C, D_, z, bias, h0, softplus, rev, store)
+        ctx.save_for_backward(u, delta, A, B, C, D_, z, bias, hchunk)
         ctx.flags = (softplus, rev, A_dtype, D_dtype, b_dtype,
                      None if h0 is None else h0.dtype)
         return out, hT

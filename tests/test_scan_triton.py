@@ -32,7 +32,10 @@ def small_chunks():
     """Tiny chunks/blocks on the interpreter so every cross-chunk path runs."""
     old = dict(ts.CONFIG)
     if DEV == "cpu":
-        ts.CONFIG.update(chunk=8, block_d=4, combine_chunks=2, combine_lanes=16)
+        # target_programs 8: two or more segments per sequence at these shapes, so the
+        # segment-state kernels, the cross-segment combine and padded chunks all run
+        ts.CONFIG.update(chunk=8, block_d=4, combine_chunks=2, combine_lanes=16,
+                         target_programs=8, single_pass_max_ns=1)
     yield
     ts.CONFIG.clear()
     ts.CONFIG.update(old)
@@ -100,6 +103,15 @@ def test_matches_reference_all_options(dtype, rev):
     check(args, softplus=True, rev=rev, dtype=dtype)
 
 
+@pytest.mark.parametrize("rev", [False, True])
+def test_single_pass_and_many_segments(rev):
+    """One segment per sequence (no segment-state pass; forward) and one chunk per
+    segment (reverse)."""
+    ts.CONFIG.update(target_programs=64 if rev else 1)
+    args = make(2, 29, 8, 4, 1, torch.float32, seed=13 + rev)
+    check(args, softplus=True, rev=rev, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("L", [1, 8, 13])
 @pytest.mark.parametrize("rev", [False, True])
 def test_matches_reference_plain(L, rev):
@@ -141,7 +153,7 @@ def test_split_anywhere(rev):
     gy = torch.randn(u.shape, generator=g).to(DEV)
     gh = torch.randn(h.shape, generator=g).to(DEV)
     full_y, full_h, full_g = run(ts.selective_scan_triton, args, True, rev, gy, gh)
-    for k in (1, 8, 11):
+    for k in (1, 11):  # a length-1 piece; a split inside a chunk
         first = slice(k, None) if rev else slice(0, k)
         second = slice(0, k) if rev else slice(k, None)
         sl = lambda t, s: t[:, s]  # noqa: E731
@@ -175,8 +187,7 @@ def test_reverse_equals_flipped():
         assert rel(a, c) < 1e-5, name
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("with_z", [True, False])
+@pytest.mark.parametrize("dtype,with_z", [(torch.float32, True), (torch.bfloat16, False)])
 def test_bidirectional(dtype, with_z):
     fa = make(2, 21, 8, 4, 1, dtype, seed=21, with_z=with_z, h0=False)
     ra = make(2, 21, 8, 4, 1, dtype, seed=22, with_z=False, h0=False)
