@@ -205,6 +205,8 @@ class MambaDNA(nn.Module):
         # dtype of the residual stream between blocks (None: as the embedding gives it, fp32);
         # bf16 halves the activations kept per checkpointed layer at long lengths
         self.residual_dtype: Optional[torch.dtype] = None
+        # > 0: train each block in length chunks of this size, exactly (mambadna.chunked)
+        self.layer_chunk: int = 0
         self.register_buffer("complement", _complement_perm(cfg.vocab_size), persistent=False)
         self._init_weights()
 
@@ -262,7 +264,11 @@ class MambaDNA(nn.Module):
         if self.residual_dtype is not None:
             h = h.to(self.residual_dtype)
         for i in range(stop + 1):
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.layer_chunk > 0 and self.training and torch.is_grad_enabled():
+                from .chunked import chunked_block
+
+                h = self._apply_shared(lambda x, i=i: chunked_block(self.layers[i], x, self.layer_chunk), h)
+            elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h = checkpoint(self.run_layer, i, h, use_reentrant=False)
             else:
                 h = self.run_layer(i, h)

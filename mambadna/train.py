@@ -83,6 +83,7 @@ class PretrainConfig:
     seq_len_warmup_steps: int = 0  # steps per warm-up stage (0: 10% of max_steps split over stages)
     bf16: bool = True
     progress: bool = True
+    layer_chunk: int = 0  # > 0: each block trained in exact length chunks of this size (bounded memory)
     residual_bf16: bool = False  # keep the residual stream in bf16 on CUDA (halves checkpointed activations)
     stop_after: int = 0  # stop (with a checkpoint) after this step, to resume later; 0 = run to max_steps
 
@@ -395,6 +396,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     objective = cfg.model.objective
     model = MambaDNA(cfg.model)
     model.gradient_checkpointing = cfg.gradient_checkpointing
+    model.layer_chunk = cfg.layer_chunk
 
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
