@@ -277,11 +277,12 @@ def bidir(b, D, N, L, bw):
     return rows
 
 
-SWEEP = [dict(chunk=16, target_programs=4096, single_pass_max_ns=1),
-         dict(chunk=8, target_programs=4096, single_pass_max_ns=1),
-         dict(chunk=16, target_programs=1024, single_pass_max_ns=1),
-         dict(chunk=16, target_programs=16384, single_pass_max_ns=1),
-         dict(chunk=16, target_programs=4096, single_pass_max_ns=8)]
+SWEEP = [dict(chunk=8),
+         dict(chunk=8, maxnreg_out=128, maxnreg_bwd=128),
+         dict(chunk=8, maxnreg_out=96, maxnreg_bwd=168),
+         dict(chunk=4),
+         dict(chunk=4, maxnreg_out=96, maxnreg_bwd=128),
+         dict(chunk=8, unroll_n=2)]
 
 
 def sweep(shapes):

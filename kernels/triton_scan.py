@@ -52,8 +52,18 @@ CONFIG = {
     "combine_lanes": 128,  # (d_state * d_inner) lanes per program in the cross-chunk scan
     "warps_combine": 4,
     "target_programs": 4096,  # batch x d-blocks x segments to aim for (segment kernels)
-    "single_pass_max_ns": 1,  # use one segment (single pass) when fewer would be needed
+    "single_pass_max_ns": 8,  # use one segment (single pass) when no more would be needed
+    # register caps for the segment kernels (None: ptxas's choice, up to 255 with 1-warp
+    # programs, i.e. ~8 warps per SM); a cap trades occupancy against spills
+    "maxnreg_state": None,
+    "maxnreg_out": None,
+    "maxnreg_bwd": None,
 }
+
+
+def _regcap(key):
+    v = CONFIG.get(key)
+    return {} if v is None or _interpret() else {"maxnreg": int(v)}
 
 
 def _interpret() -> bool:
@@ -476,10 +486,6 @@ def _seg_output_kernel(
             lr = T - 1 - lr
         mask_t = lr < L - row0
         mask2 = mask_t[:, None] & mask_d[None, :]
-        if STORE:
-            tl.store(hchunk_ptr + (pid_b * NC + c) * N * D + nd_off,
-                     tl.load(hend_ptr + seg_base + nd_off, mask=mask_nd, other=0.0),
-                     mask=mask_nd)
         off_d = (pid_b * s_db + row0 * s_dl) + (lr[:, None] * s_dl + dcol[None, :])
         dt, _ = _load_dt_pre(delta_ptr, off_d, mask2, bias, HAS_BIAS, SOFTPLUS)
         uu = tl.load(u_ptr + (pid_b * s_ub + row0 * s_ul) + (lr[:, None] * s_ul + dcol[None, :]),
@@ -491,6 +497,9 @@ def _seg_output_kernel(
         for n in tl.range(0, NR, loop_unroll_factor=UNROLL):
             a2 = tl.load(A_ptr + n * D + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
             h0 = tl.load(hend_ptr + seg_base + n * D + d_idx, mask=mask_d, other=0.0)
+            if STORE:  # per n (a whole (N, BD) tile here kept ~90 more registers live)
+                tl.store(hchunk_ptr + (pid_b * NC + c) * N * D + n * D + d_idx, h0,
+                         mask=mask_d)
             bn = tl.load(b_base + n, mask=mask_t, other=0.0).to(tl.float32)
             cn = tl.load(c_base + n, mask=mask_t, other=0.0).to(tl.float32)
             a = tl.exp2(a2[None, :] * dt)
@@ -794,7 +803,7 @@ def _seg_states(geom, NS, CPS, u, delta, bias, A, B, h0, softplus, rev, adj, z=N
         N=N, NP=triton.next_power_of_2(N), UNROLL=CONFIG["unroll_n"], T=geom.T, BD=geom.BD,
         HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ADJ=adj,
         HAS_Z=z is not None, DESC=(rev != adj),
-        num_warps=CONFIG["warps_state"],
+        num_warps=CONFIG["warps_state"], **_regcap("maxnreg_state"),
     )
     hseg = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
     hT = torch.empty(b, D, N, device=dev, dtype=torch.float32)
@@ -831,7 +840,7 @@ def _fwd(u, delta, A, B, C, D_, z, bias, h0, softplus, rev, store):
         N=N, NP=triton.next_power_of_2(N), UNROLL=CONFIG["unroll_n"], T=geom.T, BD=geom.BD, HAS_D=D_ is not None,
         HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev,
         HAS_INIT=hseg is not None, STORE=store,
-        num_warps=CONFIG["warps_out"],
+        num_warps=CONFIG["warps_out"], **_regcap("maxnreg_out"),
     )
     hT = hend[:, 0 if rev else NS - 1].transpose(1, 2).contiguous()
     return out, hT, hchunk
@@ -867,7 +876,7 @@ def _bwd(geom, gout, ghT, u, delta, A, B, C, D_, z, bias, hchunk, softplus, rev,
         N=N, NP=triton.next_power_of_2(N), UNROLL=CONFIG["unroll_n"], T=geom.T, BD=geom.BD, HAS_D=D_ is not None,
         HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev,
         ACC_DZ=acc_dz, HAS_INIT=mseg is not None,
-        num_warps=CONFIG["warps_bwd"],
+        num_warps=CONFIG["warps_bwd"], **_regcap("maxnreg_bwd"),
     )
     dA = dA_part.sum(dim=(0, 1)).t()
     dD = dD_part.sum(dim=(0, 1)) if D_ is not None else None
