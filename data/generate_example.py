@@ -1,6 +1,6 @@
 """Write the example genome ``data/example_genome.fa`` (seeded, reproducible).
 
-Two contigs drawn from an order-3 Markov chain with skewed transitions, with a
+Two contigs drawn from one order-3 Markov chain with skewed transitions, with a
 few planted motifs (so a model has something to learn below ln 4 nats per
 base), a run of N and a soft-masked (lower-case) stretch. Usage:
 
@@ -17,8 +17,7 @@ BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 MOTIFS = [b"TATAAT", b"TTGACA", b"GGATCCGAATTC", b"CACGTG"]
 
 
-def markov_sequence(rng: np.random.Generator, length: int, order: int = 3) -> np.ndarray:
-    trans = rng.dirichlet(np.full(4, 0.35), size=4 ** order)  # skewed next-base distributions
+def markov_sequence(rng: np.random.Generator, length: int, trans: np.ndarray, order: int = 3) -> np.ndarray:
     cdf = np.cumsum(trans, axis=1)
     out = np.empty(length, dtype=np.uint8)
     ctx = 0
@@ -43,9 +42,10 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     contigs = {"chrA": 160_000, "chrB": 64_000}
+    trans = rng.dirichlet(np.full(4, 0.35), size=4 ** 3)  # one genome-wide model: skewed next-base laws
     with open(args.out, "w") as f:
         for name, L in contigs.items():
-            seq = markov_sequence(rng, L)
+            seq = markov_sequence(rng, L, trans)
             if name == "chrB":
                 seq[20_000:20_500] = ord("N")                  # assembly gap
                 seq[40_000:42_000] = seq[40_000:42_000] + 32   # soft-masked repeat (lower case)
