@@ -164,3 +164,13 @@ def test_pretrain_on_bam_reads(tmp_path, shared_data):
                                   progress=False, save_every=2))
     assert res["step"] == 2 and math.isfinite(res["loss"])
     assert (tmp_path / "bam" / "model.safetensors").is_file()
+
+
+def test_layer_chunk_training_matches_plain_run(tmp_path):
+    a = pretrain(_cfg(tmp_path / "plain", max_steps=3, val_contigs=(), save_every=3))
+    b = pretrain(_cfg(tmp_path / "chunked", max_steps=3, val_contigs=(), save_every=3, layer_chunk=24))
+    assert abs(a["loss"] - b["loss"]) < 1e-5
+    wa = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "chunked" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
