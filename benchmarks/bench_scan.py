@@ -277,12 +277,7 @@ def bidir(b, D, N, L, bw):
     return rows
 
 
-SWEEP = [dict(chunk=8),
-         dict(chunk=8, maxnreg_out=128, maxnreg_bwd=128),
-         dict(chunk=8, maxnreg_out=96, maxnreg_bwd=168),
-         dict(chunk=4),
-         dict(chunk=4, maxnreg_out=96, maxnreg_bwd=128),
-         dict(chunk=8, unroll_n=2)]
+SWEEP = [dict(chunk=8), dict(chunk=8, unroll_n=2), dict(chunk=16)]
 
 
 def sweep(shapes):

@@ -423,11 +423,19 @@ def _seg_state_kernel(
         else:
             W = s_tot[None, :] - s_incl
         b_base = B_ptr + (pid_b * s_Bb + row0 * s_Bl + grp * s_Bg) + lr * s_Bl
+        # row n+1's loads are issued before row n's store (software prefetch)
+        a2_nx = tl.load(A_ptr + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
+        bn_nx = tl.load(b_base, mask=mask_t, other=0.0).to(tl.float32)
+        prev_nx = tl.load(sloc_ptr + base + d_idx, mask=mask_d, other=0.0)
         for n in tl.range(0, NR, loop_unroll_factor=UNROLL):
-            a2 = tl.load(A_ptr + n * D + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
-            bn = tl.load(b_base + n, mask=mask_t, other=0.0).to(tl.float32)
+            a2 = a2_nx
+            bn = bn_nx
+            prev = prev_nx
+            n1 = (n + 1) % NR  # wraps to row 0 on the last row (loaded, unused)
+            a2_nx = tl.load(A_ptr + n1 * D + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
+            bn_nx = tl.load(b_base + n1, mask=mask_t, other=0.0).to(tl.float32)
+            prev_nx = tl.load(sloc_ptr + base + n1 * D + d_idx, mask=mask_d, other=0.0)
             s = tl.sum(tl.exp2(a2[None, :] * W) * v * bn[:, None], axis=0)
-            prev = tl.load(sloc_ptr + base + n * D + d_idx, mask=mask_d, other=0.0)
             tl.store(sloc_ptr + base + n * D + d_idx, tl.exp2(a2 * s_tot) * prev + s,
                      mask=mask_d)
         stot += s_tot
@@ -494,14 +502,25 @@ def _seg_output_kernel(
         y = tl.zeros([T, BD], dtype=tl.float32)
         b_base = B_ptr + (pid_b * s_Bb + row0 * s_Bl + grp * s_Bg) + lr * s_Bl
         c_base = C_ptr + (pid_b * s_Cb + row0 * s_Cl + grp * s_Cg) + lr * s_Cl
+        # row n+1's loads are issued before row n's store (software prefetch): the
+        # compiler cannot move a load above a store it cannot prove disjoint
+        a2_nx = tl.load(A_ptr + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
+        h0_nx = tl.load(hend_ptr + seg_base + d_idx, mask=mask_d, other=0.0)
+        bn_nx = tl.load(b_base, mask=mask_t, other=0.0).to(tl.float32)
+        cn_nx = tl.load(c_base, mask=mask_t, other=0.0).to(tl.float32)
         for n in tl.range(0, NR, loop_unroll_factor=UNROLL):
-            a2 = tl.load(A_ptr + n * D + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
-            h0 = tl.load(hend_ptr + seg_base + n * D + d_idx, mask=mask_d, other=0.0)
+            a2 = a2_nx
+            h0 = h0_nx
+            bn = bn_nx
+            cn = cn_nx
+            n1 = (n + 1) % NR  # wraps to row 0 on the last row (loaded, unused)
+            a2_nx = tl.load(A_ptr + n1 * D + d_idx, mask=mask_d, other=0.0) * 1.4426950408889634
+            h0_nx = tl.load(hend_ptr + seg_base + n1 * D + d_idx, mask=mask_d, other=0.0)
+            bn_nx = tl.load(b_base + n1, mask=mask_t, other=0.0).to(tl.float32)
+            cn_nx = tl.load(c_base + n1, mask=mask_t, other=0.0).to(tl.float32)
             if STORE:  # per n (a whole (N, BD) tile here kept ~90 more registers live)
                 tl.store(hchunk_ptr + (pid_b * NC + c) * N * D + n * D + d_idx, h0,
                          mask=mask_d)
-            bn = tl.load(b_base + n, mask=mask_t, other=0.0).to(tl.float32)
-            cn = tl.load(c_base + n, mask=mask_t, other=0.0).to(tl.float32)
             a = tl.exp2(a2[None, :] * dt)
             # the entering state folds into the first row: the scan value is h itself
             x = dtu * bn[:, None] + tl.where(first, a * h0[None, :], 0.0)
@@ -604,13 +623,28 @@ def _seg_bwd_kernel(
         c_base = C_ptr + (pid_b * s_Cb + row0 * s_Cl + grp * s_Cg) + lr * s_Cl
         db_base = dB_ptr + (pid_b * s_dBb + row0 * s_dBl + grp * s_dBg) + lr * s_dBl
         dc_base = dC_ptr + (pid_b * s_dCb + row0 * s_dCl + grp * s_dCg) + lr * s_dCl
+        # row n+1's loads are issued before row n's stores (software prefetch)
+        hc_base = hchunk_ptr + (pid_b * NC + c) * N * D
+        an_nx = tl.load(A_ptr + d_idx, mask=mask_d, other=0.0)
+        h0_nx = tl.load(hc_base + d_idx, mask=mask_d, other=0.0)
+        m0_nx = tl.load(mend_ptr + seg_base + d_idx, mask=mask_d, other=0.0)
+        dA_nx = tl.load(dA_ptr + seg_base + d_idx, mask=mask_d, other=0.0)
+        bn_nx = tl.load(b_base, mask=mask_t, other=0.0).to(tl.float32)
+        cn_nx = tl.load(c_base, mask=mask_t, other=0.0).to(tl.float32)
         for n in tl.range(0, NR, loop_unroll_factor=UNROLL):
-            an = tl.load(A_ptr + n * D + d_idx, mask=mask_d, other=0.0)
-            h0 = tl.load(hchunk_ptr + (pid_b * NC + c) * N * D + n * D + d_idx, mask=mask_d,
-                         other=0.0)
-            m0 = tl.load(mend_ptr + seg_base + n * D + d_idx, mask=mask_d, other=0.0)
-            bn = tl.load(b_base + n, mask=mask_t, other=0.0).to(tl.float32)
-            cn = tl.load(c_base + n, mask=mask_t, other=0.0).to(tl.float32)
+            an = an_nx
+            h0 = h0_nx
+            m0 = m0_nx
+            dA_n = dA_nx
+            bn = bn_nx
+            cn = cn_nx
+            n1 = (n + 1) % NR  # wraps to row 0 on the last row (loaded, unused)
+            an_nx = tl.load(A_ptr + n1 * D + d_idx, mask=mask_d, other=0.0)
+            h0_nx = tl.load(hc_base + n1 * D + d_idx, mask=mask_d, other=0.0)
+            m0_nx = tl.load(mend_ptr + seg_base + n1 * D + d_idx, mask=mask_d, other=0.0)
+            dA_nx = tl.load(dA_ptr + seg_base + n1 * D + d_idx, mask=mask_d, other=0.0)
+            bn_nx = tl.load(b_base + n1, mask=mask_t, other=0.0).to(tl.float32)
+            cn_nx = tl.load(c_base + n1, mask=mask_t, other=0.0).to(tl.float32)
             a = tl.exp2((an * 1.4426950408889634)[None, :] * dt)
             x = dtu * bn[:, None]
             _, h = tl.associative_scan((a, x + tl.where(first, a * h0[None, :], 0.0)), 0,
@@ -630,7 +664,6 @@ def _seg_bwd_kernel(
             du += lam_dt * bn[:, None]
             hmx = h - x  # = a_t * h_{t-1}
             ddt += lam * (uu * bn[:, None] + an[None, :] * hmx)
-            dA_n = tl.load(dA_ptr + seg_base + n * D + d_idx, mask=mask_d, other=0.0)
             tl.store(dA_ptr + seg_base + n * D + d_idx, dA_n + tl.sum(lam_dt * hmx, axis=0),
                      mask=mask_d)
         mask_tn = mask_t[:, None] & (ncol < N)
