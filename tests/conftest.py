@@ -45,24 +45,24 @@ def device() -> str:
 
 
 def _tiny_model_dir(tmp_path_factory, bidirectional: bool) -> Path:
-    from mambadna.checkpoint import save_model
+    """Pretrain a tiny model for a few steps on the example genome (seconds on CPU)."""
     from mambadna.config import ModelConfig
-    from mambadna.model import MambaDNA
+    from mambadna.train import PretrainConfig, pretrain
 
-    torch.manual_seed(0)
     d = tmp_path_factory.mktemp("bi" if bidirectional else "causal")
-    model = MambaDNA(ModelConfig(d_model=32, n_layers=2, d_state=8, bidirectional=bidirectional))
-    save_model(model, d)
+    pretrain(PretrainConfig(genome=str(REPO / "data" / "example_genome.fa"), out=str(d), seq_len=128,
+                            batch_size=4, max_steps=12, lr=5e-3, seed=0, progress=False, save_every=1000,
+                            model=ModelConfig(d_model=32, n_layers=2, d_state=8, bidirectional=bidirectional)))
     return d
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A saved tiny bidirectional (masked-LM) model: config.json + model.safetensors."""
+    """A tiny bidirectional (masked-LM) model trained by the suite: config.json + model.safetensors."""
     return _tiny_model_dir(tmp_path_factory, True)
 
 
 @pytest.fixture(scope="session")
 def tiny_causal_model_dir(tmp_path_factory) -> Path:
-    """A saved tiny causal (next-token) model."""
+    """A tiny causal (next-token) model trained by the suite."""
     return _tiny_model_dir(tmp_path_factory, False)
