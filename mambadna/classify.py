@@ -417,6 +417,7 @@ def _classify_vcf(cfg: ClassifyConfig, scorer: Scorer, tsv_tmp: Path, vcf_tmp: O
     if cfg.max_records is not None:  # the record that ended the loop is not scored
         stats.records = min(stats.records, cfg.max_records)
         stats.windows = n_rows
+        stats.alleles = n_rows + sum(stats.skipped.values())  # alleles of the records actually read
     dt = time.time() - t0
     stats.log_summary(log)
     log.info("scored %d alleles in %.1f s (%.1f variants/s)", n_rows, dt, n_rows / max(dt, 1e-9))
