@@ -182,6 +182,16 @@ def selective_scan_chunked(
     T = chunk if chunk > 0 else max(1, int(math.ceil(math.sqrt(L))))
     nc = (L + T - 1) // T
     pad = nc * T - L
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    if not needs_grad:
+        y, hT = _chunked_inference(uf, dt, A.to(cdt), B.to(cdt), C.to(cdt), h0, T, nc, pad)
+        if D is not None:
+            y = y + uf * D.to(cdt)
+        if z is not None:
+            y = y * F.silu(z.to(cdt))
+        y = y.to(dtype_in)
+        return (y, hT) if return_final_state else y
     logdA = dt.unsqueeze(-1) * A.to(cdt)                      # (b, L, d, n), <= 0
     dBu = (dt * uf).unsqueeze(-1) * _expand_groups(B.to(cdt), d)
     if pad:
@@ -211,3 +221,47 @@ def selective_scan_chunked(
         y = y * F.silu(z.to(cdt))
     y = y.to(dtype_in)
     return (y, carry[-1]) if return_final_state else y
+
+
+def _chunked_inference(uf, dt, A, B, C, h0, T, nc, pad):
+    """No-autograd chunked scan that never materialises (batch, L, d, n) tensors:
+    pass 1 runs every chunk's local recurrence (all chunks at once) and keeps
+    its output and final state; the chunk states are carried across chunks;
+    pass 2 adds C_t . (prod of decays up to t) * h_in. Returns (y without D/z, hT)."""
+    b, L, d = uf.shape
+    n = A.shape[-1]
+    g = B.shape[2]
+
+    def chunked(x):  # (b, L, ...) -> (b, nc, T, ...), zero-padded tail (decay 1, input 0)
+        if pad:
+            x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+        return x.view(b, nc, T, *x.shape[2:])
+
+    dtc, duc = chunked(dt), chunked(dt * uf)
+    Bc, Cc = chunked(B), chunked(C)
+    rep = d // g
+
+    def step_terms(t):
+        dA = torch.exp(dtc[:, :, t, :, None] * A)                       # (b, nc, d, n)
+        Bt = Bc[:, :, t].repeat_interleave(rep, dim=2)                  # (b, nc, d, n)
+        Ct = Cc[:, :, t].repeat_interleave(rep, dim=2)
+        return dA, Bt, Ct
+
+    h = torch.zeros(b, nc, d, n, dtype=uf.dtype, device=uf.device)
+    y = torch.empty(b, nc, T, d, dtype=uf.dtype, device=uf.device)
+    for t in range(T):
+        dA, Bt, Ct = step_terms(t)
+        h = dA * h + duc[:, :, t, :, None] * Bt
+        y[:, :, t] = (h * Ct).sum(-1)
+    total = torch.exp(dtc.sum(2)[..., None] * A)                       # (b, nc, d, n) chunk decay
+    hin = torch.empty_like(h)
+    carry = h0
+    for c in range(nc):
+        hin[:, c] = carry
+        carry = total[:, c] * carry + h[:, c]
+    E = torch.ones_like(h)
+    for t in range(T):
+        dA, _, Ct = step_terms(t)
+        E = E * dA
+        y[:, :, t] += (E * hin * Ct).sum(-1)
+    return y.view(b, nc * T, d)[:, :L], carry

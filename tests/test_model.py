@@ -129,3 +129,20 @@ def test_dispatch_reference_carried_state_split_anywhere():
                             initial_state=ha, return_final_state=True, backend="reference")
     torch.testing.assert_close(torch.cat([ya, yb], 1), y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hb, hT, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("chunk", [0, 1, 6, 64])
+def test_inference_path_of_chunked_scan_matches_sequential(reverse, chunk):
+    torch.manual_seed(3)
+    b, L, d, n, g = 2, 31, 6, 4, 3
+    f64 = dict(dtype=torch.float64)
+    ins = [torch.randn(b, L, d, **f64), torch.randn(b, L, d, **f64), -torch.rand(d, n, **f64),
+           torch.randn(b, L, g, n, **f64), torch.randn(b, L, g, n, **f64), torch.randn(d, **f64),
+           torch.randn(b, L, d, **f64), torch.randn(d, **f64)]
+    h0 = torch.randn(b, d, n, **f64)
+    y1, h1 = selective_scan_ref(*ins, True, h0, True, reverse)
+    with torch.no_grad():  # the no-autograd path never materialises (b, L, d, n)
+        y2, h2 = selective_scan_chunked(*ins, True, h0, True, reverse, chunk=chunk)
+    torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h2, h1, rtol=1e-10, atol=1e-10)
