@@ -20,6 +20,17 @@ def _compute_dtype(u: Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
+def _discretize(u: Tensor, delta: Tensor, delta_bias: Optional[Tensor], softplus: bool):
+    """(compute dtype, u, Δ = softplus(delta + delta_bias)) in the compute dtype."""
+    cdt = _compute_dtype(u)
+    dt = delta.to(cdt)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cdt)
+    if softplus:
+        dt = F.softplus(dt)
+    return cdt, u.to(cdt), dt
+
+
 def _expand_groups(X: Tensor, d_inner: int) -> Tensor:
     """(batch, length, n_groups, d_state) -> (batch, length, d_inner, d_state)."""
     g = X.shape[2]
@@ -61,14 +72,9 @@ def selective_scan_ref(
         return (y, h) if return_final_state else y
 
     dtype_in = u.dtype
-    cdt = _compute_dtype(u)
+    cdt, uf, dt = _discretize(u, delta, delta_bias, delta_softplus)
     batch, length, d_inner = u.shape
     d_state = A.shape[-1]
-    uf, dt = u.to(cdt), delta.to(cdt)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cdt)
-    if delta_softplus:
-        dt = F.softplus(dt)
     Bf = _expand_groups(B.to(cdt), d_inner)
     Cf = _expand_groups(C.to(cdt), d_inner)
     dA = torch.exp(dt.unsqueeze(-1) * A.to(cdt))            # (b, l, d, n)
@@ -167,14 +173,9 @@ def selective_scan_chunked(
                                       delta_softplus, initial_state, True, False, chunk)
         return (y.flip(1), h) if return_final_state else y.flip(1)
     dtype_in = u.dtype
-    cdt = _compute_dtype(u)
+    cdt, uf, dt = _discretize(u, delta, delta_bias, delta_softplus)
     b, L, d = u.shape
     n = A.shape[-1]
-    uf, dt = u.to(cdt), delta.to(cdt)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cdt)
-    if delta_softplus:
-        dt = F.softplus(dt)
     h0 = u.new_zeros(b, d, n, dtype=cdt) if initial_state is None else initial_state.to(cdt)
     if L == 0:
         y = uf * (D.to(cdt) if D is not None else 0)
