@@ -83,7 +83,7 @@ class PretrainConfig:
     seq_len_warmup_steps: int = 0  # steps per warm-up stage (0: 10% of max_steps split over stages)
     bf16: bool = True
     progress: bool = True
-    layer_chunk: int = 0  # > 0: each block trained in exact length chunks of this size (bounded memory)
+    layer_chunk: int = -1  # > 0: each block trained in exact length chunks of this size; 0 off; -1 auto (CPU: 256)
     residual_bf16: bool = False  # keep the residual stream in bf16 on CUDA (halves checkpointed activations)
     stop_after: int = 0  # stop (with a checkpoint) after this step, to resume later; 0 = run to max_steps
 
@@ -254,6 +254,18 @@ def _init_distributed(device_opt: str) -> Tuple[_Dist, torch.device]:
     return _Dist(), resolve_device(device_opt)
 
 
+CPU_LAYER_CHUNK = 256
+
+
+def resolve_layer_chunk(opt: int, device: torch.device, seq_len: int) -> int:
+    """-1 (auto): exact chunked blocks of 256 positions on CPU, where smaller
+    working sets train 2-3x faster (2 x 64 model, 8 x 512: 3.6 s -> 1.3 s per
+    step); off on GPU unless asked for (long windows: --layer-chunk)."""
+    if opt >= 0:
+        return opt
+    return CPU_LAYER_CHUNK if device.type == "cpu" and seq_len > CPU_LAYER_CHUNK else 0
+
+
 def resolve_device(opt: str) -> torch.device:
     """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
     if opt == "auto":
@@ -396,7 +408,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     objective = cfg.model.objective
     model = MambaDNA(cfg.model)
     model.gradient_checkpointing = cfg.gradient_checkpointing
-    model.layer_chunk = cfg.layer_chunk
+    model.layer_chunk = resolve_layer_chunk(cfg.layer_chunk, device, cfg.seq_len)
 
     decay, no_decay = [], []
     for n_, p in model.named_parameters():

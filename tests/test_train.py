@@ -174,3 +174,13 @@ def test_layer_chunk_training_matches_plain_run(tmp_path):
     wb = load_file(str(tmp_path / "chunked" / "model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
+
+
+def test_layer_chunk_auto_policy():
+    from mambadna.train import resolve_layer_chunk
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_layer_chunk(-1, cpu, 512) == 256
+    assert resolve_layer_chunk(-1, cpu, 256) == 0
+    assert resolve_layer_chunk(-1, cuda, 2**20) == 0
+    assert resolve_layer_chunk(0, cpu, 4096) == 0 and resolve_layer_chunk(1024, cuda, 2**20) == 1024
