@@ -184,3 +184,11 @@ def test_layer_chunk_auto_policy():
     assert resolve_layer_chunk(-1, cpu, 256) == 0
     assert resolve_layer_chunk(-1, cuda, 2**20) == 0
     assert resolve_layer_chunk(0, cpu, 4096) == 0 and resolve_layer_chunk(1024, cuda, 2**20) == 1024
+
+
+def test_seq_len_warmup_end_to_end_keeps_tokens_per_step(tmp_path):
+    pretrain(_cfg(tmp_path / "w", max_steps=4, val_contigs=(), save_every=4, seq_len_warmup=True,
+                  seq_len_warmup_start=16, seq_len_warmup_steps=1))
+    rows = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["seq_len"] for r in rows] == [16, 32, 64, 64]
+    assert all(math.isfinite(r["loss"]) for r in rows)
