@@ -552,7 +552,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
             last_loss = step_loss
             tok_acc += B * L
             done = step + 1
-            rec: Dict[str, Any] = {"step": done, "loss": step_loss, "lr": lr, "seq_len": L,
+            rec: Dict[str, Any] = {"step": done, "loss": step_loss, "lr": lr, "seq_len": L, "batch": B,
                                    "grad_norm": float(gnorm)}
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 if device.type == "cuda":

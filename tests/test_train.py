@@ -191,4 +191,5 @@ def test_seq_len_warmup_end_to_end_keeps_tokens_per_step(tmp_path):
                   seq_len_warmup_start=16, seq_len_warmup_steps=1))
     rows = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert [r["seq_len"] for r in rows] == [16, 32, 64, 64]
+    assert {r["batch"] * r["seq_len"] for r in rows} == {4 * 64}
     assert all(math.isfinite(r["loss"]) for r in rows)
