@@ -41,19 +41,19 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_model, read_config
+from .checkpoint import load_model
 from .errors import InputError
-from .heads import HeadConfig, SequenceClassifier, has_head, iter_length_groups, load_classifier, logits_to_proba
+from .heads import HeadConfig, SequenceClassifier, has_head, iter_length_groups, load_classifier
 from .io_utils import atomic_path
 from .model import MambaDNA
 from .pooling import POOL_MODES
-from .tokenizer import A, C, G, MASK, N, T, TokenizationError, encode, reverse_complement
+from .tokenizer import A, C, G, MASK, T, TokenizationError, encode
 
 log = logging.getLogger("mambadna")
 

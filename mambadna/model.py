@@ -6,7 +6,7 @@ never branches on the backend (Triton on CUDA, the PyTorch reference on CPU).
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn

@@ -5,6 +5,7 @@ GPUs under ``torchrun`` (DistributedDataParallel over NCCL).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -404,7 +404,6 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     dist_info, device = _init_distributed(cfg.device)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % (2**32))
     objective = cfg.model.objective
     model = MambaDNA(cfg.model)
     model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -532,7 +531,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
                 labels = lab_all[off:off + len(mb)].to(device, non_blocking=True)
                 off += len(mb)
                 sync = j == len(batches) - 1
-                ctx = ddp_model.no_sync() if (dist_info.world > 1 and not sync) else _null()
+                ctx = ddp_model.no_sync() if (dist_info.world > 1 and not sync) else contextlib.nullcontext()
                 with ctx:
                     with autocast():
                         logits = ddp_model(inputs)
@@ -585,14 +584,6 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
 
         dist.barrier()
     return {"step": end_step, "loss": last_loss, "val": last_val, "out": str(out)}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _write_final(out: Path, model: MambaDNA, cfg: PretrainConfig, val) -> None:
