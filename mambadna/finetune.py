@@ -23,7 +23,6 @@ The output directory (written atomically) holds the classifier
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -370,6 +369,48 @@ def _val_loss(model: SequenceClassifier, proba: np.ndarray, y: np.ndarray) -> fl
     return float(-np.log(p[np.arange(len(y)), y]).mean())
 
 
+class _EarlyStopping:
+    """Validation bookkeeping shared by the fine-tune and head-only loops: score
+    each evaluation, keep the best state of ``module``, count evaluations
+    without improvement against ``patience``."""
+
+    def __init__(self, model: SequenceClassifier, module: torch.nn.Module, task: str, y_va: np.ndarray,
+                 metric: str, patience: int):
+        self.model, self.module, self.task, self.y_va = model, module, task, y_va
+        self.metric, self.patience = metric, patience
+        self.best: Tuple[float, float] = (-math.inf, -math.inf)
+        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.best_step, self.bad, self.best_val = 0, 0, None
+        self.history: List[Dict[str, Any]] = []
+
+    def update(self, step: int, train_loss: float, proba: np.ndarray) -> bool:
+        """Record one evaluation; True when training should stop."""
+        vm = compute_metrics(self.task, self.y_va, proba, self.model.head_cfg.classes)
+        vloss = _val_loss(self.model, proba, self.y_va)
+        vm["loss"] = vloss
+        score = _score(vm, self.metric, vloss)
+        self.history.append({"step": step, "train_loss": train_loss, "val_loss": vloss,
+                             f"val_{self.metric}": vm.get(self.metric)})
+        if score > self.best:
+            self.best, self.best_step, self.bad, self.best_val = score, step, 0, vm
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+            return False
+        self.bad += 1
+        if self.bad >= self.patience:
+            log.info("early stopping at step %d (best %s %.4f at step %d)", step, self.metric, self.best[0],
+                     self.best_step)
+            return True
+        return False
+
+    def restore(self) -> None:
+        """Load the best state back into ``module``."""
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+
+    def info(self, steps: int) -> Dict[str, Any]:
+        return {"steps": steps, "best_step": self.best_step, "val_metric": self.metric, "history": self.history}
+
+
 # --------------------------------------------------------------------------- main entry
 def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     """Fine-tune (or probe) a classifier and evaluate it; see the module doc.
@@ -538,8 +579,7 @@ def _train_full(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr, s
     base = [g["lr"] for g in opt.param_groups]
     rng = np.random.default_rng(cfg.seed)
     batches = _batches(len(seqs_tr), cfg.batch_size, rng)
-    best, best_state, best_step, bad, history = (-math.inf, -math.inf), None, 0, 0, []
-    best_val = None
+    stopper = _EarlyStopping(model, model, task, y_va, metric, cfg.patience)
     bar = _progress(total, cfg.progress, "finetune")
     step = 0
     try:
@@ -567,27 +607,13 @@ def _train_full(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr, s
             bar.set_postfix(loss=f"{loss_sum:.4f}")
             if step % every == 0 or step == total:
                 proba = predict_proba(model, seqs_va, cfg.batch_size * 2, device, cfg.rc_average)
-                vm = compute_metrics(task, y_va, proba, model.head_cfg.classes)
-                vloss = _val_loss(model, proba, y_va)
-                vm["loss"] = vloss
-                score = _score(vm, metric, vloss)
-                history.append({"step": step, "train_loss": loss_sum, "val_loss": vloss,
-                                f"val_{metric}": vm.get(metric)})
-                if score > best:
-                    best, best_step, bad, best_val = score, step, 0, vm
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad += 1
-                    if bad >= cfg.patience:
-                        log.info("early stopping at step %d (best %s %.4f at step %d)", step, metric, best[0], best_step)
-                        break
+                if stopper.update(step, loss_sum, proba):
+                    break
     finally:
         bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopper.restore()
     test_proba = predict_proba(model, seqs_te, cfg.batch_size * 2, device, cfg.rc_average)
-    info = {"steps": step, "best_step": best_step, "val_metric": metric, "history": history}
-    return test_proba, best_val, info
+    return test_proba, stopper.best_val, stopper.info(step)
 
 
 def _features(model: SequenceClassifier, seqs, cfg: FinetuneConfig, device, rc: bool) -> torch.Tensor:
@@ -616,7 +642,7 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr,
     opt = torch.optim.AdamW(model.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     batches = _batches(len(seqs_tr), cfg.batch_size, rng)
-    best, best_state, best_step, bad, best_val, history = (-math.inf, -math.inf), None, 0, 0, None, []
+    stopper = _EarlyStopping(model, model.head, task, y_va, metric, cfg.patience)
     step = 0
     bar = _progress(total, cfg.progress, "head")
     try:
@@ -637,28 +663,15 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr,
             bar.update(1)
             if step % every == 0 or step == total:
                 proba = _head_proba_from_features(model, F_va, F_va_rc)
-                vm = compute_metrics(task, y_va, proba, model.head_cfg.classes)
-                vloss = _val_loss(model, proba, y_va)
-                vm["loss"] = vloss
-                score = _score(vm, metric, vloss)
-                history.append({"step": step, "train_loss": float(loss.detach()), "val_loss": vloss,
-                                f"val_{metric}": vm.get(metric)})
-                if score > best:
-                    best, best_step, bad, best_val = score, step, 0, vm
-                    best_state = copy.deepcopy(model.head.state_dict())
-                else:
-                    bad += 1
-                    if bad >= cfg.patience:
-                        log.info("early stopping at step %d (best %s %.4f at step %d)", step, metric, best[0], best_step)
-                        break
+                if stopper.update(step, float(loss.detach()), proba):
+                    break
     finally:
         bar.close()
-    if best_state is not None:
-        model.head.load_state_dict(best_state)
+    stopper.restore()
     F_te = _features(model, seqs_te, cfg, device, False)
     F_te_rc = _features(model, seqs_te, cfg, device, True) if use_rc_eval else None
     test_proba = _head_proba_from_features(model, F_te, F_te_rc)
-    return test_proba, best_val, {"steps": step, "best_step": best_step, "val_metric": metric, "history": history}
+    return test_proba, stopper.best_val, stopper.info(step)
 
 
 def _fit_probe(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr, seqs_te, device):
