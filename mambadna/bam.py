@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 from .errors import InputError
+from .io_utils import check_input_file
 from .genome import _dir_writable, match_contig
 from .tokenizer import reverse_complement_str
 
@@ -76,14 +77,7 @@ def open_alignments(path: PathLike, reference: Optional[PathLike] = None, need_i
     import pysam
 
     p = Path(path)
-    if not p.exists():
-        raise InputError(p, "no such file")
-    if p.is_dir():
-        raise InputError(p, "is a directory, not a BAM/CRAM file")
-    if p.stat().st_size == 0:
-        raise InputError(p, "empty file")
-    if not os.access(p, os.R_OK):
-        raise InputError(p, "file is not readable (permission denied)")
+    check_input_file(p, "BAM/CRAM file")
     kw = {}
     if reference is not None:
         if not Path(reference).exists():

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Union
 import numpy as np
 
 from .errors import InputError
-from .io_utils import atomic_path
+from .io_utils import atomic_path, check_input_file
 from .tokenizer import TokenizationError, encode, reverse_complement_str
 
 log = logging.getLogger("mambadna")
@@ -185,14 +185,7 @@ class Genome:
     # ---------------------------------------------------------------- setup
     def _check_file(self) -> str:
         p = self.path
-        if not p.exists():
-            raise InputError(p, "no such file")
-        if p.is_dir():
-            raise InputError(p, "is a directory, not a FASTA file")
-        if not os.access(p, os.R_OK):
-            raise InputError(p, "file is not readable (permission denied)")
-        if p.stat().st_size == 0:
-            raise InputError(p, "empty file")
+        check_input_file(p, "FASTA file")
         try:
             comp = compression_of(p)
             with (open(p, "rb") if comp == "none" else gzip.open(p, "rb")) as fh:

@@ -53,3 +53,19 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_input_file(path: PathLike, what: str) -> None:
+    """Raise InputError naming ``path`` unless it is an existing, non-empty,
+    readable file; ``what`` names the expected kind ("FASTA file", ...)."""
+    from .errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(path, "no such file")
+    if p.is_dir():
+        raise InputError(path, f"is a directory, not a {what}")
+    if p.stat().st_size == 0:
+        raise InputError(path, "empty file")
+    if not os.access(p, os.R_OK):
+        raise InputError(path, "file is not readable (permission denied)")

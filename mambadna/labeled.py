@@ -12,6 +12,7 @@ from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError
+from .io_utils import check_input_file
 from .genome import Genome, open_text
 from .tokenizer import TokenizationError, encode
 
@@ -48,17 +49,6 @@ class LabeledSet:
                           None if self.multilabel is None else self.multilabel[idx])
 
 
-def _check_file(path: str, what: str) -> None:
-    if not os.path.exists(path):
-        raise InputError(path, "no such file")
-    if os.path.isdir(path):
-        raise InputError(path, f"is a directory, not a {what}")
-    if os.path.getsize(path) == 0:
-        raise InputError(path, "empty file")
-    if not os.access(path, os.R_OK):
-        raise InputError(path, "file is not readable (permission denied)")
-
-
 def _validate(seq: str, path: str, where: str) -> str:
     if not seq:
         raise InputError(path, f"{where}: empty sequence")
@@ -74,7 +64,7 @@ def read_fasta_records(path: PathLike) -> Iterator[Tuple[str, str, int]]:
     Sequences are validated with the tokenizer (A C G T N, IUPAC, U; any
     case); InputError names the file, record and line on anything else."""
     path = os.fspath(path)
-    _check_file(path, "FASTA file")
+    check_input_file(path, "FASTA file")
     name, chunks, hline, n = None, [], 0, 0
     try:
         with open_text(path) as fh:
@@ -148,7 +138,7 @@ def _load_fastas(class_fastas: Mapping[str, PathLike]) -> LabeledSet:
 
 def _load_table(path: PathLike, sequence_column: str = "sequence", label_column: str = "label") -> LabeledSet:
     path = os.fspath(path)
-    _check_file(path, "CSV/TSV file")
+    check_input_file(path, "CSV/TSV file")
     try:
         with open_text(path) as fh:
             text = fh.read()

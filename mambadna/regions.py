@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import InputError
+from .io_utils import check_input_file
 from .genome import Genome, open_text
 
 PathLike = Union[str, os.PathLike]
@@ -54,12 +55,7 @@ def read_bed_table(path: PathLike, genome: Optional[Genome] = None,
     InputError naming the file and line.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(path, "no such file")
-    if os.path.isdir(path):
-        raise InputError(path, "is a directory, not a BED file")
-    if os.path.getsize(path) == 0:
-        raise InputError(path, "empty file")
+    check_input_file(path, "BED file")
     header: Optional[List[str]] = None
     last_comment: Optional[List[str]] = None
     out: List[Interval] = []

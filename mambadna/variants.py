@@ -21,6 +21,7 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 import numpy as np
 
 from .errors import InputError
+from .io_utils import check_input_file
 from .genome import Genome, compression_of, open_text
 from .tokenizer import TokenizationError, encode
 
@@ -207,15 +208,6 @@ def _enc(s: str, src: str, where: str) -> np.ndarray:
         raise InputError(src, str(e)) from None
 
 
-def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise InputError(path, "no such file")
-    if os.path.isdir(path):
-        raise InputError(path, "is a directory, not a VCF/BCF file")
-    if os.path.getsize(path) == 0:
-        raise InputError(path, "empty file")
-    if not os.access(path, os.R_OK):
-        raise InputError(path, "file is not readable (permission denied)")
 
 
 def _first_line(path: str) -> str:
@@ -285,7 +277,7 @@ def iter_variant_windows(vcf_path: PathLike, genome: Genome, window: int = 1024,
     import pysam
 
     path = os.fspath(vcf_path)
-    _check_file(path)
+    check_input_file(path, "VCF/BCF file")
     stats = stats if stats is not None else VariantStats()
     first = _first_line(path)
     if first != "BCF" and _looks_headerless(first):
@@ -331,7 +323,7 @@ def read_headerless_variants(path: PathLike) -> Iterator[Tuple[str, int, Optiona
     tab-separated ``CHROM POS ID REF ALT`` list (plain or gzip; '#' lines
     skipped; ALT may be comma-separated). InputError names file and line."""
     path = os.fspath(path)
-    _check_file(path)
+    check_input_file(path, "VCF/BCF file")
     n = 0
     try:
         with open_text(path) as fh:
