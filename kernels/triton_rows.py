@@ -1,0 +1,714 @@
+"""Fused Mamba-1 selective scan in Triton, row-recurrent design (v5).
+
+Layout is channel-last: u, delta, z (batch, length, d_inner); B, C (batch, length,
+n_groups, d_state); A (d_inner, d_state) fp32; D, delta_bias (d_inner,).
+
+A program owns (block of ``BD`` channels, segment of ``SEG`` positions, batch row).
+Its state is an (N, BD) fp32 tile in registers -- each thread holds the ``d_state``
+values of one channel (lanes run along the channels, so every row load is coalesced)
+-- and it walks its segment one position at a time: ``h = exp(dt A) h + dt u B``,
+``y = C.h + D u``. The ``d_state`` recurrences are independent instruction streams,
+so a thread has N-way instruction-level parallelism; the loads of one row (u, dt,
+z: one element a thread; B, C: one ``d_state`` vector shared by all) are amortised
+over N states. Parallelism along the length comes from the segments:
+
+1. ``_rows_state_kernel`` (only with more than one segment): every segment's state
+   from a zero start and its sum of dt (the segment's decay is ``exp(A sum dt)``).
+2. ``_chunk_combine_kernel`` (shared with the chunked kernels): the states entering
+   every segment, in scan order, from the initial state.
+3. ``_rows_out_kernel``: every segment rescans from its entering state and writes
+   ``y`` gated by ``silu(z)``. The bidirectional entry runs the forward direction and
+   then the reverse one over the same segment in the same program, accumulating the
+   first in an fp32 buffer the program itself re-reads, and writes the output once.
+
+A reverse scan walks its segments downwards in time (no flipped copies). The
+adjoint (backward) recursion has the same form, ``mu_{t-1} = a_t (C_t g_t + mu_t)``,
+and runs through the same state kernel with ``ADJ``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_scan import _chunk_combine_kernel, _softplus
+
+LOG2E = 1.4426950408889634
+
+# Tunables (chosen on the H100, see benchmarks/NOTES_scan.md); overridable in tests.
+CONFIG = {
+    "seg": 128,          # positions per segment (forward)
+    "block_d": 32,       # channels per program
+    "warps": 1,          # warps per program (lanes run along the channels)
+    "combine_chunks": 32,
+    "combine_lanes": 128,
+    "warps_combine": 4,
+    "min_programs": 1024,  # below this many (batch x d-blocks) programs, use segments
+    "vec": False,        # let loads along the channels vectorise (Triton then spreads a
+                         # thread's state over channels and states, not one channel)
+}
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _row_dt(delta_ptr, off, mask_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    v = tl.load(delta_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        v = v + bias
+    if SOFTPLUS:
+        dt = _softplus(v)
+    else:
+        dt = v
+    return tl.where(mask_d, dt, 0.0), v
+
+
+@triton.jit(do_not_specialize=["SD"])
+def _rows_state_kernel(
+    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, z_ptr,
+    sloc_ptr, ssum_ptr, hseg_ptr, hfine_ptr,
+    L, D, NS, SEG, DPG, SD,
+    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_zb, s_zl,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, DESC: tl.constexpr,
+    ADJ: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, F: tl.constexpr,
+):
+    """State of one segment from zero and its sum of dt: sloc[b, s] (N, D), ssum[b, s].
+
+    Forward (ADJ False): ``h = a_t h + dt_t u_t B_t``. Adjoint (ADJ, u_ptr = output
+    gradient, B_ptr = C): ``mu = a_t (mu + g_t silu(z_t) C_t)``. DESC: walk downwards
+    in time (a reverse scan, or the adjoint of a forward one).
+    """
+    pid_d = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BD + tl.arange(0, BD)
+    mask_d = d_idx < D
+    n_ar = tl.arange(0, NP)
+    mask_n = n_ar < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
+    a2 = tl.load(A_ptr + n_ar[:, None] * D + dcol[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    nd_off = n_ar[:, None] * D + d_idx[None, :]
+    if HAS_INIT:
+        h = tl.load(hseg_ptr + (pid_b * NS + pid_s) * N * D + nd_off, mask=mask_nd, other=0.0)
+    else:
+        h = tl.zeros([NP, BD], dtype=tl.float32)
+    stot = tl.zeros([BD], dtype=tl.float32)
+    t0 = pid_s * SEG
+    nsteps = tl.minimum(SEG, L - t0)
+    for i in range(nsteps):
+        if F > 0:
+            if i % F == 0:
+                tl.store(hfine_ptr + (pid_b * NS * (SEG // F) + pid_s * (SEG // F) + i // F) * N * D + nd_off,
+                         h, mask=mask_nd)
+        if DESC:
+            t = (t0 + nsteps - 1 - i).to(tl.int64)
+        else:
+            t = (t0 + i).to(tl.int64)
+        dt, _ = _row_dt(delta_ptr, pid_b * s_db + t * s_dl + dcol, mask_d, bias, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + pid_b * s_ub + t * s_ul + dcol, mask=mask_d, other=0.0).to(tl.float32)
+        bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + grp * s_Bg + n_ar, mask=mask_n, other=0.0).to(tl.float32)
+        a = tl.exp2(a2 * dt[None, :])
+        if ADJ:
+            if HAS_Z:
+                zz = tl.load(z_ptr + pid_b * s_zb + t * s_zl + dcol, mask=mask_d, other=0.0).to(tl.float32)
+                uu = uu * zz * tl.sigmoid(zz)
+            h = a * (h + uu[None, :] * bt[:, None])
+        else:
+            h = a * h + (dt * uu)[None, :] * bt[:, None]
+        stot += dt
+    if F == 0:
+        tl.store(sloc_ptr + (pid_b * NS + pid_s) * N * D + nd_off, h, mask=mask_nd)
+        tl.store(ssum_ptr + (pid_b * NS + pid_s) * D + d_idx, stot, mask=mask_d)
+
+
+@triton.jit
+def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
+              pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp,
+              L, D, NS, SEG,
+              s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+              N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
+              HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+              REV: tl.constexpr, HAS_INIT: tl.constexpr,
+              acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al,
+              MODE: tl.constexpr, HAS_Z: tl.constexpr):
+    """Walk one segment from its entering state. MODE 0: y -> acc (fp32, no gate);
+    1: y (+ acc when a first direction ran) gated -> out; 2: y + acc gated -> out.
+    Returns the state after the segment."""
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    a2 = tl.load(A_ptr + n_ar[:, None] * D + dcol[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        dd = tl.load(D_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_INIT:
+        h = tl.load(hseg_ptr + (pid_b * NS + pid_s) * N * D + n_ar[:, None] * D + d_idx[None, :],
+                    mask=mask_nd, other=0.0)
+    else:
+        h = tl.zeros([NP, BD], dtype=tl.float32)
+    t0 = pid_s * SEG
+    nsteps = tl.minimum(SEG, L - t0)
+    for i in range(nsteps):
+        if REV:
+            t = (t0 + nsteps - 1 - i).to(tl.int64)
+        else:
+            t = (t0 + i).to(tl.int64)
+        dt, _ = _row_dt(delta_ptr, pid_b * s_db + t * s_dl + dcol, mask_d, bias, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + pid_b * s_ub + t * s_ul + dcol, mask=mask_d, other=0.0).to(tl.float32)
+        bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + grp * s_Bg + n_ar, mask=mask_n, other=0.0).to(tl.float32)
+        ct = tl.load(C_ptr + pid_b * s_Cb + t * s_Cl + grp * s_Cg + n_ar, mask=mask_n, other=0.0).to(tl.float32)
+        h = tl.exp2(a2 * dt[None, :]) * h + (dt * uu)[None, :] * bt[:, None]
+        y = tl.sum(h * ct[:, None], axis=0)
+        if HAS_D:
+            y += dd * uu
+        if MODE == 0:
+            tl.store(acc_ptr + pid_b * s_ab + t * s_al + dcol, y, mask=mask_d)
+        else:
+            if MODE == 2:
+                y += tl.load(acc_ptr + pid_b * s_ab + t * s_al + dcol, mask=mask_d, other=0.0)
+            if HAS_Z:
+                zz = tl.load(z_ptr + pid_b * s_zb + t * s_zl + dcol, mask=mask_d, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(out_ptr + pid_b * s_ob + t * s_ol + dcol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+    return h
+
+
+@triton.jit(do_not_specialize=["SD"])
+def _rows_out_kernel(
+    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
+    u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hseg2_ptr,
+    z_ptr, out_ptr, acc_ptr, hend_ptr,
+    L, D, NS, SEG, DPG, SD,
+    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+    s_u2b, s_u2l, s_d2b, s_d2l, s_B2b, s_B2l, s_B2g, s_C2b, s_C2l, s_C2g,
+    s_zb, s_zl, s_ob, s_ol, s_ab, s_al,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_D2: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REV: tl.constexpr, HAS_INIT: tl.constexpr, HAS_INIT2: tl.constexpr,
+    BIDIR: tl.constexpr, STORE_END: tl.constexpr,
+):
+    """Outputs of one segment (one direction, or BIDIR: the forward direction into the
+    fp32 buffer acc, then the reverse one adding it, gated, into out). STORE_END: the
+    segment's final state into hend[b, s] (N, D), for the final state."""
+    pid_d = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BD + tl.arange(0, BD)
+    mask_d = d_idx < D
+    n_ar = tl.arange(0, NP)
+    mask_n = n_ar < N
+    grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD
+    if BIDIR:
+        _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
+                  pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
+                  s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+                  N, NP, BD, HAS_D, HAS_BIAS, SOFTPLUS, False, HAS_INIT,
+                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 0, HAS_Z)
+        _walk_out(u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hseg2_ptr,
+                  pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
+                  s_u2b, s_u2l, s_d2b, s_d2l, s_B2b, s_B2l, s_B2g, s_C2b, s_C2l, s_C2g,
+                  N, NP, BD, HAS_D2, HAS_BIAS2, SOFTPLUS, True, HAS_INIT2,
+                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z)
+    else:
+        h = _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
+                      pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
+                      s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+                      N, NP, BD, HAS_D, HAS_BIAS, SOFTPLUS, REV, HAS_INIT,
+                      acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 1, HAS_Z)
+        if STORE_END:
+            tl.store(hend_ptr + pid_b * N * D + n_ar[:, None] * D + d_idx[None, :], h,
+                     mask=mask_n[:, None] & mask_d[None, :])
+
+
+# ----------------------------------------------------------------------------------
+# backward
+# ----------------------------------------------------------------------------------
+
+
+@triton.jit
+def _t_of(t0, nsteps, i, REV: tl.constexpr):
+    """Time of scan step i of a segment (clamped into it when i is past its end)."""
+    valid = i < nsteps
+    if REV:
+        t = t0 + nsteps - 1 - i
+    else:
+        t = t0 + i
+    t = tl.where(valid, t, t0)
+    return t.to(tl.int64), valid
+
+
+@triton.jit
+def _fstep(e, a2, i, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
+           u_ptr, delta_ptr, B_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg,
+           HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REV: tl.constexpr):
+    """State after scan step i from the state e entering it (identity past the end)."""
+    t, valid = _t_of(t0, nsteps, i, REV)
+    m = mask_d & ((dcol * 0 + i) < nsteps)  # vector masks (the interpreter rejects scalar ones)
+    dt, _ = _row_dt(delta_ptr, pid_b * s_db + t * s_dl + dcol, m, bias, HAS_BIAS, SOFTPLUS)
+    uu = tl.load(u_ptr + pid_b * s_ub + t * s_ul + dcol, mask=m, other=0.0).to(tl.float32)
+    bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + grp * s_Bg + n_ar, mask=mask_n & ((n_ar * 0 + i) < nsteps),
+                 other=0.0).to(tl.float32)
+    return tl.exp2(a2 * dt[None, :]) * e + (dt * uu)[None, :] * bt[:, None]
+
+
+@triton.jit
+def _rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp,
+           bias, dd,
+           u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr,
+           s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
+           s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+           HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+           SOFTPLUS: tl.constexpr, REV: tl.constexpr, ACC_DZ: tl.constexpr):
+    """Adjoint step at scan step i, from the state e entering it and the adjoint mu
+    arriving from the later steps; writes that row's du, ddelta (, dz) and adds its
+    dB, dC. Returns mu for the earlier steps and the updated sums."""
+    t, valid = _t_of(t0, nsteps, i, REV)
+    m = mask_d & ((dcol * 0 + i) < nsteps)
+    mn = mask_n & ((n_ar * 0 + i) < nsteps)
+    dt, vpre = _row_dt(delta_ptr, pid_b * s_db + t * s_dl + dcol, m, bias, HAS_BIAS, SOFTPLUS)
+    uu = tl.load(u_ptr + pid_b * s_ub + t * s_ul + dcol, mask=m, other=0.0).to(tl.float32)
+    bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + grp * s_Bg + n_ar, mask=mn, other=0.0).to(tl.float32)
+    ct = tl.load(C_ptr + pid_b * s_Cb + t * s_Cl + grp * s_Cg + n_ar, mask=mn, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + pid_b * s_gb + t * s_gl + dcol, mask=m, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_ptr + pid_b * s_zb + t * s_zl + dcol, mask=m, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(zz)
+        gy = g * zz * sz
+    else:
+        gy = g
+    a = tl.exp2(a2 * dt[None, :])
+    dtu = dt * uu
+    h = a * e + dtu[None, :] * bt[:, None]
+    lam = ct[:, None] * gy[None, :] + mu
+    tl.atomic_add(dC_ptr + pid_b * s_dCb + t * s_dCl + grp * s_dCg + n_ar,
+                  tl.sum(h * gy[None, :], axis=1), mask=mn, sem="relaxed")
+    tl.atomic_add(dB_ptr + pid_b * s_dBb + t * s_dBl + grp * s_dBg + n_ar,
+                  tl.sum(lam * dtu[None, :], axis=1), mask=mn, sem="relaxed")
+    s1 = tl.sum(lam * bt[:, None], axis=0)
+    w = lam * a * e
+    dA_acc += w * dt[None, :]
+    s2 = tl.sum(w * a2, axis=0) * 0.6931471805599453  # sum_n lam a e A_n
+    du = dt * s1
+    if HAS_D:
+        du += dd * gy
+        dDacc += gy * uu
+    ddt = uu * s1 + s2
+    if SOFTPLUS:
+        ddt = ddt * tl.sigmoid(vpre)
+    ddt = tl.where(m, ddt, 0.0)
+    dbacc += ddt
+    off_o = pid_b * s_ob + t * s_ol + dcol
+    if HAS_Z:
+        y = tl.sum(ct[:, None] * h, axis=0)
+        if HAS_D:
+            y += dd * uu
+        dz = g * y * sz * (1.0 + zz * (1.0 - sz))
+        if ACC_DZ:
+            dz += tl.load(dz_ptr + off_o, mask=m, other=0.0).to(tl.float32)
+        tl.store(dz_ptr + off_o, dz.to(dz_ptr.dtype.element_ty), mask=m)
+    tl.store(du_ptr + off_o, du.to(du_ptr.dtype.element_ty), mask=m)
+    tl.store(ddelta_ptr + off_o, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
+    return a * lam, dA_acc, dDacc, dbacc
+
+
+@triton.jit(do_not_specialize=["SD"])
+def _rows_bwd_kernel(
+    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
+    hfine_ptr, mseg_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, mend_ptr,
+    L, D, NS, SEG, DPG, SD,
+    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
+    s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, SUB: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REV: tl.constexpr, ACC_DZ: tl.constexpr, HAS_MINIT: tl.constexpr,
+):
+    """All gradients of one segment, walking its blocks of F steps against the scan,
+    each from its checkpoint hfine[b, s * SEG / F + k] (sub-blocks of SUB steps are
+    recomputed into registers, then walked back), carrying the adjoint mu (entering
+    value mseg[b, s]). dB, dC: fp32 atomics; dA partials (b, NS, N, D); dD, dbias
+    partials (b, NS, D); mend (b, N, D): mu out of the scan's first segment (dh0)."""
+    pid_d = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BD + tl.arange(0, BD)
+    mask_d = d_idx < D
+    n_ar = tl.arange(0, NP)
+    mask_n = n_ar < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    nd_off = n_ar[:, None] * D + d_idx[None, :]
+    grp = (pid_d * BD) // DPG
+    dcol = d_idx * SD
+    a2 = tl.load(A_ptr + n_ar[:, None] * D + dcol[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        dd = tl.load(D_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        dd = tl.zeros([BD], dtype=tl.float32)
+    seg = pid_b * NS + pid_s
+    if HAS_MINIT:
+        mu = tl.load(mseg_ptr + seg * N * D + nd_off, mask=mask_nd, other=0.0)
+    else:
+        mu = tl.zeros([NP, BD], dtype=tl.float32)
+    dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
+    dDacc = tl.zeros([BD], dtype=tl.float32)
+    dbacc = tl.zeros([BD], dtype=tl.float32)
+    t0 = pid_s * SEG
+    nsteps = tl.minimum(SEG, L - t0)
+    nblk = tl.cdiv(nsteps, F)
+    fbase = seg * (SEG // F)
+    for kk in range(nblk):
+        k = nblk - 1 - kk
+        for jj in tl.static_range(F // SUB):
+            j = F // SUB - 1 - jj
+            i0 = k * F + j * SUB
+            e0 = tl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
+            for q in tl.static_range(j * SUB):  # walk to the sub-block's start
+                e0 = _fstep(e0, a2, k * F + q, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
+                            u_ptr, delta_ptr, B_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg,
+                            HAS_BIAS, SOFTPLUS, REV)
+            e1 = _fstep(e0, a2, i0, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
+                        u_ptr, delta_ptr, B_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg,
+                        HAS_BIAS, SOFTPLUS, REV)
+            if SUB == 4:
+                e2 = _fstep(e1, a2, i0 + 1, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
+                            u_ptr, delta_ptr, B_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg,
+                            HAS_BIAS, SOFTPLUS, REV)
+                e3 = _fstep(e2, a2, i0 + 2, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
+                            u_ptr, delta_ptr, B_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg,
+                            HAS_BIAS, SOFTPLUS, REV)
+                mu, dA_acc, dDacc, dbacc = _rstep(
+                    e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
+                    grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                    dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
+                    s_gb, s_gl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                mu, dA_acc, dDacc, dbacc = _rstep(
+                    e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
+                    grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                    dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
+                    s_gb, s_gl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+            mu, dA_acc, dDacc, dbacc = _rstep(
+                e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
+                grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
+                s_gb, s_gl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+            mu, dA_acc, dDacc, dbacc = _rstep(
+                e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
+                grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
+                s_gb, s_gl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+    tl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
+    if HAS_D:
+        tl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + seg * D + d_idx, dbacc, mask=mask_d)
+    if REV:
+        first = NS - 1
+    else:
+        first = 0
+    if pid_s == first:
+        tl.store(mend_ptr + pid_b * N * D + nd_off, mu, mask=mask_nd)
+
+
+# ----------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------
+
+
+def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _Geom:
+    """Blocking of one scan: d-blocks of BD channels, NS segments of SEG positions."""
+
+    def __init__(self, u, A, B):
+        self.batch, self.L, self.D = u.shape
+        self.N = A.shape[1]
+        self.NP = triton.next_power_of_2(self.N)
+        self.G = B.shape[2]
+        if self.D % self.G:
+            raise ValueError(f"d_inner={self.D} is not divisible by n_groups={self.G}")
+        self.DPG = self.D // self.G
+        low = self.DPG & -self.DPG  # a d-block never straddles two groups
+        self.BD = max(1, min(CONFIG["block_d"], low, triton.next_power_of_2(self.D)))
+        self.ND = triton.cdiv(self.D, self.BD)
+        F = 8
+        seg = max(F, (CONFIG["seg"] // F) * F)
+        if self.batch * self.ND >= CONFIG["min_programs"] or self.L <= seg:
+            seg = triton.cdiv(self.L, F) * F  # one segment: a single pass
+        self.SEG = seg
+        self.F = F
+        self.NS = triton.cdiv(self.L, seg)
+        self.grid = (self.ND, self.NS, self.batch)
+        self.warps = max(1, min(CONFIG["warps"], self.BD // 32)) if not _interpret() else 1
+
+
+def _strides(t, k=2):
+    return [t.stride(i) for i in range(k)] if t is not None else [0] * k
+
+
+def _combine(geom, sloc, ssum, A, h0, rev):
+    """States entering every segment (b, NS, N, D) and the final one (b, D, N)."""
+    b, NS, N, D = geom.batch, geom.NS, geom.N, geom.D
+    hseg = torch.empty(b, NS, N, D, device=sloc.device, dtype=torch.float32)
+    hT = torch.empty(b, D, N, device=sloc.device, dtype=torch.float32)
+    BL = min(CONFIG["combine_lanes"], triton.next_power_of_2(N * D))
+    CB = min(CONFIG["combine_chunks"], triton.next_power_of_2(NS))
+    h0c = None if h0 is None else h0.float().contiguous()
+    _chunk_combine_kernel[(b, triton.cdiv(N * D, BL))](
+        sloc, ssum, A, h0c if h0c is not None else sloc, hseg, hT,
+        D, NS, N=N, CB=CB, BL=BL, HAS_H0=h0c is not None, REV=rev,
+        num_warps=CONFIG["warps_combine"],
+    )
+    return hseg, hT
+
+
+def _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj, z=None):
+    """(hseg (b, NS, N, D) entering every segment in the carried direction, or None,
+    hT (b, D, N) or None). adj: the adjoint (u = output gradient, B = C, h0 = dhT)."""
+    b, D, N, NS = geom.batch, geom.D, geom.N, geom.NS
+    if NS == 1:
+        return (None if h0 is None else h0.float().transpose(1, 2).contiguous()), None
+    dev = u.device
+    sloc = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
+    ssum = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
+    desc = rev != adj
+    _k(_rows_state_kernel)[geom.grid](
+        u, delta, bias if bias is not None else delta, At, B, z if z is not None else u,
+        sloc, ssum, sloc, sloc, geom.L, D, NS, geom.SEG, geom.DPG, 1,
+        *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(z),
+        N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=desc,
+        ADJ=adj, HAS_Z=z is not None, HAS_INIT=False, F=0, num_warps=geom.warps,
+    )
+    return _combine(geom, sloc, ssum, A, h0, desc)
+
+
+def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
+    """One direction. Returns (out, hT (b, D, N), hseg or None)."""
+    b, L, D, N = geom.batch, geom.L, geom.D, geom.N
+    hseg, hT = _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj=False)
+    out = torch.empty(b, L, D, device=u.device, dtype=u.dtype)
+    hend = torch.empty(b, N, D, device=u.device, dtype=torch.float32) if geom.NS == 1 else out
+    _k(_rows_out_kernel)[geom.grid](
+        u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
+        hseg if hseg is not None else out,
+        u, delta, delta, At, B, C, At, out,
+        z if z is not None else u, out, out, hend,
+        L, D, geom.NS, geom.SEG, geom.DPG, 1,
+        *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3),
+        *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3),
+        *_strides(z), *_strides(out), *_strides(out),
+        N=N, NP=geom.NP, BD=geom.BD, HAS_D=D_ is not None, HAS_D2=False, HAS_Z=z is not None,
+        HAS_BIAS=bias is not None, HAS_BIAS2=False, SOFTPLUS=softplus, REV=rev,
+        HAS_INIT=hseg is not None, HAS_INIT2=False, BIDIR=False, STORE_END=geom.NS == 1,
+        num_warps=geom.warps,
+    )
+    if geom.NS == 1:
+        hT = hend.transpose(1, 2)
+    return out, hT, hseg
+
+
+def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, rev,
+         du, ddelta, dz, dB, dC, acc_dz):
+    """Gradients of one direction from the segment-entering states hseg. Writes du,
+    ddelta (, dz: added to when acc_dz) and adds into dB, dC (fp32). Returns (dA (D, N),
+    dD, dbias, dh0 (b, D, N))."""
+    b, L, D, N, NS, SEG, F = geom.batch, geom.L, geom.D, geom.N, geom.NS, geom.SEG, geom.F
+    dev = u.device
+    mseg, _ = _seg_states(geom, gout, delta, bias, At, A, C, ghT, softplus, rev, adj=True, z=z)
+    hfine = torch.empty(b, NS * (SEG // F), N, D, device=dev, dtype=torch.float32)
+    _k(_rows_state_kernel)[geom.grid](
+        u, delta, bias if bias is not None else delta, At, B, u,
+        hfine, hfine, hseg if hseg is not None else hfine, hfine,
+        L, D, NS, SEG, geom.DPG, 1,
+        *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
+        N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
+        ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=F, num_warps=geom.warps,
+    )
+    dA_part = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
+    dD_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
+    db_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
+    mend = torch.empty(b, N, D, device=dev, dtype=torch.float32)
+    _k(_rows_bwd_kernel)[geom.grid](
+        u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
+        z if z is not None else u, gout, hfine, mseg if mseg is not None else hfine,
+        du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, db_part, mend,
+        L, D, NS, SEG, geom.DPG, 1,
+        *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3), *_strides(z), *_strides(gout),
+        *_strides(dB, 3), *_strides(dC, 3), *_strides(du),
+        N=N, NP=geom.NP, BD=geom.BD, F=F, SUB=4, HAS_D=D_ is not None, HAS_Z=z is not None,
+        HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ACC_DZ=acc_dz,
+        HAS_MINIT=mseg is not None, num_warps=geom.warps,
+    )
+    dA = dA_part.sum(dim=(0, 1)).t()
+    dD = dD_part.sum(dim=(0, 1)) if D_ is not None else None
+    dbias = db_part.sum(dim=(0, 1)) if bias is not None else None
+    return dA, dD, dbias, mend.transpose(1, 2)
+
+
+def _prep(u, delta, A, B, C, D_, z, bias):
+    u, delta, z, B, C = _c(u), _c(delta), _c(z), _c(B), _c(C)
+    A = A.float().contiguous()
+    D_ = None if D_ is None else D_.float().contiguous()
+    bias = None if bias is None else bias.float().contiguous()
+    return u, delta, A, A.t().contiguous(), B, C, D_, z, bias
+
+
+class _ScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D_, z, bias, h0, softplus, rev):
+        ctx.set_materialize_grads(False)
+        dtypes = (A.dtype, None if D_ is None else D_.dtype, None if bias is None else bias.dtype,
+                  None if h0 is None else h0.dtype)
+        u, delta, A, At, B, C, D_, z, bias = _prep(u, delta, A, B, C, D_, z, bias)
+        geom = _Geom(u, A, B)
+        out, hT, hseg = _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev)
+        ctx.save_for_backward(u, delta, A, At, B, C, D_, z, bias, hseg)
+        ctx.flags = (softplus, rev, dtypes)
+        return out, hT
+
+    @staticmethod
+    def backward(ctx, gout, ghT):
+        u, delta, A, At, B, C, D_, z, bias, hseg = ctx.saved_tensors
+        softplus, rev, (A_dt, D_dt, b_dt, h0_dt) = ctx.flags
+        geom = _Geom(u, A, B)
+        gout = torch.zeros_like(u) if gout is None else _c(gout)
+        du = torch.empty_like(u)
+        ddelta = torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+        dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+        dA, dD, dbias, dh0 = _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg,
+                                  softplus, rev, du, ddelta, dz, dB, dC, acc_dz=False)
+        return (du, ddelta, dA.to(A_dt), dB.to(B.dtype), dC.to(C.dtype),
+                None if dD is None else dD.to(D_dt), dz,
+                None if dbias is None else dbias.to(b_dt),
+                None if h0_dt is None else dh0.to(h0_dt), None, None)
+
+
+def selective_scan_rows(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        initial_state=None, return_final_state=False, reverse=False):
+    """Triton selective scan (row-recurrent kernels); see :func:`mambadna.kernels.selective_scan`."""
+    if u.shape[1] == 0:
+        from .reference import selective_scan_ref
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                  initial_state, return_final_state, reverse)
+    y, hT = _ScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                          bool(delta_softplus), bool(reverse))
+    return (y, hT) if return_final_state else y
+
+
+class _BidirFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+                D_f, D_r, z, bias_f, bias_r, softplus):
+        ctx.set_materialize_grads(False)
+        dtypes = tuple(None if t is None else t.dtype for t in (A_f, A_r, D_f, D_r, bias_f, bias_r))
+        u_f, delta_f, A_f, At_f, B_f, C_f, D_f, z, bias_f = _prep(u_f, delta_f, A_f, B_f, C_f, D_f, z, bias_f)
+        u_r, delta_r, A_r, At_r, B_r, C_r, D_r, _, bias_r = _prep(u_r, delta_r, A_r, B_r, C_r, D_r, None, bias_r)
+        g = _Geom(u_f, A_f, B_f)
+        gr = _Geom(u_r, A_r, B_r)
+        if (g.batch, g.L, g.D, g.N, g.BD, g.SEG) != (gr.batch, gr.L, gr.D, gr.N, gr.BD, gr.SEG):
+            raise ValueError("forward and reverse inputs must have matching shapes")
+        hseg_f, _ = _seg_states(g, u_f, delta_f, bias_f, At_f, A_f, B_f, None, softplus, False, False)
+        hseg_r, _ = _seg_states(g, u_r, delta_r, bias_r, At_r, A_r, B_r, None, softplus, True, False)
+        b, L, D, N = g.batch, g.L, g.D, g.N
+        out = torch.empty(b, L, D, device=u_f.device, dtype=u_f.dtype)
+        acc = torch.empty(b, L, D, device=u_f.device, dtype=torch.float32)
+        _k(_rows_out_kernel)[g.grid](
+            u_f, delta_f, bias_f if bias_f is not None else delta_f, At_f, B_f, C_f,
+            D_f if D_f is not None else At_f, hseg_f if hseg_f is not None else acc,
+            u_r, delta_r, bias_r if bias_r is not None else delta_r, At_r, B_r, C_r,
+            D_r if D_r is not None else At_r, hseg_r if hseg_r is not None else acc,
+            z if z is not None else u_f, out, acc, acc,
+            L, D, g.NS, g.SEG, g.DPG, 1,
+            *_strides(u_f), *_strides(delta_f), *_strides(B_f, 3), *_strides(C_f, 3),
+            *_strides(u_r), *_strides(delta_r), *_strides(B_r, 3), *_strides(C_r, 3),
+            *_strides(z), *_strides(out), *_strides(acc),
+            N=N, NP=g.NP, BD=g.BD, HAS_D=D_f is not None, HAS_D2=D_r is not None, HAS_Z=z is not None,
+            HAS_BIAS=bias_f is not None, HAS_BIAS2=bias_r is not None, SOFTPLUS=softplus, REV=False,
+            HAS_INIT=hseg_f is not None, HAS_INIT2=hseg_r is not None, BIDIR=True, STORE_END=False,
+            num_warps=g.warps,
+        )
+        ctx.save_for_backward(u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
+                              D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r)
+        ctx.softplus = softplus
+        ctx.dtypes = dtypes
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        (u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
+         D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r) = ctx.saved_tensors
+        sp = ctx.softplus
+        gout = torch.zeros_like(u_f) if gout is None else _c(gout)
+        g = _Geom(u_f, A_f, B_f)
+        dev = u_f.device
+        dz = torch.empty(z.shape, device=dev, dtype=torch.float32) if z is not None else None
+        grads = []
+        for (u, delta, A, At, B, C, D_, bias, hseg, rev) in (
+                (u_f, delta_f, A_f, At_f, B_f, C_f, D_f, bias_f, hseg_f, False),
+                (u_r, delta_r, A_r, At_r, B_r, C_r, D_r, bias_r, hseg_r, True)):
+            du = torch.empty_like(u)
+            ddelta = torch.empty_like(delta)
+            dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
+            dC = torch.zeros(C.shape, device=dev, dtype=torch.float32)
+            dA, dD, dbias, _ = _bwd(g, gout, None, u, delta, At, A, B, C, D_, z, bias, hseg, sp, rev,
+                                    du, ddelta, dz, dB, dC, acc_dz=rev)
+            grads.append((du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias))
+        (duf, ddf, dAf, dBf, dCf, dDf, dbf), (dur, ddr, dAr, dBr, dCr, dDr, dbr) = grads
+        tA_f, tA_r, tD_f, tD_r, tb_f, tb_r = ctx.dtypes
+        cast = lambda t, dt: None if t is None else t.to(dt)  # noqa: E731
+        return (duf, ddf, dAf.to(tA_f), dBf, dCf, dur, ddr, dAr.to(tA_r), dBr, dCr,
+                cast(dDf, tD_f), cast(dDr, tD_r),
+                None if dz is None else dz.to(z.dtype), cast(dbf, tb_f), cast(dbr, tb_r), None)
+
+
+def bidirectional_selective_scan_rows(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+                                      D_f=None, D_r=None, z=None, delta_bias_f=None,
+                                      delta_bias_r=None, delta_softplus=False):
+    """Fused BiMamba scan (row-recurrent kernels); see
+    :func:`mambadna.kernels.bidirectional_selective_scan`."""
+    if u_f.shape[1] == 0:
+        from .reference import bidirectional_selective_scan_ref
+        return bidirectional_selective_scan_ref(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r,
+                                                B_r, C_r, D_f, D_r, z, delta_bias_f,
+                                                delta_bias_r, delta_softplus)
+    return _BidirFn.apply(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+                          D_f, D_r, z, delta_bias_f, delta_bias_r, bool(delta_softplus))
+
+
+selective_scan_triton = selective_scan_rows
+bidirectional_selective_scan_triton = bidirectional_selective_scan_rows
+
+# the same kernels with the channel stride specialised (SD == 1 known at compile time)
+_VEC = {k: triton.jit(k.fn) for k in (_rows_state_kernel, _rows_out_kernel, _rows_bwd_kernel)}
+
+
+def _k(kernel):
+    return _VEC[kernel] if CONFIG["vec"] else kernel
