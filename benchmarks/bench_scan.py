@@ -24,9 +24,7 @@ import torch
 import triton
 from triton.testing import do_bench
 
-import importlib  # noqa: E402
-
-from mambadna.kernels import triton_rows as ts  # noqa: E402  (--impl picks the kernel module)
+from mambadna.kernels import triton_scan as ts  # noqa: E402
 from mambadna.kernels.reference import selective_scan_ref  # noqa: E402
 
 try:
@@ -134,12 +132,7 @@ def main():
     ap.add_argument("--skip-bidir", action="store_true")
     ap.add_argument("--profile", action="store_true", help="per-kernel times (torch.profiler)")
     ap.add_argument("--sweep-only", action="store_true")
-    ap.add_argument("--impl", default="triton_rows", help="kernel module: triton_rows (v5) or triton_scan (v4)")
     args = ap.parse_args()
-    global ts, SWEEP
-    ts = importlib.import_module(f"mambadna.kernels.{args.impl}")
-    if args.impl == "triton_rows":
-        SWEEP = SWEEP_ROWS
     if args.config:
         ts.CONFIG.update(json.loads(args.config))
     torch.manual_seed(0)
@@ -284,8 +277,7 @@ def bidir(b, D, N, L, bw):
     return rows
 
 
-SWEEP = [dict(chunk=8), dict(chunk=8, unroll_n=2), dict(chunk=16)]
-SWEEP_ROWS = [dict(seg=128), dict(seg=64), dict(seg=256), dict(seg=128, vec=True),
+SWEEP = [dict(seg=128), dict(seg=64), dict(seg=256), dict(seg=128, vec=True),
               dict(seg=128, block_d=64, warps=2), dict(seg=128, min_programs=4096)]
 
 

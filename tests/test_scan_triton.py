@@ -32,10 +32,11 @@ def small_chunks():
     """Tiny chunks/blocks on the interpreter so every cross-chunk path runs."""
     old = dict(ts.CONFIG)
     if DEV == "cpu":
-        # target_programs 8: two or more segments per sequence at these shapes, so the
-        # segment-state kernels, the cross-segment combine and padded chunks all run
-        ts.CONFIG.update(chunk=8, block_d=4, combine_chunks=2, combine_lanes=16,
-                         target_programs=8, single_pass_max_ns=1)
+        # segments of 16 positions: two or more per sequence at these shapes, so the
+        # segment-state kernel, the cross-segment combine (in blocks of 2), partial
+        # segments and partial 8-step checkpoint blocks all run; 4 channels a program
+        ts.CONFIG.update(seg=16, block_d=4, combine_chunks=2, combine_lanes=16,
+                         min_programs=10**9)
     yield
     ts.CONFIG.clear()
     ts.CONFIG.update(old)
@@ -105,11 +106,19 @@ def test_matches_reference_all_options(dtype, rev):
 
 @pytest.mark.parametrize("rev", [False, True])
 def test_single_pass_and_many_segments(rev):
-    """One segment per sequence (no segment-state pass; forward) and one chunk per
-    segment (reverse)."""
-    ts.CONFIG.update(target_programs=64 if rev else 1)
+    """One segment per sequence (no segment-state pass; forward) and the shortest
+    segments, one checkpoint block each (reverse)."""
+    ts.CONFIG.update(min_programs=1) if not rev else ts.CONFIG.update(seg=8)
     args = make(2, 29, 8, 4, 1, torch.float32, seed=13 + rev)
     check(args, softplus=True, rev=rev, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("rev", [False, True])
+def test_vectorised_kernel_variant(rev):
+    """The kernels compiled with the channel stride known (CONFIG vec) compute the same."""
+    ts.CONFIG.update(vec=True)
+    args = make(2, 21, 8, 4, 2, torch.bfloat16, seed=23 + rev)
+    check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("L", [1, 8, 13])
