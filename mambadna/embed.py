@@ -18,7 +18,11 @@ carried from chunk to chunk (:meth:`MambaMixer.forward_direction`).
   and the forward direction again from its saved boundary state, then
   ``h + out_proj(y_fwd + y_rev)`` overwrites the chunk in place (the chunk's
   old value is no longer needed by either direction). So one layer's
-  activations live on the host, and the device holds one chunk.
+  activations live on the host, and the device holds one chunk plus the
+  boundary states. Carried and saved states own their storage (never views
+  into a chunk's buffers, which would keep one chunk-sized buffer alive per
+  boundary: device memory growing with L); tests/test_embed.py checks that
+  no tensor longer than the chunk reaches the model or the device.
 * Batches of unequal length are right-padded. That is exact for causal
   models (padding only follows real tokens). For bidirectional models in
   whole-sequence mode the reverse direction runs on a left-aligned copy
@@ -230,6 +234,24 @@ def _chunks(L: int, chunk: int) -> List[Tuple[int, int]]:
     return [(s, min(L, s + chunk)) for s in range(0, L, chunk)]
 
 
+def _own(t: Optional[Tensor]) -> Optional[Tensor]:
+    """``t`` with storage of its own size. A carried conv context or SSM state
+    that is a view into a chunk-sized buffer would keep that whole buffer alive
+    on the device for as long as the state is kept (pass 1 keeps one state per
+    chunk boundary: device memory would then grow with the sequence length)."""
+    if t is None or t.untyped_storage().nbytes() <= t.numel() * t.element_size():
+        return t
+    return t.clone()
+
+
+def _direction(mixer, hn: Tensor, reverse: bool, ctx: Optional[Tensor], state: Optional[Tensor]):
+    """:meth:`MambaMixer.forward_direction` over one chunk; the returned conv
+    context and SSM state own their (small) storage, so keeping them across
+    chunks keeps nothing chunk-sized alive."""
+    y, ctx, state = mixer.forward_direction(hn, reverse, ctx, state)
+    return y, _own(ctx), _own(state)
+
+
 @torch.no_grad()
 def _run_causal_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: bool, chunk: int,
                         device, sink: Callable, post: Optional[Callable] = None,
@@ -246,11 +268,12 @@ def _run_causal_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: bool, ch
         h = model.embed_tokens(ids[:, s:e].to(device))
         for i in range(stop + 1):
             blk = model.layers[i]
-            y, ctx[i], st[i] = blk.mixer.forward_direction(blk.norm(h), False, ctx[i], st[i])
+            y, ctx[i], st[i] = _direction(blk.mixer, blk.norm(h), False, ctx[i], st[i])
             h = h + blk.mixer.project_out(y).to(h.dtype)
         if fnorm:
             h = model.final_norm(h)
         sink(s, e, post(h) if post else h)
+        del h, y  # free this chunk before the next one is allocated
         if advance:
             advance((e - s) / L)
 
@@ -295,7 +318,8 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
         for s, e in chunks:
             saved.append((ctx, state))
             hn = blk.norm(H[:, s:e].to(device, non_blocking=True))
-            _, ctx, state = mix.forward_direction(hn, False, ctx, state)
+            y, ctx, state = _direction(mix, hn, False, ctx, state)
+            del hn, y  # only the boundary state is kept
             if advance:
                 advance(1 / steps)
         # pass 2: reverse direction right to left, forward recomputed per chunk
@@ -304,7 +328,7 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
             s, e = chunks[c]
             x = H[:, s:e].to(device, non_blocking=True)
             hn = blk.norm(x)
-            yr, rctx, rstate = mix.forward_direction(hn, True, rctx, rstate)
+            yr, rctx, rstate = _direction(mix, hn, True, rctx, rstate)
             yf, _, _ = mix.forward_direction(hn, False, *saved[c])
             saved[c] = (None, None)
             y = (yf.float() + yr.float()).to(yf.dtype)
@@ -315,6 +339,7 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
                 sink(s, e, post(out) if post else out)
             else:
                 H[:, s:e].copy_(out.float())
+            del x, hn, yr, yf, y, out  # free this chunk before the next one is allocated
             if advance:
                 advance(2 / steps)
 

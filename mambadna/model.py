@@ -78,7 +78,10 @@ class MambaMixer(nn.Module):
 
         Causal direction: context = the k-1 inputs before x; reverse: the k-1
         inputs after x (zeros at the sequence ends). Returns (conv(x), context
-        for the next chunk in scan order).
+        for the next chunk in scan order). The returned context is a copy, not
+        a view: a view would keep the whole (b, L + k-1, d_inner) concatenation
+        alive for as long as the caller keeps the context (chunked inference
+        keeps one per chunk boundary).
         """
         k = self.d_conv
         if context is None:
@@ -87,11 +90,11 @@ class MambaMixer(nn.Module):
         if reverse:
             xx = torch.cat([x, context], dim=1)
             w = p.conv.weight.flip(-1)
-            new_ctx = xx[:, : k - 1]
+            new_ctx = xx[:, : k - 1].clone()
         else:
             xx = torch.cat([context, x], dim=1)
             w = p.conv.weight
-            new_ctx = xx[:, xx.shape[1] - (k - 1):]
+            new_ctx = xx[:, xx.shape[1] - (k - 1):].clone()
         y = F.conv1d(xx.transpose(1, 2), w.to(xx.dtype),
                      None if p.conv.bias is None else p.conv.bias.to(xx.dtype),
                      groups=self.d_inner)

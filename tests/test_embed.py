@@ -4,17 +4,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import mambadna
 from mambadna.config import ModelConfig
 from mambadna.embed import Embedder, Stream, plan_batches
 from mambadna.errors import InputError
-from mambadna.model import MambaDNA
+from mambadna.model import MambaDNA, MambaMixer
 from mambadna.tokenizer import encode, reverse_complement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +132,112 @@ def test_pooled_chunked_equals_pool_of_whole(model, mode):
     for chunk in (None, 4):
         out = Embedder(model, pool=mode, chunk_size=chunk, center_width=6, progress=False).embed(seqs)
         np.testing.assert_allclose(np.stack(out), np.stack(ref), atol=ATOL, rtol=0)
+
+# --------------------------------------------------------------------------- chunked memory bound
+class _DevicePlacementSpy(TorchFunctionMode):
+    """Records the largest extent (any dimension) of a tensor placed on a
+    device: ``Tensor.to(device / str / tensor, ...)``, ``Tensor.cuda()`` or
+    any call with ``device=``. On the CPU these calls are no-ops, but they are
+    exactly where a GPU run would move data to the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        placed = ("device" in kwargs or func is torch.Tensor.cuda
+                  or (func is torch.Tensor.to
+                      and any(isinstance(a, (torch.device, str, torch.Tensor)) for a in args[1:])))
+        if placed and isinstance(out, torch.Tensor) and out.dim():
+            self.largest = max(self.largest, max(out.shape))
+        return out
+
+
+class _ModelSpy:
+    """Forward hooks on every submodule plus a wrapper of
+    :meth:`MambaMixer.forward_direction`. Records the largest length
+    (dim 1) of any tensor going into or out of the model's pieces, and the
+    peak bytes of storage kept alive by the tensors the model handed back
+    (weak references: the spy keeps nothing alive itself)."""
+
+    def __init__(self, model, monkeypatch):
+        self.longest = 0
+        self.peak_bytes = 0
+        self._refs = []
+        self._handles = [m.register_forward_hook(self._hook) for m in model.modules()]
+        orig = MambaMixer.forward_direction
+
+        def forward_direction(mixer, h, *a, **kw):
+            out = orig(mixer, h, *a, **kw)
+            self._see((h,), out)
+            return out
+
+        monkeypatch.setattr(MambaMixer, "forward_direction", forward_direction)
+
+    def _hook(self, module, args, output):
+        self._see(args, output if isinstance(output, (tuple, list)) else (output,))
+
+    def _see(self, inputs, outputs):
+        for t in (*inputs, *outputs):
+            if isinstance(t, torch.Tensor) and t.dim() >= 2:
+                self.longest = max(self.longest, t.shape[1])
+        self._refs += [weakref.ref(t) for t in outputs if isinstance(t, torch.Tensor)]
+        live = [t for t in (r() for r in self._refs) if t is not None]
+        self._refs = [weakref.ref(t) for t in live]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in live}
+        self.peak_bytes = max(self.peak_bytes, sum(storages.values()))
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
+def _spy_embed(model, L, chunk, pool):
+    seqs = [np.random.default_rng(s).integers(7, 11, size=L) for s in (0, 1)]
+    with pytest.MonkeyPatch.context() as mp:
+        spy = _ModelSpy(model, mp)
+        try:
+            with _DevicePlacementSpy() as placed:
+                out = Embedder(model, pool=pool, chunk_size=chunk, progress=False).embed(seqs)
+        finally:
+            spy.close()
+    return out, spy, placed
+
+
+@pytest.mark.parametrize("pool", ["mean", None])
+def test_chunked_keeps_only_chunk_sized_tensors_on_device(pool):
+    """Chunked mode (issue 6): no tensor of the sequence's length reaches the
+    model or is moved to the device, and what the engine keeps between chunks
+    (carried / saved boundary states) does not hold chunk-sized buffers alive,
+    so the model-side memory is flat in L up to the per-boundary states. This
+    failed when a conv context was a view into its chunk's (L_chunk x d_inner)
+    concatenation: pass 1 kept one per chunk, i.e. device memory grew with L."""
+    chunk = 256
+    for bidirectional in (False, True):
+        torch.manual_seed(0)
+        cfg = ModelConfig(d_model=16, n_layers=2, d_state=4, bidirectional=bidirectional)
+        m = MambaDNA(cfg).eval()
+        # positive control: in one piece the spies do see the whole length
+        _, spy, placed = _spy_embed(m, 1000, 1000, pool)
+        assert spy.longest == 1000 and placed.largest == 1000
+        peaks = {}
+        for L in (1024, 3000, 4096):
+            out, spy, placed = _spy_embed(m, L, chunk, pool)
+            assert spy.longest <= chunk, (bidirectional, L, spy.longest)
+            assert placed.largest <= chunk, (bidirectional, L, placed.largest)
+            peaks[L] = spy.peak_bytes
+            if L == 3000:  # exactness is unchanged
+                whole = Embedder(m, pool=pool, chunk_size=L, progress=False).embed(
+                    [np.random.default_rng(s).integers(7, 11, size=L) for s in (0, 1)])
+                np.testing.assert_allclose(np.stack(out), np.stack(whole), atol=ATOL, rtol=0)
+        # growth from 4 to 16 chunks: at most the saved boundary states (bidirectional
+        # pass 1 keeps one conv context + SSM state per chunk), with 2x slack
+        per_boundary = 2 * ((cfg.d_conv - 1) * cfg.d_inner + cfg.d_inner * cfg.d_state) * 4
+        allowed = (4096 // chunk - 1024 // chunk) * per_boundary * 2 if bidirectional else 0
+        assert peaks[4096] - peaks[1024] <= allowed, (bidirectional, peaks, allowed)
+        assert peaks[1024] > 0
 
 
 def test_plan_batches_groups_by_length():
