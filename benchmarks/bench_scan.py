@@ -277,8 +277,8 @@ def bidir(b, D, N, L, bw):
     return rows
 
 
-SWEEP = [dict(seg=128), dict(seg=64), dict(seg=256), dict(seg=128, vec=True),
-              dict(seg=128, block_d=64, warps=2), dict(seg=128, min_programs=4096)]
+SWEEP = [dict(seg=128), dict(seg=128, sub=2), dict(seg=64), dict(seg=128, vec=True),
+         dict(seg=128, block_d=64, warps=2)]
 
 
 def sweep(shapes):

@@ -46,6 +46,8 @@ CONFIG = {
     "combine_lanes": 128,
     "warps_combine": 4,
     "min_programs": 1024,  # below this many (batch x d-blocks) programs, use segments
+    "ckpt": 8,           # backward: positions between stored states (transient, fp32)
+    "sub": 4,            # backward: positions recomputed into registers at a time
     "vec": False,        # let loads along the channels vectorise (Triton then spreads a
                          # thread's state over channels and states, not one channel)
 }
@@ -447,8 +449,7 @@ def _rows_bwd_kernel(
     fbase = seg * (SEG // F)
     for kk in range(nblk):
         k = nblk - 1 - kk
-        for jj in tl.static_range(F // SUB):
-            j = F // SUB - 1 - jj
+        for j in tl.static_range(F // SUB - 1, -1, -1):
             i0 = k * F + j * SUB
             e0 = tl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
             for q in tl.static_range(j * SUB):  # walk to the sub-block's start
@@ -576,7 +577,7 @@ class _Geom:
         low = self.DPG & -self.DPG  # a d-block never straddles two groups
         self.BD = max(1, min(CONFIG["block_d"], low, triton.next_power_of_2(self.D)))
         self.ND = triton.cdiv(self.D, self.BD)
-        F = 8
+        F = CONFIG["ckpt"]
         seg = max(F, (CONFIG["seg"] // F) * F)
         if self.batch * self.ND >= CONFIG["min_programs"] or self.L <= seg:
             seg = triton.cdiv(self.L, F) * F  # one segment: a single pass
@@ -680,7 +681,7 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
         L, D, NS, SEG, geom.DPG, 1,
         *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3), *_strides(z), *_strides(gout),
         *_strides(dB, 3), *_strides(dC, 3), *_strides(du),
-        N=N, NP=geom.NP, BD=geom.BD, F=F, SUB=4, HAS_D=D_ is not None, HAS_Z=z is not None,
+        N=N, NP=geom.NP, BD=geom.BD, F=F, SUB=min(CONFIG["sub"], F), HAS_D=D_ is not None, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ACC_DZ=acc_dz,
         HAS_MINIT=mseg is not None, num_warps=geom.warps,
     )
