@@ -48,7 +48,7 @@ CONFIG = {
     "min_programs": 1024,  # below this many (batch x d-blocks) programs, use segments
     "ckpt": 8,           # backward: positions between stored states (transient, fp32)
     "sub": 4,            # backward: positions recomputed into registers at a time
-    "vec": False,        # let loads along the channels vectorise (Triton then spreads a
+    "vec": True,         # let loads along the channels vectorise (Triton then spreads a
                          # thread's state over channels and states, not one channel)
 }
 

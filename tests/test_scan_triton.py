@@ -114,9 +114,10 @@ def test_single_pass_and_many_segments(rev):
 
 
 @pytest.mark.parametrize("rev", [False, True])
-def test_vectorised_kernel_variant(rev):
-    """The kernels compiled with the channel stride known (CONFIG vec) compute the same."""
-    ts.CONFIG.update(vec=True)
+def test_unvectorised_kernel_variant(rev):
+    """The kernels compiled with the channel stride unknown (CONFIG vec False: one
+    channel a thread) compute the same."""
+    ts.CONFIG.update(vec=False)
     args = make(2, 21, 8, 4, 2, torch.bfloat16, seed=23 + rev)
     check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
 
