@@ -5,12 +5,17 @@ length, carrying each direction's SSM state and conv context between chunks,
 so only one chunk's activations exist at a time. Backward recomputes chunk by
 chunk and carries the adjoints of the states and conv contexts the other way
 (forward direction: last chunk to first; reverse direction: first to last).
-Only the block input and the per-chunk boundary states are kept. The result
-and every gradient equal the unchunked block's (tested).
+Only the block input and the per-chunk boundary states are kept (all through
+``save_for_backward``, so ``saved_tensors_hooks`` see them); the boundary
+states are stored as compact copies, never as views into chunk-sized buffers.
+The result and every gradient equal the unchunked block's (tested).
+
+:func:`chunked_rows` does the same for a position-wise function (the final
+norm and the LM head): it keeps only its input and recomputes block by block.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -21,6 +26,17 @@ def _dir_order(n: int, reverse: bool):
     return range(n - 1, -1, -1) if reverse else range(n)
 
 
+def _compact(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t, or a copy owning only its own elements when t is a view into a larger
+    buffer. The conv context is a (batch, d_conv-1, d_inner) slice of the
+    chunk's (batch, chunk+d_conv-1, d_inner) conv input: keeping the slice for
+    backward would keep every chunk's conv input alive, i.e. a whole-length
+    (batch, L, d_inner) tensor per direction per layer."""
+    if t is None or t.untyped_storage().nbytes() <= t.numel() * t.element_size():
+        return t
+    return t.clone()
+
+
 class _ChunkedBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, block: MambaBlock, chunk: int, *params):
@@ -28,28 +44,37 @@ class _ChunkedBlock(torch.autograd.Function):
         L = h.shape[1]
         bounds = [(s, min(s + chunk, L)) for s in range(0, L, chunk)]
         dirs = [False] + ([True] if mixer.bidirectional else [])
-        saved = {}
+        boundary: List[torch.Tensor] = []
+        # (rev, chunk) -> indices into ``boundary`` of the conv context and SSM state
+        # entering that chunk in scan order (-1: sequence end, nothing carried)
+        where: Dict[Tuple[bool, int], Tuple[int, int]] = {}
+
+        def keep(t: Optional[torch.Tensor]) -> int:
+            if t is None:
+                return -1
+            boundary.append(_compact(t))
+            return len(boundary) - 1
+
         with torch.no_grad():
             out = h.clone()
             for rev in dirs:
                 conv_ctx, state = None, None
-                entry: List = [None] * len(bounds)
                 for c in _dir_order(len(bounds), rev):
                     s, e = bounds[c]
-                    entry[c] = (conv_ctx, state)
+                    where[(rev, c)] = (keep(conv_ctx), keep(state))
                     y, conv_ctx, state = mixer.forward_direction(block.norm(h[:, s:e]), rev, conv_ctx, state)
                     out[:, s:e] += mixer.project_out(y).to(out.dtype)
-                saved[rev] = entry
-        ctx.block, ctx.bounds, ctx.saved, ctx.dirs = block, bounds, saved, dirs
+                    del y
+        ctx.block, ctx.bounds, ctx.where, ctx.dirs = block, bounds, where, dirs
         ctx.device_type = h.device.type
         ctx.autocast = torch.is_autocast_enabled(h.device.type)
         ctx.autocast_dtype = torch.get_autocast_dtype(h.device.type)
-        ctx.save_for_backward(h)
+        ctx.save_for_backward(h, *boundary)
         return out
 
     @staticmethod
     def backward(ctx, g_out: torch.Tensor):
-        (h,) = ctx.saved_tensors
+        h, *boundary = ctx.saved_tensors
         block, bounds = ctx.block, ctx.bounds
         mixer = block.mixer
         g_h = g_out.clone()
@@ -61,7 +86,9 @@ class _ChunkedBlock(torch.autograd.Function):
             # adjoints flow opposite to the scan direction
             for c in _dir_order(len(bounds), not rev):
                 s, e = bounds[c]
-                conv_in, state_in = ctx.saved[rev][c]
+                i_conv, i_state = ctx.where[(rev, c)]
+                conv_in = boundary[i_conv] if i_conv >= 0 else None
+                state_in = boundary[i_state] if i_state >= 0 else None
                 with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype,
                                                          enabled=ctx.autocast):
                     hc = h[:, s:e].detach().requires_grad_(True)
@@ -82,6 +109,7 @@ class _ChunkedBlock(torch.autograd.Function):
                         outs.append(state_out)
                         grads.append(g_state)
                     res = torch.autograd.grad(outs, leaves + params, grads, allow_unused=True)
+                    del y, conv_out, state_out, o, outs, grads  # this chunk's graph goes here
                 gl, gp = res[: len(leaves)], res[len(leaves):]
                 for j, gpar in enumerate(gp):
                     if gpar is not None:
@@ -93,6 +121,7 @@ class _ChunkedBlock(torch.autograd.Function):
                     g_conv = gl[i]
                     i += 1
                 g_state = gl[i] if state_in is not None else None
+                del res, gl, gp, hc, leaves
         # parameter gradients go back through autograd (so DDP's hooks see them)
         return (g_h, None, None, *g_params)
 
@@ -108,3 +137,63 @@ def chunked_block(block: MambaBlock, h: torch.Tensor, chunk: int) -> torch.Tenso
         return block(h)
     params = [p for p in block.parameters() if p.requires_grad]
     return _ChunkedBlock.apply(h, block, chunk, *params)
+
+
+class _ChunkedRows(torch.autograd.Function):
+    """``fn`` (position-wise along dim 1) applied in blocks of ``chunk`` positions;
+    only x is kept for backward, which recomputes one block at a time."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn: Callable, chunk: int, *params):
+        L = x.shape[1]
+        bounds = [(s, min(s + chunk, L)) for s in range(0, L, chunk)]
+        out = None
+        with torch.no_grad():
+            for s, e in bounds:
+                y = fn(x[:, s:e])
+                if out is None:
+                    out = y.new_empty((y.shape[0], L) + tuple(y.shape[2:]))
+                out[:, s:e] = y
+                del y
+        ctx.fn, ctx.bounds, ctx.params = fn, bounds, params
+        ctx.device_type = x.device.type
+        ctx.autocast = torch.is_autocast_enabled(x.device.type)
+        ctx.autocast_dtype = torch.get_autocast_dtype(x.device.type)
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        params = [p for p, need in zip(ctx.params, ctx.needs_input_grad[3:]) if need]
+        g_x = torch.empty_like(x) if need_x else None
+        g_params: List[Optional[torch.Tensor]] = [None] * len(params)
+        for s, e in ctx.bounds:
+            with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype,
+                                                     enabled=ctx.autocast):
+                xb = x[:, s:e].detach().requires_grad_(need_x)
+                leaves = ([xb] if need_x else []) + params
+                y = ctx.fn(xb)
+                res = torch.autograd.grad(y, leaves, g_out[:, s:e], allow_unused=True)
+                del y
+            if need_x:
+                g_x[:, s:e] = res[0]
+            for j, gp in enumerate(res[1:] if need_x else res):
+                if gp is not None:
+                    g_params[j] = gp if g_params[j] is None else g_params[j] + gp
+            del res, xb, leaves
+        it = iter(g_params)
+        return (g_x, None, None, *[next(it) if need else None for need in ctx.needs_input_grad[3:]])
+
+
+def chunked_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int,
+                 params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``fn(x)`` for a position-wise ``fn`` (output position t depends on input
+    position t only, e.g. the final RMSNorm followed by the LM head), evaluated
+    in blocks of ``chunk`` positions along dim 1. Only x is kept for backward
+    (not fn's whole-length fp32 intermediates); backward recomputes one block
+    at a time. ``params``: every parameter fn uses that needs a gradient."""
+    if chunk <= 0 or x.shape[1] <= chunk:
+        return fn(x)
+    return _ChunkedRows.apply(x, fn, chunk, *params)

@@ -20,8 +20,44 @@ from .tokenizer import A as TOK_A, C as TOK_C, G as TOK_G, T as TOK_T
 Tensor = torch.Tensor
 
 
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """:func:`_rms_norm` keeping only x and the per-row 1/rms (fp32) for backward;
+    autograd through the ops would keep two fp32 copies of x's size (x.float() and
+    the normalised x), i.e. 2 x 4 bytes per element per norm."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        out = (xf * rstd * weight.float()).to(x.dtype)
+        ctx.save_for_backward(x, weight, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        xhat = x.float() * rstd
+        gf = g.float()
+        g_w = None
+        if ctx.needs_input_grad[1]:
+            g_w = (gf * xhat).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+        g_x = None
+        if ctx.needs_input_grad[0]:
+            gw = gf * weight.float()
+            del gf
+            g_x = ((gw - xhat * (gw * xhat).mean(-1, keepdim=True)) * rstd).to(x.dtype)
+        return g_x, g_w, None
+
+
 class RMSNorm(nn.Module):
-    """RMSNorm over the last dimension, computed in fp32."""
+    """RMSNorm over the last dimension, computed in fp32. For backward it keeps
+    only its input and the per-row 1/rms."""
 
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
@@ -29,9 +65,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return _RMSNormFn.apply(x, self.weight, self.eps)
+        return _rms_norm(x, self.weight, self.eps)
 
 
 class _Direction(nn.Module):
@@ -98,7 +134,16 @@ class MambaMixer(nn.Module):
         y = F.conv1d(xx.transpose(1, 2), w.to(xx.dtype),
                      None if p.conv.bias is None else p.conv.bias.to(xx.dtype),
                      groups=self.d_inner)
-        return F.silu(y).transpose(1, 2), new_ctx
+        # one contiguous channel-last copy, shared by x_proj and the scan (the kernel would
+        # otherwise copy the transposed view for itself while x_proj keeps the view)
+        return F.silu(y).transpose(1, 2).contiguous(), new_ctx
+
+    def _in_proj(self, h: Tensor) -> Tuple[Tensor, Tensor]:
+        """(x, z), each (b, L, d_inner) in its own storage: halves of one (b, L,
+        2 d_inner) product would let the gate z, which the scan keeps for backward,
+        keep the x half alive too."""
+        W = self.in_proj.weight
+        return F.linear(h, W[: self.d_inner]), F.linear(h, W[self.d_inner:])
 
     def _ssm_inputs(self, xc: Tensor, p: _Direction):
         b, L, _ = xc.shape
@@ -113,8 +158,7 @@ class MambaMixer(nn.Module):
 
     # -- whole sequence ---------------------------------------------------
     def forward(self, h: Tensor) -> Tensor:
-        xz = self.in_proj(h)
-        x, z = xz.chunk(2, dim=-1)
+        x, z = self._in_proj(h)
         xf, _ = self._conv(x, self.fwd, False, None)
         df, Af, Bf, Cf = self._ssm_inputs(xf, self.fwd)
         if not self.bidirectional:
@@ -150,7 +194,7 @@ class MambaMixer(nn.Module):
         p = self.rev if reverse else self.fwd
         if p is None:
             raise ValueError("this mixer is causal: no reverse direction")
-        x, z = self.in_proj(h).chunk(2, dim=-1)
+        x, z = self._in_proj(h)
         xc, ctx = self._conv(x, p, reverse, conv_context)
         delta, A, B, C = self._ssm_inputs(xc, p)
         if h.shape[1] == 1 and ssm_state is not None:
@@ -267,7 +311,7 @@ class MambaDNA(nn.Module):
         if self.residual_dtype is not None:
             h = h.to(self.residual_dtype)
         for i in range(stop + 1):
-            if self.layer_chunk > 0 and self.training and torch.is_grad_enabled():
+            if self._layer_chunked():
                 from .chunked import chunked_block
 
                 h = self._apply_shared(lambda x, i=i: chunked_block(self.layers[i], x, self.layer_chunk), h)
@@ -279,8 +323,19 @@ class MambaDNA(nn.Module):
             h = self.final_norm(h)
         return h
 
+    def _layer_chunked(self) -> bool:
+        return self.layer_chunk > 0 and self.training and torch.is_grad_enabled()
+
     def forward(self, input_ids: Tensor) -> Tensor:
         """input_ids (batch, L) int64 -> logits (batch, L, vocab_size)."""
+        if self._layer_chunked():
+            # final norm + LM head in length chunks too: only their input is kept for
+            # backward, not the norm's whole-length fp32 copies and the head's input
+            from .chunked import chunked_rows
+
+            h = self.hidden_states(input_ids, final_norm=False)
+            params = [p for p in (self.norm_f.weight, self.embedding.weight) if p.requires_grad]
+            return chunked_rows(lambda x: self.lm_logits(self.final_norm(x)), h, self.layer_chunk, params)
         return self.lm_logits(self.hidden_states(input_ids))
 
     def num_parameters(self) -> int:

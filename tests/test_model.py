@@ -146,3 +146,30 @@ def test_inference_path_of_chunked_scan_matches_sequential(reverse, chunk):
         y2, h2 = selective_scan_chunked(*ins, True, h0, True, reverse, chunk=chunk)
     torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h2, h1, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_backward_matches_autograd_of_the_formula(dtype):
+    """RMSNorm keeps only x and 1/rms for backward; its output equals the fp32 formula
+    bit for bit and its gradients match autograd through the formula."""
+    from mambadna.model import RMSNorm, _rms_norm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(24)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (3 * torch.randn(2, 37, 24)).to(dtype).requires_grad_(True)
+    g = torch.randn(2, 37, 24).to(dtype)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = norm(x)
+    assert sum(t.numel() for t in saved) == x.numel() + 24 + 2 * 37  # x, weight, 1/rms
+    (out * g).sum().backward()
+    gx, gw = x.grad.clone(), norm.weight.grad.clone()
+    x.grad, norm.weight.grad = None, None
+    ref = _rms_norm(x, norm.weight, norm.eps)
+    (ref * g).sum().backward()
+    assert torch.equal(out, ref)
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(gx, x.grad, **tol)
+    torch.testing.assert_close(gw, norm.weight.grad, atol=1e-4, rtol=1e-4)
