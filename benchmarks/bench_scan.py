@@ -132,6 +132,7 @@ def main():
     ap.add_argument("--skip-bidir", action="store_true")
     ap.add_argument("--profile", action="store_true", help="per-kernel times (torch.profiler)")
     ap.add_argument("--sweep-only", action="store_true")
+    ap.add_argument("--profile-only", action="store_true", help="per-kernel times, nothing else")
     args = ap.parse_args()
     if args.config:
         ts.CONFIG.update(json.loads(args.config))
@@ -142,6 +143,10 @@ def main():
         f"copy bandwidth {bw / 1e12:.2f} TB/s; CONFIG {json.dumps(ts.CONFIG)}")
     shapes = SHAPES if not args.shapes else [SHAPES[int(i)] for i in args.shapes.split(",")]
 
+    if args.profile_only:
+        for shp in shapes:
+            profile(shp)
+        return
     if args.sweep or args.sweep_only:
         sweep(shapes)
         with open(os.path.join(args.out, "best_config.json"), "w") as f:

@@ -40,16 +40,18 @@ LOG2E = 1.4426950408889634
 # Tunables (chosen on the H100, see benchmarks/NOTES_scan.md); overridable in tests.
 CONFIG = {
     "seg": 128,          # positions per segment (forward)
-    "block_d": 32,       # channels per program
+    "block_d": 64,       # channels per program (forward kernels)
+    "block_d_bwd": 32,   # channels per program (backward kernels: register-bound)
     "warps": 1,          # warps per program (lanes run along the channels)
     "combine_chunks": 32,
     "combine_lanes": 128,
     "warps_combine": 4,
     "min_programs": 1024,  # below this many (batch x d-blocks) programs, use segments
-    "ckpt": 8,           # backward: positions between stored states (transient, fp32)
-    "sub": 4,            # backward: positions recomputed into registers at a time
+    "ckpt": 4,           # backward: positions between stored states (transient, fp32)
+    "sub": 2,            # backward: positions recomputed into registers at a time
     "vec": True,         # let loads along the channels vectorise (Triton then spreads a
                          # thread's state over channels and states, not one channel)
+    "bwd_maxnreg": 0,    # register cap for the backward kernel (0: the compiler's choice)
 }
 
 
@@ -63,9 +65,70 @@ def _combine_fwd(a_l, x_l, a_r, x_r):
     return a_l * a_r, a_r * x_l + x_r
 
 
+# On the GPU, approximate flush-to-zero transcendentals: one MUFU instruction each.
+# (Triton's exp2/log lower to the non-ftz PTX forms, which ptxas wraps in a range test
+# and two multiplies; our decay arguments are <= 0, so a flushed denormal is exact
+# enough.) The interpreter cannot run PTX and keeps the library functions.
+_FAST = tl.constexpr(not _interpret())
+
+
+@triton.jit
+def _ex2(x):
+    if _FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _lg2(x):
+    if _FAST:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _rcp(x):
+    if _FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _sigmoid(x):
+    return _rcp(1.0 + _ex2(x * -1.4426950408889634))
+
+
 @triton.jit
 def _softplus(v):
-    return tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
+    return tl.where(v > 20.0, v, _lg2(1.0 + _ex2(v * 1.4426950408889634)) * 0.6931471805599453)
+
+
+@triton.jit
+def _dt_of(v, mask_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """dt from a loaded delta row (fp32): softplus(v + bias), 0 on masked lanes."""
+    if HAS_BIAS:
+        v = v + bias
+    if SOFTPLUS:
+        dt = _softplus(v)
+    else:
+        dt = v
+    return tl.where(mask_d, dt, 0.0)
+
+
+@triton.jit
+def _step_t(t0, nsteps, i, DESC: tl.constexpr):
+    """Time of walk step i (clamped to the last step, for the prefetch past the end)."""
+    i = tl.minimum(i, nsteps - 1)
+    if DESC:
+        return (t0 + nsteps - 1 - i).to(tl.int64)
+    else:
+        return (t0 + i).to(tl.int64)
 
 
 @triton.jit
@@ -119,23 +182,39 @@ def _rows_state_kernel(
     stot = tl.zeros([BD], dtype=tl.float32)
     t0 = pid_s * SEG
     nsteps = tl.minimum(SEG, L - t0)
+    d_base = delta_ptr + pid_b * s_db + dcol
+    u_base = u_ptr + pid_b * s_ub + dcol
+    B_base = B_ptr + pid_b * s_Bb + grp * s_Bg + n_ar
+    z_base = z_ptr + pid_b * s_zb + dcol
+    # rows are loaded one step ahead, so their latency overlaps the previous step
+    t = _step_t(t0, nsteps, 0, DESC)
+    vn = tl.load(d_base + t * s_dl, mask=mask_d, other=0.0).to(tl.float32)
+    un = tl.load(u_base + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+    bn = tl.load(B_base + t * s_Bl, mask=mask_n, other=0.0).to(tl.float32)
+    if ADJ and HAS_Z:
+        zn = tl.load(z_base + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        zn = un
     for i in range(nsteps):
         if F > 0:
             if i % F == 0:
                 tl.store(hfine_ptr + (pid_b * NS * (SEG // F) + pid_s * (SEG // F) + i // F) * N * D + nd_off,
                          h, mask=mask_nd)
-        if DESC:
-            t = (t0 + nsteps - 1 - i).to(tl.int64)
-        else:
-            t = (t0 + i).to(tl.int64)
-        dt, _ = _row_dt(delta_ptr, pid_b * s_db + t * s_dl + dcol, mask_d, bias, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_ptr + pid_b * s_ub + t * s_ul + dcol, mask=mask_d, other=0.0).to(tl.float32)
-        bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + grp * s_Bg + n_ar, mask=mask_n, other=0.0).to(tl.float32)
-        a = tl.exp2(a2 * dt[None, :])
+        v = vn
+        uu = un
+        bt = bn
+        zz = zn
+        t = _step_t(t0, nsteps, i + 1, DESC)
+        vn = tl.load(d_base + t * s_dl, mask=mask_d, other=0.0).to(tl.float32)
+        un = tl.load(u_base + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+        bn = tl.load(B_base + t * s_Bl, mask=mask_n, other=0.0).to(tl.float32)
+        if ADJ and HAS_Z:
+            zn = tl.load(z_base + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+        dt = _dt_of(v, mask_d, bias, HAS_BIAS, SOFTPLUS)
+        a = _ex2(a2 * dt[None, :])
         if ADJ:
             if HAS_Z:
-                zz = tl.load(z_ptr + pid_b * s_zb + t * s_zl + dcol, mask=mask_d, other=0.0).to(tl.float32)
-                uu = uu * zz * tl.sigmoid(zz)
+                uu = uu * zz * _sigmoid(zz)
             h = a * (h + uu[None, :] * bt[:, None])
         else:
             h = a * h + (dt * uu)[None, :] * bt[:, None]
@@ -173,28 +252,58 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
         h = tl.zeros([NP, BD], dtype=tl.float32)
     t0 = pid_s * SEG
     nsteps = tl.minimum(SEG, L - t0)
+    d_base = delta_ptr + pid_b * s_db + dcol
+    u_base = u_ptr + pid_b * s_ub + dcol
+    B_base = B_ptr + pid_b * s_Bb + grp * s_Bg + n_ar
+    C_base = C_ptr + pid_b * s_Cb + grp * s_Cg + n_ar
+    z_base = z_ptr + pid_b * s_zb + dcol
+    a_base = acc_ptr + pid_b * s_ab + dcol
+    o_base = out_ptr + pid_b * s_ob + dcol
+    GATE: tl.constexpr = HAS_Z and MODE != 0
+    # rows are loaded one step ahead, so their latency overlaps the previous step
+    tn = _step_t(t0, nsteps, 0, REV)
+    vn = tl.load(d_base + tn * s_dl, mask=mask_d, other=0.0).to(tl.float32)
+    un = tl.load(u_base + tn * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+    bn = tl.load(B_base + tn * s_Bl, mask=mask_n, other=0.0).to(tl.float32)
+    cn = tl.load(C_base + tn * s_Cl, mask=mask_n, other=0.0).to(tl.float32)
+    if GATE:
+        zn = tl.load(z_base + tn * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        zn = un
+    if MODE == 2:
+        an = tl.load(a_base + tn * s_al, mask=mask_d, other=0.0)
+    else:
+        an = un
     for i in range(nsteps):
-        if REV:
-            t = (t0 + nsteps - 1 - i).to(tl.int64)
-        else:
-            t = (t0 + i).to(tl.int64)
-        dt, _ = _row_dt(delta_ptr, pid_b * s_db + t * s_dl + dcol, mask_d, bias, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_ptr + pid_b * s_ub + t * s_ul + dcol, mask=mask_d, other=0.0).to(tl.float32)
-        bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + grp * s_Bg + n_ar, mask=mask_n, other=0.0).to(tl.float32)
-        ct = tl.load(C_ptr + pid_b * s_Cb + t * s_Cl + grp * s_Cg + n_ar, mask=mask_n, other=0.0).to(tl.float32)
-        h = tl.exp2(a2 * dt[None, :]) * h + (dt * uu)[None, :] * bt[:, None]
+        t = tn
+        v = vn
+        uu = un
+        bt = bn
+        ct = cn
+        zz = zn
+        ya = an
+        tn = _step_t(t0, nsteps, i + 1, REV)
+        vn = tl.load(d_base + tn * s_dl, mask=mask_d, other=0.0).to(tl.float32)
+        un = tl.load(u_base + tn * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+        bn = tl.load(B_base + tn * s_Bl, mask=mask_n, other=0.0).to(tl.float32)
+        cn = tl.load(C_base + tn * s_Cl, mask=mask_n, other=0.0).to(tl.float32)
+        if GATE:
+            zn = tl.load(z_base + tn * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+        if MODE == 2:
+            an = tl.load(a_base + tn * s_al, mask=mask_d, other=0.0)
+        dt = _dt_of(v, mask_d, bias, HAS_BIAS, SOFTPLUS)
+        h = _ex2(a2 * dt[None, :]) * h + (dt * uu)[None, :] * bt[:, None]
         y = tl.sum(h * ct[:, None], axis=0)
         if HAS_D:
             y += dd * uu
         if MODE == 0:
-            tl.store(acc_ptr + pid_b * s_ab + t * s_al + dcol, y, mask=mask_d)
+            tl.store(a_base + t * s_al, y, mask=mask_d)
         else:
             if MODE == 2:
-                y += tl.load(acc_ptr + pid_b * s_ab + t * s_al + dcol, mask=mask_d, other=0.0)
+                y += ya
             if HAS_Z:
-                zz = tl.load(z_ptr + pid_b * s_zb + t * s_zl + dcol, mask=mask_d, other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(out_ptr + pid_b * s_ob + t * s_ol + dcol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+                y = y * zz * _sigmoid(zz)
+            tl.store(o_base + t * s_ol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
     return h
 
 
@@ -286,7 +395,7 @@ def _chunk_combine_kernel(
                     mask=m2, other=0.0)
         s = tl.load(ssum_ptr + (pid_b * NC + c[:, None]) * D + d_idx[None, :],
                     mask=m2, other=0.0)
-        a = tl.exp2(a2[None, :] * s)
+        a = _ex2(a2[None, :] * s)
         a = tl.where(m2, a, 1.0)
         P, X = tl.associative_scan((a, x), 0, _combine_fwd)
         hend = X + P * carry[None, :]
@@ -335,7 +444,7 @@ def _fstep(e, a2, i, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
     uu = tl.load(u_ptr + pid_b * s_ub + t * s_ul + dcol, mask=m, other=0.0).to(tl.float32)
     bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + grp * s_Bg + n_ar, mask=mask_n & ((n_ar * 0 + i) < nsteps),
                  other=0.0).to(tl.float32)
-    return tl.exp2(a2 * dt[None, :]) * e + (dt * uu)[None, :] * bt[:, None]
+    return _ex2(a2 * dt[None, :]) * e + (dt * uu)[None, :] * bt[:, None]
 
 
 @triton.jit
@@ -359,11 +468,11 @@ def _rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, pid_b, dcol, mask_d, 
     g = tl.load(g_ptr + pid_b * s_gb + t * s_gl + dcol, mask=m, other=0.0).to(tl.float32)
     if HAS_Z:
         zz = tl.load(z_ptr + pid_b * s_zb + t * s_zl + dcol, mask=m, other=0.0).to(tl.float32)
-        sz = tl.sigmoid(zz)
+        sz = _sigmoid(zz)
         gy = g * zz * sz
     else:
         gy = g
-    a = tl.exp2(a2 * dt[None, :])
+    a = _ex2(a2 * dt[None, :])
     dtu = dt * uu
     h = a * e + dtu[None, :] * bt[:, None]
     lam = ct[:, None] * gy[None, :] + mu
@@ -381,7 +490,7 @@ def _rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, pid_b, dcol, mask_d, 
         dDacc += gy * uu
     ddt = uu * s1 + s2
     if SOFTPLUS:
-        ddt = ddt * tl.sigmoid(vpre)
+        ddt = ddt * _sigmoid(vpre)
     ddt = tl.where(m, ddt, 0.0)
     dbacc += ddt
     off_o = pid_b * s_ob + t * s_ol + dcol
@@ -541,13 +650,13 @@ def _state_update_kernel(
                  other=0.0).to(tl.float32)
     s = tl.load(state_ptr + pid_b * s_sb + d_idx[:, None] * s_sd + n_idx[None, :], mask=m2,
                 other=0.0).to(tl.float32)
-    h = tl.exp2(A * 1.4426950408889634 * dt[:, None]) * s + (dt * uu)[:, None] * Bv
+    h = _ex2(A * 1.4426950408889634 * dt[:, None]) * s + (dt * uu)[:, None] * Bv
     y = tl.sum(h * Cv, axis=1)
     if HAS_D:
         y += uu * tl.load(D_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_Z:
         zz = tl.load(z_ptr + pid_b * s_zb + d_idx, mask=mask_d, other=0.0).to(tl.float32)
-        y = y * zz * tl.sigmoid(zz)
+        y = y * zz * _sigmoid(zz)
     tl.store(new_state_ptr + pid_b * D * N + d_idx[:, None] * N + n_idx[None, :], h, mask=m2)
     tl.store(out_ptr + pid_b * D + d_idx, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
@@ -566,7 +675,7 @@ def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 class _Geom:
     """Blocking of one scan: d-blocks of BD channels, NS segments of SEG positions."""
 
-    def __init__(self, u, A, B):
+    def __init__(self, u, A, B, bwd=False):
         self.batch, self.L, self.D = u.shape
         self.N = A.shape[1]
         self.NP = triton.next_power_of_2(self.N)
@@ -575,17 +684,20 @@ class _Geom:
             raise ValueError(f"d_inner={self.D} is not divisible by n_groups={self.G}")
         self.DPG = self.D // self.G
         low = self.DPG & -self.DPG  # a d-block never straddles two groups
-        self.BD = max(1, min(CONFIG["block_d"], low, triton.next_power_of_2(self.D)))
+        cap = max(1, min(low, triton.next_power_of_2(self.D)))
+        # the segmentation follows the forward blocking, so both passes agree on it
+        nd_fwd = triton.cdiv(self.D, min(CONFIG["block_d"], cap))
+        self.BD = min(CONFIG["block_d_bwd"] if bwd else CONFIG["block_d"], cap)
         self.ND = triton.cdiv(self.D, self.BD)
         F = CONFIG["ckpt"]
         seg = max(F, (CONFIG["seg"] // F) * F)
-        if self.batch * self.ND >= CONFIG["min_programs"] or self.L <= seg:
+        if self.batch * nd_fwd >= CONFIG["min_programs"] or self.L <= seg:
             seg = triton.cdiv(self.L, F) * F  # one segment: a single pass
         self.SEG = seg
         self.F = F
         self.NS = triton.cdiv(self.L, seg)
         self.grid = (self.ND, self.NS, self.batch)
-        self.warps = max(1, min(CONFIG["warps"], self.BD // 32)) if not _interpret() else 1
+        self.warps = max(1, CONFIG["warps"]) if not _interpret() else 1
 
 
 def _strides(t, k=2):
@@ -684,6 +796,7 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
         N=N, NP=geom.NP, BD=geom.BD, F=F, SUB=min(CONFIG["sub"], F), HAS_D=D_ is not None, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ACC_DZ=acc_dz,
         HAS_MINIT=mseg is not None, num_warps=geom.warps,
+        **({"maxnreg": CONFIG["bwd_maxnreg"]} if CONFIG["bwd_maxnreg"] and not _interpret() else {}),
     )
     dA = dA_part.sum(dim=(0, 1)).t()
     dD = dD_part.sum(dim=(0, 1)) if D_ is not None else None
@@ -716,7 +829,7 @@ class _ScanFn(torch.autograd.Function):
     def backward(ctx, gout, ghT):
         u, delta, A, At, B, C, D_, z, bias, hseg = ctx.saved_tensors
         softplus, rev, (A_dt, D_dt, b_dt, h0_dt) = ctx.flags
-        geom = _Geom(u, A, B)
+        geom = _Geom(u, A, B, bwd=True)
         gout = torch.zeros_like(u) if gout is None else _c(gout)
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
@@ -787,7 +900,7 @@ class _BidirFn(torch.autograd.Function):
          D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r) = ctx.saved_tensors
         sp = ctx.softplus
         gout = torch.zeros_like(u_f) if gout is None else _c(gout)
-        g = _Geom(u_f, A_f, B_f)
+        g = _Geom(u_f, A_f, B_f, bwd=True)
         dev = u_f.device
         dz = torch.empty(z.shape, device=dev, dtype=torch.float32) if z is not None else None
         grads = []

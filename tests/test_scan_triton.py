@@ -35,7 +35,8 @@ def small_chunks():
         # segments of 16 positions: two or more per sequence at these shapes, so the
         # segment-state kernel, the cross-segment combine (in blocks of 2), partial
         # segments and partial 8-step checkpoint blocks all run; 4 channels a program
-        ts.CONFIG.update(seg=16, block_d=4, combine_chunks=2, combine_lanes=16,
+        # (the backward uses 2 channels a program, so its blocking differs from the forward's)
+        ts.CONFIG.update(seg=16, block_d=4, block_d_bwd=2, combine_chunks=2, combine_lanes=16,
                          min_programs=10**9)
     yield
     ts.CONFIG.clear()
@@ -120,6 +121,15 @@ def test_unvectorised_kernel_variant(rev):
     ts.CONFIG.update(vec=False)
     args = make(2, 21, 8, 4, 2, torch.bfloat16, seed=23 + rev)
     check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("ckpt,sub,bd_bwd", [(8, 4, 4), (8, 2, 8), (4, 4, 4)])
+def test_backward_blockings(ckpt, sub, bd_bwd):
+    """Other backward tunables (checkpoint spacing, recompute sub-block, channels a
+    program) give the same gradients, including partial blocks at the segment end."""
+    ts.CONFIG.update(ckpt=ckpt, sub=sub, block_d_bwd=bd_bwd)
+    args = make(2, 29, 8, 4, 2, torch.float32, seed=31 + ckpt + sub)
+    check(args, softplus=True, rev=sub == 2, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("L", [1, 8, 13])

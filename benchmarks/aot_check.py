@@ -1,0 +1,118 @@
+"""Compile the scan kernels for sm_90a on a machine without a GPU (Triton's bundled
+ptxas) and print registers, spills and SASS opcode counts per kernel variant.
+
+    python benchmarks/aot_check.py [--config '{"block_d": 16}'] [--kernels bwd,out,state]
+Catches what the interpreter accepts but the compiler rejects, before a device call.
+"""
+import argparse
+import collections
+import inspect
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from mambadna.kernels import triton_scan as ts
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+BF16 = ("u_", "de", "B_", "C_", "z_", "g_", "ou", "du", "dd", "dz", "u2", "B2", "C2")
+
+
+def signature(fn, consts):
+    sig = {}
+    for name in inspect.signature(fn).parameters:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*bf16" if name[:2] in BF16 and not name.startswith("dB") and not name.startswith("dC") else "*fp32"
+        else:
+            sig[name] = "i64" if name.startswith("s_") else "i32"
+    return sig
+
+
+def compile_one(kernel, consts, warps, maxnreg=None):
+    fn = kernel.fn
+    if ts.CONFIG["vec"] and "SD" in inspect.signature(fn).parameters:
+        consts = dict(consts, SD=1)
+    sig = signature(fn, consts)
+    # as at run time on the big shapes: pointers and sizes/strides divisible by 16
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (k, v) in enumerate(sig.items()) if v != "constexpr"}
+    ck = triton.compile(ASTSource(kernel, sig, consts, attrs),
+                        target=GPUTarget("cuda", 90, 32), options=dict({"num_warps": warps}, **({"maxnreg": maxnreg} if maxnreg else {})))
+    ptx = re.sub(r"\.version \d+\.\d+", ".version 8.4", ck.asm["ptx"])
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "k.ptx")
+        cub = os.path.join(d, "k.cubin")
+        open(p, "w").write(ptx)
+        r = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", p, "-o", cub],
+                           capture_output=True, text=True)
+        info = " ".join(l.strip() for l in (r.stderr + r.stdout).splitlines()
+                        if "registers" in l or "spill" in l or "rror" in l)
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cub],
+                              capture_output=True, text=True).stdout
+    ops = collections.Counter()
+    for line in sass.splitlines():
+        m = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if m:
+            ops[m.group(1).split(".")[0]] += 1
+    regs = re.search(r"Used (\d+) registers", info)
+    spill = re.search(r"(\d+) bytes spill stores", info)
+    return (int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else -1, ops, info)
+
+
+def jobs(bd):
+    base = dict(N=16, NP=16, BD=bd, HAS_BIAS=True, SOFTPLUS=True)
+    F, SUB = ts.CONFIG["ckpt"], ts.CONFIG["sub"]
+    out = {
+        "bwd": (ts._rows_bwd_kernel, dict(base, F=F, SUB=SUB, HAS_D=True, HAS_Z=True, REV=False,
+                                          ACC_DZ=False, HAS_MINIT=True)),
+        "out": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
+                                          REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
+                                          STORE_END=False)),
+        "bidir": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
+                                            REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=True,
+                                            STORE_END=False)),
+        "state": (ts._rows_state_kernel, dict(base, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=False, F=0)),
+        "adj": (ts._rows_state_kernel, dict(base, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
+        "ckpt": (ts._rows_state_kernel, dict(base, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
+    }
+    extra = getattr(ts, "AOT_JOBS", None)
+    if extra:
+        out.update(extra(base))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="")
+    ap.add_argument("--kernels", default="")
+    ap.add_argument("--maxnreg", type=int, default=0)
+    ap.add_argument("--ops", default="MUFU,FFMA,FMUL,FADD,SHFL,LDG,STG,LDL,STL,RED,ATOM,LDS,STS,BAR")
+    args = ap.parse_args()
+    if args.config:
+        ts.CONFIG.update(json.loads(args.config))
+    bd = ts.CONFIG["block_d"]
+    warps = ts.CONFIG["warps"]
+    sel = args.kernels.split(",") if args.kernels else None
+    for name, (k, c) in jobs(bd).items():
+        if sel and name not in sel:
+            continue
+        if isinstance(k, triton.runtime.jit.JITFunction) and ts.CONFIG["vec"] and k in ts._VEC:
+            k = ts._VEC[k]
+        try:
+            regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None)
+        except Exception as e:  # noqa: BLE001
+            print(f"{name:6s} FAILED {e!r}"[:400])
+            continue
+        total = sum(ops.values())
+        cnt = " ".join(f"{o}={ops[o]}" for o in args.ops.split(","))
+        print(f"{name:6s} regs={regs:3d} spill={spill:4d}B sass={total:5d} {cnt}")
+
+
+if __name__ == "__main__":
+    main()
