@@ -65,11 +65,12 @@ def compile_one(kernel, consts, warps, maxnreg=None):
     return (int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else -1, ops, info)
 
 
-def jobs(bd):
+def jobs(bd, bd_bwd):
     base = dict(N=16, NP=16, BD=bd, HAS_BIAS=True, SOFTPLUS=True)
+    bb = dict(base, BD=bd_bwd)  # the backward kernels (adjoint, checkpoints, gradients)
     F, SUB = ts.CONFIG["ckpt"], ts.CONFIG["sub"]
     out = {
-        "bwd": (ts._rows_bwd_kernel, dict(base, F=F, SUB=SUB, HAS_D=True, HAS_Z=True, REV=False,
+        "bwd": (ts._rows_bwd_kernel, dict(bb, F=F, SUB=SUB, HAS_D=True, HAS_Z=True, REV=False,
                                           ACC_DZ=False, HAS_MINIT=True)),
         "out": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                           REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
@@ -78,8 +79,8 @@ def jobs(bd):
                                             REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=True,
                                             STORE_END=False)),
         "state": (ts._rows_state_kernel, dict(base, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=False, F=0)),
-        "adj": (ts._rows_state_kernel, dict(base, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
-        "ckpt": (ts._rows_state_kernel, dict(base, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
+        "adj": (ts._rows_state_kernel, dict(bb, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
+        "ckpt": (ts._rows_state_kernel, dict(bb, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
     }
     extra = getattr(ts, "AOT_JOBS", None)
     if extra:
@@ -96,10 +97,9 @@ def main():
     args = ap.parse_args()
     if args.config:
         ts.CONFIG.update(json.loads(args.config))
-    bd = ts.CONFIG["block_d"]
     warps = ts.CONFIG["warps"]
     sel = args.kernels.split(",") if args.kernels else None
-    for name, (k, c) in jobs(bd).items():
+    for name, (k, c) in jobs(ts.CONFIG["block_d"], ts.CONFIG["block_d_bwd"]).items():
         if sel and name not in sel:
             continue
         if isinstance(k, triton.runtime.jit.JITFunction) and ts.CONFIG["vec"] and k in ts._VEC:

@@ -73,10 +73,16 @@ _FAST = tl.constexpr(not _interpret())
 
 
 @triton.jit
+def _ptx1(x, OP: tl.constexpr):
+    """One-operand fp32 PTX instruction OP (e.g. "ex2.approx.ftz.f32"), elementwise."""
+    return tl.inline_asm_elementwise(OP + " $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
 def _ex2(x):
     if _FAST:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x],
-                                         dtype=tl.float32, is_pure=True, pack=1)
+        return _ptx1(x, "ex2.approx.ftz.f32")
     else:
         return tl.exp2(x)
 
@@ -84,8 +90,7 @@ def _ex2(x):
 @triton.jit
 def _lg2(x):
     if _FAST:
-        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x],
-                                         dtype=tl.float32, is_pure=True, pack=1)
+        return _ptx1(x, "lg2.approx.ftz.f32")
     else:
         return tl.log2(x)
 
@@ -93,8 +98,7 @@ def _lg2(x):
 @triton.jit
 def _rcp(x):
     if _FAST:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x],
-                                         dtype=tl.float32, is_pure=True, pack=1)
+        return _ptx1(x, "rcp.approx.ftz.f32")
     else:
         return 1.0 / x
 
@@ -133,14 +137,11 @@ def _step_t(t0, nsteps, i, DESC: tl.constexpr):
 
 @triton.jit
 def _row_dt(delta_ptr, off, mask_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Load a delta row: (dt, delta + bias)."""
     v = tl.load(delta_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         v = v + bias
-    if SOFTPLUS:
-        dt = _softplus(v)
-    else:
-        dt = v
-    return tl.where(mask_d, dt, 0.0), v
+    return _dt_of(v, mask_d, bias, False, SOFTPLUS), v
 
 
 @triton.jit(do_not_specialize=["SD"])
