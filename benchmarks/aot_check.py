@@ -37,7 +37,7 @@ def signature(fn, consts):
 
 def compile_one(kernel, consts, warps, maxnreg=None):
     fn = kernel.fn
-    if ts.CONFIG["vec"] and "SD" in inspect.signature(fn).parameters:
+    if kernel in ts._VEC.values() and "SD" in inspect.signature(fn).parameters:
         consts = dict(consts, SD=1)
     sig = signature(fn, consts)
     # as at run time on the big shapes: pointers and sizes/strides divisible by 16
@@ -102,8 +102,8 @@ def main():
     for name, (k, c) in jobs(ts.CONFIG["block_d"], ts.CONFIG["block_d_bwd"]).items():
         if sel and name not in sel:
             continue
-        if isinstance(k, triton.runtime.jit.JITFunction) and ts.CONFIG["vec"] and k in ts._VEC:
-            k = ts._VEC[k]
+        if isinstance(k, triton.runtime.jit.JITFunction) and k in ts._VEC:
+            k = ts._k(k)
         try:
             regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None)
         except Exception as e:  # noqa: BLE001

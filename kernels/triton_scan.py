@@ -51,6 +51,7 @@ CONFIG = {
     "sub": 2,            # backward: positions recomputed into registers at a time
     "vec": True,         # let loads along the channels vectorise (Triton then spreads a
                          # thread's state over channels and states, not one channel)
+    "vec_bwd": False,    # as vec, for the backward kernel alone
     "bwd_maxnreg": 0,    # register cap for the backward kernel (0: the compiler's choice)
 }
 
@@ -942,7 +943,8 @@ _VEC = {k: triton.jit(k.fn) for k in (_rows_state_kernel, _rows_out_kernel, _row
 
 
 def _k(kernel):
-    return _VEC[kernel] if CONFIG["vec"] else kernel
+    vec = CONFIG["vec_bwd"] if kernel is _rows_bwd_kernel else CONFIG["vec"]
+    return _VEC[kernel] if vec else kernel
 
 
 def selective_state_update_triton(state, u, delta, A, B, C, D=None, z=None, delta_bias=None,

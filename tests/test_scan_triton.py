@@ -116,9 +116,10 @@ def test_single_pass_and_many_segments(rev):
 
 @pytest.mark.parametrize("rev", [False, True])
 def test_unvectorised_kernel_variant(rev):
-    """The kernels compiled with the channel stride unknown (CONFIG vec False: one
-    channel a thread) compute the same."""
-    ts.CONFIG.update(vec=False)
+    """The other compilation of every kernel compute the same: the forward kernels with
+    the channel stride unknown (vec False; the default specialises it) and the backward
+    kernel with it specialised (vec_bwd True; the default leaves it unknown)."""
+    ts.CONFIG.update(vec=False, vec_bwd=True)
     args = make(2, 21, 8, 4, 2, torch.bfloat16, seed=23 + rev)
     check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
 
