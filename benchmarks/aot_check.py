@@ -82,6 +82,11 @@ def jobs(bd, bd_bwd):
         "adj": (ts._rows_state_kernel, dict(bb, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
         "ckpt": (ts._rows_state_kernel, dict(bb, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
     }
+    from mambadna.kernels import triton_conv as tcv
+    cb = dict(K=4, BL=tcv.CONFIG["block_l"], BD=tcv.CONFIG["block_d"], HAS_CTX=True, HAS_BIAS=True, REV=False,
+              ACT=True)
+    out["conv_fwd"] = (tcv._conv_fwd_kernel, cb)
+    out["conv_bwd"] = (tcv._conv_bwd_kernel, cb)
     extra = getattr(ts, "AOT_JOBS", None)
     if extra:
         out.update(extra(base))
@@ -97,7 +102,7 @@ def main():
     args = ap.parse_args()
     if args.config:
         ts.CONFIG.update(json.loads(args.config))
-    warps = ts.CONFIG["warps"]
+    from mambadna.kernels import triton_conv as tcv
     sel = args.kernels.split(",") if args.kernels else None
     for name, (k, c) in jobs(ts.CONFIG["block_d"], ts.CONFIG["block_d_bwd"]).items():
         if sel and name not in sel:
@@ -105,6 +110,7 @@ def main():
         if isinstance(k, triton.runtime.jit.JITFunction) and k in ts._VEC:
             k = ts._k(k)
         try:
+            warps = tcv.CONFIG["warps"] if name.startswith("conv") else ts.CONFIG["warps"]
             regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None)
         except Exception as e:  # noqa: BLE001
             print(f"{name:6s} FAILED {e!r}"[:400])

@@ -1,6 +1,7 @@
 """Selective-scan kernels for mambadna.
 
-One entry point, :func:`selective_scan`, dispatches between the fused Triton
+One entry point, :func:`selective_scan` (and beside it the fused bidirectional
+scan, the single-step update and the depthwise conv :func:`conv1d_silu`), dispatches between the fused Triton
 kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` with
 ``backend="triton"``) and the pure-PyTorch reference (everything else).
 """
@@ -13,6 +14,7 @@ import torch
 
 from .reference import (
     bidirectional_selective_scan_ref,
+    conv1d_silu_ref,
     selective_scan_chunked,
     selective_scan_ref,
     selective_state_update_ref,
@@ -22,6 +24,8 @@ __all__ = [
     "selective_scan",
     "bidirectional_selective_scan",
     "selective_state_update",
+    "conv1d_silu",
+    "conv1d_silu_ref",
     "selective_scan_ref",
     "selective_scan_chunked",
     "bidirectional_selective_scan_ref",
@@ -142,3 +146,35 @@ def selective_state_update(
         return selective_state_update_triton(state, u, delta, A, B, C, D, z, delta_bias,
                                              delta_softplus)
     return selective_state_update_ref(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def conv1d_silu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    context: Optional[torch.Tensor] = None,
+    reverse: bool = False,
+    activation: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Depthwise convolution along the length followed by SiLU (Mamba's conv), channel-last.
+
+    Args:
+        x: (batch, length, d_inner).
+        weight: (d_inner, d_conv) or (d_inner, 1, d_conv) (an ``nn.Conv1d`` weight).
+        bias: (d_inner,) or None.
+        context: (batch, d_conv - 1, d_inner): the inputs just before x (causal) or
+            just after it (``reverse``), e.g. from the previous chunk; zeros when None.
+        reverse: the anti-causal conv (position t sees t .. t + d_conv - 1), i.e. the
+            causal conv of the flipped sequence, flipped back; no flip is made.
+        activation: apply SiLU.
+        backend: "auto" (Triton for CUDA tensors), "triton" or "reference".
+
+    Returns:
+        (batch, length, d_inner) in x's dtype; differentiable in x, weight, bias, context.
+    """
+    if _pick(backend, x) == "triton":
+        from .triton_conv import conv1d_silu_triton
+
+        return conv1d_silu_triton(x, weight, bias, context, reverse, activation)
+    return conv1d_silu_ref(x, weight, bias, context, reverse, activation)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .kernels import bidirectional_selective_scan, selective_scan, selective_state_update
+from .kernels import bidirectional_selective_scan, conv1d_silu, selective_scan, selective_state_update
 from .tokenizer import A as TOK_A, C as TOK_C, G as TOK_G, T as TOK_T
 
 Tensor = torch.Tensor
@@ -120,23 +120,20 @@ class MambaMixer(nn.Module):
         keeps one per chunk boundary).
         """
         k = self.d_conv
+        if context is not None:
+            context = context.to(x.dtype)
+        y = conv1d_silu(x, p.conv.weight, p.conv.bias, context, reverse=reverse)
+        # the k-1 inputs next to x in scan order, for the next chunk
+        if x.shape[1] >= k - 1:
+            new_ctx = (x[:, : k - 1] if reverse else x[:, x.shape[1] - (k - 1):]).clone()
+            return y, new_ctx
         if context is None:
             context = x.new_zeros(x.shape[0], k - 1, x.shape[2])
-        context = context.to(x.dtype)
         if reverse:
-            xx = torch.cat([x, context], dim=1)
-            w = p.conv.weight.flip(-1)
-            new_ctx = xx[:, : k - 1].clone()
+            new_ctx = torch.cat([x, context], dim=1)[:, : k - 1].clone()
         else:
-            xx = torch.cat([context, x], dim=1)
-            w = p.conv.weight
-            new_ctx = xx[:, xx.shape[1] - (k - 1):].clone()
-        y = F.conv1d(xx.transpose(1, 2), w.to(xx.dtype),
-                     None if p.conv.bias is None else p.conv.bias.to(xx.dtype),
-                     groups=self.d_inner)
-        # one contiguous channel-last copy, shared by x_proj and the scan (the kernel would
-        # otherwise copy the transposed view for itself while x_proj keeps the view)
-        return F.silu(y).transpose(1, 2).contiguous(), new_ctx
+            new_ctx = torch.cat([context, x], dim=1)[:, x.shape[1]:].clone()
+        return y, new_ctx
 
     def _in_proj(self, h: Tensor) -> Tuple[Tensor, Tensor]:
         """(x, z), each (b, L, d_inner) in its own storage: halves of one (b, L,
