@@ -86,7 +86,8 @@ def jobs(bd, bd_bwd):
     cb = dict(K=4, BL=tcv.CONFIG["block_l"], BD=tcv.CONFIG["block_d"], HAS_CTX=True, HAS_BIAS=True, REV=False,
               ACT=True)
     out["conv_fwd"] = (tcv._conv_fwd_kernel, cb)
-    out["conv_bwd"] = (tcv._conv_bwd_kernel, cb)
+    out["conv_dpre"] = (tcv._conv_dpre_kernel, cb)
+    out["conv_dx"] = (tcv._conv_dx_kernel, dict(K=4, BL=cb["BL"], BD=cb["BD"], REV=False))
     extra = getattr(ts, "AOT_JOBS", None)
     if extra:
         out.update(extra(base))

@@ -9,9 +9,10 @@ x (batch, L, D) with unit channel stride, weight (D, K) fp32, bias (D,):
 Positions outside [0, L) read ``context`` (batch, K-1, D): the K-1 inputs before x
 (causal) or after it (reverse); zeros without it. One program owns a (BL rows, BD
 channels) tile; the K shifted rows it reads are L1/L2 hits, so the forward moves x
-and y once. The backward recomputes the pre-activation (nothing is saved but the
-inputs) and writes dx, plus per-tile partial sums of dweight and dbias (summed on the
-host); the gradient of the small context comes from the reference on the K-1 edge rows.
+and y once. The backward saves nothing but the inputs: pass 1 recomputes the
+pre-activation and writes its gradient (fp32, transient) with per-tile partial sums of
+dweight and dbias (summed on the host); pass 2 is the transposed conv of it, dx. The
+gradient of the small context comes from the reference on the K-1 edge rows.
 """
 from __future__ import annotations
 
@@ -97,12 +98,12 @@ def _dpre(x_ptr, c_ptr, w_ptr, bias, g_ptr, pid_b, rows, cols, mask_c, L, s_xb, 
 
 
 @triton.jit
-def _conv_bwd_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, D, NLT,
-                     s_xb, s_xl, s_cb, s_cl, s_gb, s_gl, s_db, s_dl,
-                     K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_CTX: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, REV: tl.constexpr, ACT: tl.constexpr):
-    """dx for the tile's rows; dweight (NLT * batch, D, K) and dbias (NLT * batch, D)
-    partial sums over the tile's output rows."""
+def _conv_dpre_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dp_ptr, dw_ptr, db_ptr, L, D, NLT,
+                      s_xb, s_xl, s_cb, s_cl, s_gb, s_gl,
+                      K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_CTX: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, REV: tl.constexpr, ACT: tl.constexpr):
+    """Backward, pass 1: the gradient at the pre-activation dp (batch, L, D) fp32, and
+    dweight (NLT * batch, D, K) and dbias (NLT * batch, D) partial sums over the tile."""
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -116,26 +117,39 @@ def _conv_bwd_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, 
     part = pid_b * NLT + pid_l
     d0 = _dpre(x_ptr, c_ptr, w_ptr, bias, g_ptr, pid_b, rows, cols, mask_c, L,
                s_xb, s_xl, s_cb, s_cl, s_gb, s_gl, K, HAS_CTX, REV, ACT)
+    tl.store(dp_ptr + (pid_b * L + rows.to(tl.int64))[:, None] * D + cols[None, :], d0,
+             mask=(rows < L)[:, None] & mask_c[None, :])
     if HAS_BIAS:
         tl.store(db_ptr + part * D + cols, tl.sum(d0, axis=0), mask=mask_c)
-    dx = tl.zeros([BL, BD], dtype=tl.float32)
     for j in tl.static_range(K):
-        # x[t] feeds output t +- (K-1-j) through w[j]
         if REV:
-            o = rows - (K - 1 - j)
             xr = rows + (K - 1 - j)
         else:
-            o = rows + (K - 1 - j)
             xr = rows - (K - 1 - j)
-        wj = tl.load(w_ptr + cols * K + j, mask=mask_c, other=0.0)
-        if j == K - 1:
-            dx += wj[None, :] * d0
-        else:
-            dx += wj[None, :] * _dpre(x_ptr, c_ptr, w_ptr, bias, g_ptr, pid_b, o, cols, mask_c, L,
-                                      s_xb, s_xl, s_cb, s_cl, s_gb, s_gl, K, HAS_CTX, REV, ACT)
-        # weight gradient over this tile's own output rows
         xv = _xrows(x_ptr, c_ptr, pid_b, xr, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl, K - 1, HAS_CTX, REV)
         tl.store(dw_ptr + (part * D + cols) * K + j, tl.sum(d0 * xv, axis=0), mask=mask_c)
+
+
+@triton.jit
+def _conv_dx_kernel(dp_ptr, w_ptr, dx_ptr, L, D, s_db, s_dl,
+                    K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, REV: tl.constexpr):
+    """Backward, pass 2: dx[t] = sum_j w[j] dp[t +- (K-1-j)] (the transposed conv)."""
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    rows = pid_l * BL + tl.arange(0, BL)
+    cols = pid_d * BD + tl.arange(0, BD)
+    mask_c = cols < D
+    dx = tl.zeros([BL, BD], dtype=tl.float32)
+    for j in tl.static_range(K):
+        if REV:
+            o = rows - (K - 1 - j)
+        else:
+            o = rows + (K - 1 - j)
+        wj = tl.load(w_ptr + cols * K + j, mask=mask_c, other=0.0)
+        m = ((o >= 0) & (o < L))[:, None] & mask_c[None, :]
+        dx += wj[None, :] * tl.load(dp_ptr + (pid_b * L + o.to(tl.int64))[:, None] * D + cols[None, :],
+                                    mask=m, other=0.0)
     tl.store(dx_ptr + pid_b * s_db + rows.to(tl.int64)[:, None] * s_dl + cols[None, :],
              dx.to(dx_ptr.dtype.element_ty), mask=(rows < L)[:, None] & mask_c[None, :])
 
@@ -184,16 +198,19 @@ class _ConvFn(torch.autograd.Function):
         BL, BD, grid = _geom(x)
         NLT = grid[0]
         dx = torch.empty_like(x)
+        dp = torch.empty(b, L, D, device=x.device, dtype=torch.float32)
         dw = torch.empty(b * NLT, D, K, device=x.device, dtype=torch.float32)
         db = torch.empty(b * NLT, D, device=x.device, dtype=torch.float32) if bf is not None else dw
         cc = c if c is not None else x
-        _conv_bwd_kernel[grid](
-            x, cc, w, bf if bf is not None else w, gy, dx, dw, db, L, D, NLT,
+        _conv_dpre_kernel[grid](
+            x, cc, w, bf if bf is not None else w, gy, dp, dw, db, L, D, NLT,
             x.stride(0), x.stride(1), cc.stride(0), cc.stride(1), gy.stride(0), gy.stride(1),
-            dx.stride(0), dx.stride(1),
             K=K, BL=BL, BD=BD, HAS_CTX=c is not None, HAS_BIAS=bf is not None, REV=reverse, ACT=act,
             num_warps=CONFIG["warps"],
         )
+        _conv_dx_kernel[grid](dp, w, dx, L, D, dx.stride(0), dx.stride(1), K=K, BL=BL, BD=BD, REV=reverse,
+                              num_warps=CONFIG["warps"])
+        del dp
         dweight = dw.sum(0).to(w_dt)
         dbias = db.sum(0).to(b_dt) if bf is not None else None
         dctx = None
