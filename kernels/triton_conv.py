@@ -26,6 +26,33 @@ CONFIG = {"block_l": 32, "block_d": 64, "warps": 4}
 
 
 @triton.jit
+def _tile(D, BL: tl.constexpr, BD: tl.constexpr):
+    """This program's (row block, batch row, rows, channels, channel mask)."""
+    pid_l = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    rows = pid_l * BL + tl.arange(0, BL)
+    cols = tl.program_id(1) * BD + tl.arange(0, BD)
+    return pid_l, pid_b, rows, cols, cols < D
+
+
+@triton.jit
+def _bias_of(b_ptr, cols, mask_c, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        return tl.load(b_ptr + cols, mask=mask_c, other=0.0)
+    else:
+        return tl.zeros([cols.shape[0]], dtype=tl.float32)
+
+
+@triton.jit
+def _tap(rows, j, K: tl.constexpr, REV: tl.constexpr):
+    """Rows of x that the outputs at rows read through w[j]."""
+    if REV:
+        return rows + (K - 1 - j)
+    else:
+        return rows - (K - 1 - j)
+
+
+@triton.jit
 def _xrows(x_ptr, c_ptr, pid_b, rows, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl,
            KM1: tl.constexpr, HAS_CTX: tl.constexpr, REV: tl.constexpr):
     """x at (rows, cols) as fp32; rows outside [0, L) from the context (or 0)."""
@@ -50,10 +77,7 @@ def _pre(x_ptr, c_ptr, w_ptr, bias, pid_b, rows, cols, mask_c, L, s_xb, s_xl, s_
     """Pre-activation at rows: bias + sum_j w[j] x[rows -+ (K-1-j)]."""
     acc = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.float32) + bias[None, :]
     for j in tl.static_range(K):
-        if REV:
-            r = rows + (K - 1 - j)
-        else:
-            r = rows - (K - 1 - j)
+        r = _tap(rows, j, K, REV)
         wj = tl.load(w_ptr + cols * K + j, mask=mask_c, other=0.0)
         acc += wj[None, :] * _xrows(x_ptr, c_ptr, pid_b, r, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl,
                                     K - 1, HAS_CTX, REV)
@@ -65,16 +89,8 @@ def _conv_fwd_kernel(x_ptr, c_ptr, w_ptr, b_ptr, y_ptr, L, D,
                      s_xb, s_xl, s_cb, s_cl, s_yb, s_yl,
                      K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_CTX: tl.constexpr,
                      HAS_BIAS: tl.constexpr, REV: tl.constexpr, ACT: tl.constexpr):
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    rows = pid_l * BL + tl.arange(0, BL)
-    cols = pid_d * BD + tl.arange(0, BD)
-    mask_c = cols < D
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=mask_c, other=0.0)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    pid_l, pid_b, rows, cols, mask_c = _tile(D, BL, BD)
+    bias = _bias_of(b_ptr, cols, mask_c, HAS_BIAS)
     p = _pre(x_ptr, c_ptr, w_ptr, bias, pid_b, rows, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl, K, HAS_CTX, REV)
     if ACT:
         p = p * tl.sigmoid(p)
@@ -104,16 +120,8 @@ def _conv_dpre_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dp_ptr, dw_ptr, db_ptr,
                       HAS_BIAS: tl.constexpr, REV: tl.constexpr, ACT: tl.constexpr):
     """Backward, pass 1: the gradient at the pre-activation dp (batch, L, D) fp32, and
     dweight (NLT * batch, D, K) and dbias (NLT * batch, D) partial sums over the tile."""
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    rows = pid_l * BL + tl.arange(0, BL)
-    cols = pid_d * BD + tl.arange(0, BD)
-    mask_c = cols < D
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=mask_c, other=0.0)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    pid_l, pid_b, rows, cols, mask_c = _tile(D, BL, BD)
+    bias = _bias_of(b_ptr, cols, mask_c, HAS_BIAS)
     part = pid_b * NLT + pid_l
     d0 = _dpre(x_ptr, c_ptr, w_ptr, bias, g_ptr, pid_b, rows, cols, mask_c, L,
                s_xb, s_xl, s_cb, s_cl, s_gb, s_gl, K, HAS_CTX, REV, ACT)
@@ -122,10 +130,7 @@ def _conv_dpre_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dp_ptr, dw_ptr, db_ptr,
     if HAS_BIAS:
         tl.store(db_ptr + part * D + cols, tl.sum(d0, axis=0), mask=mask_c)
     for j in tl.static_range(K):
-        if REV:
-            xr = rows + (K - 1 - j)
-        else:
-            xr = rows - (K - 1 - j)
+        xr = _tap(rows, j, K, REV)
         xv = _xrows(x_ptr, c_ptr, pid_b, xr, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl, K - 1, HAS_CTX, REV)
         tl.store(dw_ptr + (part * D + cols) * K + j, tl.sum(d0 * xv, axis=0), mask=mask_c)
 
@@ -134,18 +139,10 @@ def _conv_dpre_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dp_ptr, dw_ptr, db_ptr,
 def _conv_dx_kernel(dp_ptr, w_ptr, dx_ptr, L, D, s_db, s_dl,
                     K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, REV: tl.constexpr):
     """Backward, pass 2: dx[t] = sum_j w[j] dp[t +- (K-1-j)] (the transposed conv)."""
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    rows = pid_l * BL + tl.arange(0, BL)
-    cols = pid_d * BD + tl.arange(0, BD)
-    mask_c = cols < D
+    pid_l, pid_b, rows, cols, mask_c = _tile(D, BL, BD)
     dx = tl.zeros([BL, BD], dtype=tl.float32)
     for j in tl.static_range(K):
-        if REV:
-            o = rows - (K - 1 - j)
-        else:
-            o = rows + (K - 1 - j)
+        o = _tap(rows, j, K, not REV)  # the output rows that read x[rows] through w[j]
         wj = tl.load(w_ptr + cols * K + j, mask=mask_c, other=0.0)
         m = ((o >= 0) & (o < L))[:, None] & mask_c[None, :]
         dx += wj[None, :] * tl.load(dp_ptr + (pid_b * L + o.to(tl.int64))[:, None] * D + cols[None, :],
