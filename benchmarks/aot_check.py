@@ -1,4 +1,4 @@
-"""Compile the scan kernels for sm_90a on a machine without a GPU (Triton's bundled
+"""Compile the scan, conv and norm kernels for sm_90a on a machine without a GPU (Triton's bundled
 ptxas) and print registers, spills and SASS opcode counts per kernel variant.
 
     python benchmarks/aot_check.py [--config '{"block_d": 16}'] [--kernels bwd,out,state]
@@ -30,6 +30,8 @@ def signature(fn, consts):
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = "*bf16" if name[:2] in BF16 and not name.startswith("dB") and not name.startswith("dC") else "*fp32"
+        elif name == "eps":
+            sig[name] = "fp32"
         else:
             sig[name] = "i64" if name.startswith("s_") else "i32"
     return sig
@@ -88,6 +90,9 @@ def jobs(bd, bd_bwd):
     out["conv_fwd"] = (tcv._conv_fwd_kernel, cb)
     out["conv_dpre"] = (tcv._conv_dpre_kernel, cb)
     out["conv_dx"] = (tcv._conv_dx_kernel, dict(K=4, BL=cb["BL"], BD=cb["BD"], REV=False))
+    from mambadna.kernels import triton_norm as tnm
+    out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=16, BD=256))
+    out["norm_bwd"] = (tnm._rms_bwd_kernel, dict(BM=16, BD=256))
     extra = getattr(ts, "AOT_JOBS", None)
     if extra:
         out.update(extra(base))
@@ -111,7 +116,7 @@ def main():
         if isinstance(k, triton.runtime.jit.JITFunction) and k in ts._VEC:
             k = ts._k(k)
         try:
-            warps = tcv.CONFIG["warps"] if name.startswith("conv") else ts.CONFIG["warps"]
+            warps = tcv.CONFIG["warps"] if name.startswith(("conv", "norm")) else ts.CONFIG["warps"]
             regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None)
         except Exception as e:  # noqa: BLE001
             print(f"{name:6s} FAILED {e!r}"[:400])

@@ -1,7 +1,8 @@
 """Selective-scan kernels for mambadna.
 
 One entry point, :func:`selective_scan` (and beside it the fused bidirectional
-scan, the single-step update and the depthwise conv :func:`conv1d_silu`), dispatches between the fused Triton
+scan, the single-step update, the depthwise conv :func:`conv1d_silu` and the
+RMSNorm :func:`rms_norm`), dispatches between the fused Triton
 kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` with
 ``backend="triton"``) and the pure-PyTorch reference (everything else).
 """
@@ -15,6 +16,7 @@ import torch
 from .reference import (
     bidirectional_selective_scan_ref,
     conv1d_silu_ref,
+    rms_norm_ref,
     selective_scan_chunked,
     selective_scan_ref,
     selective_state_update_ref,
@@ -26,6 +28,8 @@ __all__ = [
     "selective_state_update",
     "conv1d_silu",
     "conv1d_silu_ref",
+    "rms_norm",
+    "rms_norm_ref",
     "selective_scan_ref",
     "selective_scan_chunked",
     "bidirectional_selective_scan_ref",
@@ -178,3 +182,31 @@ def conv1d_silu(
 
         return conv1d_silu_triton(x, weight, bias, context, reverse, activation)
     return conv1d_silu_ref(x, weight, bias, context, reverse, activation)
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """RMSNorm over the last dimension, computed in fp32.
+
+    Args:
+        x: (..., d) any float dtype.
+        weight: (d,).
+        eps: added to the mean square.
+        out_dtype: dtype of the output (default x's), e.g. the autocast dtype, so the
+            layer after the norm needs no cast.
+        backend: "auto" (Triton for CUDA tensors), "triton" or "reference".
+
+    Returns:
+        (..., d) ``x * rsqrt(mean(x^2) + eps) * weight``; differentiable in x and
+        weight, keeping only x and the per-row 1/rms (fp32) for backward.
+    """
+    if _pick(backend, x) == "triton":
+        from .triton_norm import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps, out_dtype)
+    return rms_norm_ref(x, weight, eps, out_dtype)

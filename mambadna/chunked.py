@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .model import MambaBlock
+from .model import MambaBlock, _autocast_dtype
 
 
 def _dir_order(n: int, reverse: bool):
@@ -62,7 +62,8 @@ class _ChunkedBlock(torch.autograd.Function):
                 for c in _dir_order(len(bounds), rev):
                     s, e = bounds[c]
                     where[(rev, c)] = (keep(conv_ctx), keep(state))
-                    y, conv_ctx, state = mixer.forward_direction(block.norm(h[:, s:e]), rev, conv_ctx, state)
+                    y, conv_ctx, state = mixer.forward_direction(
+                        block.norm(h[:, s:e], _autocast_dtype(h)), rev, conv_ctx, state)
                     out[:, s:e] += mixer.project_out(y).to(out.dtype)
                     del y
         ctx.block, ctx.bounds, ctx.where, ctx.dirs = block, bounds, where, dirs
@@ -99,7 +100,8 @@ class _ChunkedBlock(torch.autograd.Function):
                     if state_in is not None:
                         state_in = state_in.detach().requires_grad_(True)
                         leaves.append(state_in)
-                    y, conv_out, state_out = mixer.forward_direction(block.norm(hc), rev, conv_in, state_in)
+                    y, conv_out, state_out = mixer.forward_direction(
+                        block.norm(hc, _autocast_dtype(hc)), rev, conv_in, state_in)
                     o = mixer.project_out(y).to(g_out.dtype)
                     outs, grads = [o], [g_out[:, s:e]]
                     if g_conv is not None:

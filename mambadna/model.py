@@ -14,60 +14,40 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .kernels import bidirectional_selective_scan, conv1d_silu, selective_scan, selective_state_update
+from .kernels import (bidirectional_selective_scan, conv1d_silu, rms_norm, selective_scan,
+                      selective_state_update)
 from .tokenizer import A as TOK_A, C as TOK_C, G as TOK_G, T as TOK_T
 
 Tensor = torch.Tensor
 
 
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * weight.float()).to(x.dtype)
-
-
-class _RMSNormFn(torch.autograd.Function):
-    """:func:`_rms_norm` keeping only x and the per-row 1/rms (fp32) for backward;
-    autograd through the ops would keep two fp32 copies of x's size (x.float() and
-    the normalised x), i.e. 2 x 4 bytes per element per norm."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        xf = x.float()
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        out = (xf * rstd * weight.float()).to(x.dtype)
-        ctx.save_for_backward(x, weight, rstd)
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        x, weight, rstd = ctx.saved_tensors
-        xhat = x.float() * rstd
-        gf = g.float()
-        g_w = None
-        if ctx.needs_input_grad[1]:
-            g_w = (gf * xhat).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
-        g_x = None
-        if ctx.needs_input_grad[0]:
-            gw = gf * weight.float()
-            del gf
-            g_x = ((gw - xhat * (gw * xhat).mean(-1, keepdim=True)) * rstd).to(x.dtype)
-        return g_x, g_w, None
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The autocast dtype for x's device when autocast is on there, else None."""
+    dev = x.device.type
+    try:
+        on = torch.is_autocast_enabled(dev)
+    except TypeError:  # torch < 2.4: no device argument
+        on = torch.is_autocast_enabled() if dev == "cuda" else False
+    if not on:
+        return None
+    return torch.get_autocast_dtype(dev) if hasattr(torch, "get_autocast_dtype") else torch.bfloat16
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last dimension, computed in fp32. For backward it keeps
-    only its input and the per-row 1/rms."""
+    """RMSNorm over the last dimension, computed in fp32 (the fused Triton kernel on
+    CUDA, :func:`mambadna.kernels.rms_norm_ref` elsewhere). For backward it keeps only
+    its input and the per-row 1/rms.
+
+    forward: x (..., d) -> (..., d) in ``out_dtype`` (default x's dtype).
+    """
 
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return _RMSNormFn.apply(x, self.weight, self.eps)
-        return _rms_norm(x, self.weight, self.eps)
+    def forward(self, x: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+        return rms_norm(x, self.weight, self.eps, out_dtype)
 
 
 class _Direction(nn.Module):
@@ -218,7 +198,8 @@ class MambaBlock(nn.Module):
         self.mixer = MambaMixer(cfg, cfg.bidirectional)
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.mixer(self.norm(h)).to(h.dtype)
+        # the norm writes the autocast dtype directly: the in_proj would cast to it anyway
+        return h + self.mixer(self.norm(h, _autocast_dtype(h))).to(h.dtype)
 
 
 # complement permutation over the vocabulary (A<->T, C<->G, others fixed)
