@@ -44,7 +44,10 @@ def compile_one(kernel, consts, warps, maxnreg=None):
     sig = signature(fn, consts)
     # as at run time on the big shapes: pointers and sizes/strides divisible by 16
     attrs = {(i,): [["tt.divisibility", 16]] for i, (k, v) in enumerate(sig.items()) if v != "constexpr"}
-    ck = triton.compile(ASTSource(kernel, sig, consts, attrs),
+    src = ASTSource
+    if getattr(kernel, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as src
+    ck = triton.compile(src(kernel, sig, consts, attrs),
                         target=GPUTarget("cuda", 90, 32), options=dict({"num_warps": warps}, **({"maxnreg": maxnreg} if maxnreg else {})))
     ptx = re.sub(r"\.version \d+\.\d+", ".version 8.4", ck.asm["ptx"])
     with tempfile.TemporaryDirectory() as d:
@@ -90,6 +93,9 @@ def jobs(bd, bd_bwd):
     out["conv_fwd"] = (tcv._conv_fwd_kernel, cb)
     out["conv_dpre"] = (tcv._conv_dpre_kernel, cb)
     out["conv_dx"] = (tcv._conv_dx_kernel, dict(K=4, BL=cb["BL"], BD=cb["BD"], REV=False))
+    from mambadna.kernels import gluon_scan_bwd as gsb
+    if gsb.available():
+        out["gbwd"] = (gsb._gluon_bwd_kernel, out["bwd"][1])
     from mambadna.kernels import triton_norm as tnm
     out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=16, BD=256))
     out["norm_bwd"] = (tnm._rms_bwd_kernel, dict(BM=16, BD=256))

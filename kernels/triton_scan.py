@@ -53,6 +53,8 @@ CONFIG = {
                          # thread's state over channels and states, not one channel)
     "vec_bwd": False,    # as vec, for the backward kernel alone
     "bwd_maxnreg": 0,    # register cap for the backward kernel (0: the compiler's choice)
+    "bwd_impl": "triton",  # "gluon": the explicit-layout backward kernel (gluon_scan_bwd.py;
+                           # GPU only, one warp, block_d_bwd a multiple of 32): not yet timed
 }
 
 
@@ -767,6 +769,17 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
     return out, hT, hseg
 
 
+def _bwd_kernel(geom):
+    """The backward kernel to launch: the Gluon one when selected and usable, else Triton's."""
+    if CONFIG["bwd_impl"] == "gluon" and not _interpret() and geom.warps == 1 and geom.BD % 32 == 0 \
+            and geom.NP <= 32:
+        from . import gluon_scan_bwd
+
+        if gluon_scan_bwd.available():
+            return gluon_scan_bwd._gluon_bwd_kernel
+    return _k(_rows_bwd_kernel)
+
+
 def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, rev,
          du, ddelta, dz, dB, dC, acc_dz):
     """Gradients of one direction from the segment-entering states hseg. Writes du,
@@ -788,7 +801,7 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
     dD_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     db_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     mend = torch.empty(b, N, D, device=dev, dtype=torch.float32)
-    _k(_rows_bwd_kernel)[geom.grid](
+    _bwd_kernel(geom)[geom.grid](
         u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
         z if z is not None else u, gout, hfine, mseg if mseg is not None else hfine,
         du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, db_part, mend,

@@ -282,3 +282,19 @@ def test_gpu_bf16_realistic(shape, rev):
     b, D, N, G, L = shape
     args = make(b, L, D, N, G, torch.bfloat16, seed=61)
     check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(2, 64, 16, 1, 4097), (1, 128, 16, 2, 6000), (3, 96, 8, 1, 700)])
+@pytest.mark.parametrize("rev", [False, True])
+def test_gpu_gluon_backward(shape, rev):
+    """The Gluon backward kernel (an experiment, off by default) against the reference:
+    output and every gradient, both directions, with n_groups > 1 and d_state 8."""
+    from mambadna.kernels import gluon_scan_bwd
+
+    if not gluon_scan_bwd.available():
+        pytest.skip("this Triton has no Gluon")
+    ts.CONFIG["bwd_impl"] = "gluon"  # restored by the autouse fixture
+    b, D, N, G, L = shape
+    args = make(b, L, D, N, G, torch.bfloat16, seed=62)
+    check(args, softplus=True, rev=rev, dtype=torch.bfloat16)

@@ -1,0 +1,251 @@
+"""The scan's backward kernel in Gluon (Triton's explicit-layout language): an
+experiment, off by default (``triton_scan.CONFIG["bwd_impl"] = "gluon"`` selects it).
+
+Same algorithm, arguments and outputs as ``triton_scan._rows_bwd_kernel`` (which stays
+the tested default); only the data layout differs. In the Triton kernel the compiler
+spreads a thread over 4 states x 4 channels, so each step pays ~9 layout conversions
+through shared memory (per-channel vectors into the tile and back) and 48 shuffles
+(sums over states and over channels). Here the layout is chosen:
+
+- tile (d_state, channels) with one channel per lane and all states in its registers
+  (``P``): per-channel rows load, compute and store in that lane with no conversion,
+  and the sums over states (dt, u and y terms) are in-thread adds;
+- the two sums over channels (dB, dC) go through one transpose each into ``Q``
+  (a lane per state and half the channels), then in-thread adds and one shuffle:
+  ~2 conversions and 2 shuffles a step instead of ~9 and 48.
+
+Gluon has no interpreter, so this kernel runs only on a GPU; ``tests/test_scan_triton.py``
+compares it with the reference there (marked ``gpu``). Requires Triton with Gluon
+(3.5+); ``available()`` says whether it can be used.
+"""
+from __future__ import annotations
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    _OK = True
+except Exception:  # pragma: no cover - older Triton
+    _OK = False
+
+
+def available() -> bool:
+    return _OK
+
+
+if _OK:
+    @gluon.jit
+    def _g_ex2(x):
+        return gl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32,
+                                         is_pure=True, pack=1)
+
+    @gluon.jit
+    def _g_lg2(x):
+        return gl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32,
+                                         is_pure=True, pack=1)
+
+    @gluon.jit
+    def _g_rcp(x):
+        return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32,
+                                         is_pure=True, pack=1)
+
+    @gluon.jit
+    def _g_sigmoid(x):
+        return _g_rcp(1.0 + _g_ex2(x * -1.4426950408889634))
+
+    @gluon.jit
+    def _g_dt(delta_row, t, s_dl, m, bias, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr):
+        """(dt, delta + bias) of row t; dt is 0 where m is false."""
+        v = gl.load(delta_row + t * s_dl, mask=m, other=0.0).to(gl.float32)
+        if HAS_BIAS:
+            v = v + bias
+        if SOFTPLUS:
+            dt = gl.where(v > 20.0, v, _g_lg2(1.0 + _g_ex2(v * 1.4426950408889634)) * 0.6931471805599453)
+        else:
+            dt = v
+        return gl.where(m, dt, 0.0), v
+
+    @gluon.jit
+    def _g_t(t0, nsteps, i, REV: gl.constexpr):
+        valid = i < nsteps
+        if REV:
+            t = t0 + nsteps - 1 - i
+        else:
+            t = t0 + i
+        t = gl.where(valid, t, t0)
+        return t.to(gl.int64), valid
+
+    @gluon.jit
+    def _g_fstep(e, a2, i, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl,
+                 HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, REV: gl.constexpr):
+        t, valid = _g_t(t0, nsteps, i, REV)
+        m = mask_d & valid
+        dt, _ = _g_dt(d_row, t, s_dl, m, bias, HAS_BIAS, SOFTPLUS)
+        uu = gl.load(u_row + t * s_ul, mask=m, other=0.0).to(gl.float32)
+        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=mask_n & valid, other=0.0).to(gl.float32)
+        return _g_ex2(a2 * dt[None, :]) * e + (dt * uu)[None, :] * bt[:, None]
+
+    @gluon.jit
+    def _g_rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                 u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
+                 s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q: gl.constexpr,
+                 HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+                 SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr):
+        t, valid = _g_t(t0, nsteps, i, REV)
+        m = mask_d & valid
+        mn = mask_n & valid
+        dt, vpre = _g_dt(d_row, t, s_dl, m, bias, HAS_BIAS, SOFTPLUS)
+        uu = gl.load(u_row + t * s_ul, mask=m, other=0.0).to(gl.float32)
+        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=mn, other=0.0).to(gl.float32)
+        ct = gl.load(C_ptr + (C_off + t * s_Cl) + n_ar, mask=mn, other=0.0).to(gl.float32)
+        g = gl.load(g_row + t * s_gl, mask=m, other=0.0).to(gl.float32)
+        if HAS_Z:
+            zz = gl.load(z_row + t * s_zl, mask=m, other=0.0).to(gl.float32)
+            sz = _g_sigmoid(zz)
+            gy = g * zz * sz
+        else:
+            gy = g
+        a = _g_ex2(a2 * dt[None, :])
+        dtu = dt * uu
+        h = a * e + dtu[None, :] * bt[:, None]
+        lam = ct[:, None] * gy[None, :] + mu
+        # sums over channels: transpose into Q (a lane per state), add in-thread
+        mq = mask_nq & valid
+        rC = gl.sum(gl.convert_layout(h * gy[None, :], Q), axis=1)
+        gl.atomic_add(dC_row + t * s_dCl, rC, mask=mq, sem="relaxed")
+        rB = gl.sum(gl.convert_layout(lam * dtu[None, :], Q), axis=1)
+        gl.atomic_add(dB_row + t * s_dBl, rB, mask=mq, sem="relaxed")
+        # sums over states: in-thread
+        s1 = gl.sum(lam * bt[:, None], axis=0)
+        w = lam * a * e
+        dA_acc += w * dt[None, :]
+        s2 = gl.sum(w * a2, axis=0) * 0.6931471805599453
+        du = dt * s1
+        if HAS_D:
+            du += dd * gy
+            dDacc += gy * uu
+        ddt = uu * s1 + s2
+        if SOFTPLUS:
+            ddt = ddt * _g_sigmoid(vpre)
+        ddt = gl.where(m, ddt, 0.0)
+        dbacc += ddt
+        if HAS_Z:
+            y = gl.sum(ct[:, None] * h, axis=0)
+            if HAS_D:
+                y += dd * uu
+            dz = g * y * sz * (1.0 + zz * (1.0 - sz))
+            if ACC_DZ:
+                dz += gl.load(dz_row + t * s_ol, mask=m, other=0.0).to(gl.float32)
+            gl.store(dz_row + t * s_ol, dz.to(dz_row.dtype.element_ty), mask=m)
+        gl.store(du_row + t * s_ol, du.to(du_row.dtype.element_ty), mask=m)
+        gl.store(dd_row + t * s_ol, ddt.to(dd_row.dtype.element_ty), mask=m)
+        return a * lam, dA_acc, dDacc, dbacc
+
+    @gluon.jit
+    def _gluon_bwd_kernel(
+        u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
+        hfine_ptr, mseg_ptr,
+        du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, mend_ptr,
+        L, D, NS, SEG, DPG, SD,
+        s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
+        s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+        N: gl.constexpr, NP: gl.constexpr, BD: gl.constexpr, F: gl.constexpr, SUB: gl.constexpr,
+        HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+        SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
+    ):
+        """As ``triton_scan._rows_bwd_kernel`` (one warp, BD a multiple of 32, NP <= 32)."""
+        P: gl.constexpr = gl.BlockedLayout([NP, 1], [1, 32], [1, 1], [0, 1])
+        Q: gl.constexpr = gl.BlockedLayout([1, BD * NP // 32], [NP, 32 // NP], [1, 1], [1, 0])
+        LD: gl.constexpr = gl.SliceLayout(0, P)
+        LN: gl.constexpr = gl.SliceLayout(1, P)
+        pid_d = gl.program_id(0)
+        pid_s = gl.program_id(1)
+        pid_b = gl.program_id(2).to(gl.int64)
+        d_idx = pid_d * BD + gl.arange(0, BD, layout=LD)
+        mask_d = d_idx < D
+        n_ar = gl.arange(0, NP, layout=LN)
+        mask_n = n_ar < N
+        n_q = gl.arange(0, NP, layout=gl.SliceLayout(1, Q))
+        mask_nq = n_q < N
+        mask_nd = mask_n[:, None] & mask_d[None, :]
+        nd_off = n_ar[:, None] * D + d_idx[None, :]
+        grp = (pid_d * BD) // DPG
+        dcol = d_idx * SD
+        a2 = gl.load(A_ptr + n_ar[:, None] * D + dcol[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
+        if HAS_BIAS:
+            bias = gl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(gl.float32)
+        else:
+            bias = gl.zeros([BD], gl.float32, layout=LD)
+        if HAS_D:
+            dd = gl.load(D_ptr + d_idx, mask=mask_d, other=0.0).to(gl.float32)
+        else:
+            dd = gl.zeros([BD], gl.float32, layout=LD)
+        seg = pid_b * NS + pid_s
+        if HAS_MINIT:
+            mu = gl.load(mseg_ptr + seg * N * D + nd_off, mask=mask_nd, other=0.0)
+        else:
+            mu = gl.zeros([NP, BD], gl.float32, layout=P)
+        dA_acc = gl.zeros([NP, BD], gl.float32, layout=P)
+        dDacc = gl.zeros([BD], gl.float32, layout=LD)
+        dbacc = gl.zeros([BD], gl.float32, layout=LD)
+        t0 = pid_s * SEG
+        nsteps = gl.minimum(SEG, L - t0)
+        nblk = gl.cdiv(nsteps, F)
+        fbase = seg * (SEG // F)
+        u_row = u_ptr + pid_b * s_ub + dcol
+        d_row = delta_ptr + pid_b * s_db + dcol
+        # B, C: scalar row offsets; the per-state offsets stay compile-time constants
+        B_off = pid_b * s_Bb + grp * s_Bg
+        C_off = pid_b * s_Cb + grp * s_Cg
+        z_row = z_ptr + pid_b * s_zb + dcol
+        g_row = g_ptr + pid_b * s_gb + dcol
+        du_row = du_ptr + pid_b * s_ob + dcol
+        dd_row = ddelta_ptr + pid_b * s_ob + dcol
+        dz_row = dz_ptr + pid_b * s_ob + dcol
+        dB_row = dB_ptr + pid_b * s_dBb + grp * s_dBg + n_q
+        dC_row = dC_ptr + pid_b * s_dCb + grp * s_dCg + n_q
+        for kk in range(nblk):
+            k = nblk - 1 - kk
+            for j in gl.static_range(F // SUB - 1, -1, -1):
+                i0 = k * F + j * SUB
+                e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
+                for q in gl.static_range(j * SUB):  # walk to the sub-block's start
+                    e0 = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
+                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
+                e1 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
+                              s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
+                if SUB == 4:
+                    e2 = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
+                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
+                    e3 = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
+                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
+                    mu, dA_acc, dDacc, dbacc = _g_rstep(
+                        e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
+                        s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                    mu, dA_acc, dDacc, dbacc = _g_rstep(
+                        e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
+                        s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                mu, dA_acc, dDacc, dbacc = _g_rstep(
+                    e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
+                    s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                mu, dA_acc, dDacc, dbacc = _g_rstep(
+                    e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
+                    s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+        gl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
+        if HAS_D:
+            gl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)
+        if HAS_BIAS:
+            gl.store(dbias_ptr + seg * D + d_idx, dbacc, mask=mask_d)
+        if REV:
+            first = NS - 1
+        else:
+            first = 0
+        if pid_s == first:
+            gl.store(mend_ptr + pid_b * N * D + nd_off, mu, mask=mask_nd)
