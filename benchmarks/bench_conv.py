@@ -6,19 +6,23 @@ read x, write y; forward+backward: that plus read x, dy, write dx).
 
     python benchmarks/bench_conv.py
 """
+import os
+import sys
+
 import torch
 from triton.testing import do_bench
 
-from mambadna.kernels import conv1d_silu
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_scan import copy_bandwidth  # noqa: E402
+
+from mambadna.kernels import conv1d_silu  # noqa: E402
 
 SHAPES = [(1, 131072, 512), (8, 131072, 512), (16, 4096, 1536), (1, 1048576, 512)]
 
 
 def main():
     dev = torch.cuda.get_device_name()
-    x0 = torch.empty(1 << 28, device="cuda", dtype=torch.bfloat16)
-    bw = 2 * x0.numel() * 2 / (do_bench(lambda: x0.clone(), rep=200, return_mode="median") * 1e-3)
-    del x0
+    bw = copy_bandwidth()
     print(f"# {dev}; copy bandwidth {bw / 1e12:.2f} TB/s")
     print("| shape (b, L, D) | pass | ATen path ms | fused Triton ms | speed-up | Triton % of memory floor |")
     print("|---|---|---|---|---|---|")

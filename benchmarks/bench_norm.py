@@ -5,10 +5,16 @@ forward+backward: that plus read x, dy, write dx).
 
     python benchmarks/bench_norm.py
 """
+import os
+import sys
+
 import torch
 from triton.testing import do_bench
 
-from mambadna.kernels import rms_norm
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_scan import copy_bandwidth  # noqa: E402
+
+from mambadna.kernels import rms_norm  # noqa: E402
 
 # (rows as batch x length, d, input dtype, output dtype): the model's cases
 SHAPES = [((1, 131072), 256, torch.bfloat16, torch.bfloat16), ((1, 131072), 256, torch.float32, torch.bfloat16),
@@ -16,9 +22,7 @@ SHAPES = [((1, 131072), 256, torch.bfloat16, torch.bfloat16), ((1, 131072), 256,
 
 
 def main():
-    x0 = torch.empty(1 << 28, device="cuda", dtype=torch.bfloat16)
-    bw = 2 * x0.numel() * 2 / (do_bench(lambda: x0.clone(), rep=200, return_mode="median") * 1e-3)
-    del x0
+    bw = copy_bandwidth()
     print(f"# {torch.cuda.get_device_name()}; copy bandwidth {bw / 1e12:.2f} TB/s")
     print("| shape | in -> out | pass | PyTorch ops ms | fused Triton ms | speed-up | Triton % of memory floor |")
     print("|---|---|---|---|---|---|---|")

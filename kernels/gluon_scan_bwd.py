@@ -34,19 +34,21 @@ def available() -> bool:
 
 if _OK:
     @gluon.jit
+    def _g_ptx1(x, OP: gl.constexpr):
+        """One-operand fp32 PTX instruction OP (e.g. "ex2.approx.ftz.f32"), elementwise."""
+        return gl.inline_asm_elementwise(OP + " $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True, pack=1)
+
+    @gluon.jit
     def _g_ex2(x):
-        return gl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32,
-                                         is_pure=True, pack=1)
+        return _g_ptx1(x, "ex2.approx.ftz.f32")
 
     @gluon.jit
     def _g_lg2(x):
-        return gl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32,
-                                         is_pure=True, pack=1)
+        return _g_ptx1(x, "lg2.approx.ftz.f32")
 
     @gluon.jit
     def _g_rcp(x):
-        return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32,
-                                         is_pure=True, pack=1)
+        return _g_ptx1(x, "rcp.approx.ftz.f32")
 
     @gluon.jit
     def _g_sigmoid(x):
