@@ -97,8 +97,9 @@ def jobs(bd, bd_bwd):
     if gsb.available():
         out["gbwd"] = (gsb._gluon_bwd_kernel, out["bwd"][1])
     from mambadna.kernels import triton_norm as tnm
-    out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=16, BD=256))
-    out["norm_bwd"] = (tnm._rms_bwd_kernel, dict(BM=16, BD=256))
+    nbm, nbd, _ = tnm._geom(1, 256)  # the model's d_model 256
+    out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=nbm, BD=nbd))
+    out["norm_bwd"] = (tnm._rms_bwd_kernel, dict(BM=nbm, BD=nbd))
     extra = getattr(ts, "AOT_JOBS", None)
     if extra:
         out.update(extra(base))
@@ -115,6 +116,7 @@ def main():
     if args.config:
         ts.CONFIG.update(json.loads(args.config))
     from mambadna.kernels import triton_conv as tcv
+    from mambadna.kernels import triton_norm as tnm
     sel = args.kernels.split(",") if args.kernels else None
     for name, (k, c) in jobs(ts.CONFIG["block_d"], ts.CONFIG["block_d_bwd"]).items():
         if sel and name not in sel:
@@ -122,7 +124,8 @@ def main():
         if isinstance(k, triton.runtime.jit.JITFunction) and k in ts._VEC:
             k = ts._k(k)
         try:
-            warps = tcv.CONFIG["warps"] if name.startswith(("conv", "norm")) else ts.CONFIG["warps"]
+            warps = (tcv.CONFIG if name.startswith("conv") else tnm.CONFIG if name.startswith("norm")
+                     else ts.CONFIG)["warps"]
             regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None)
         except Exception as e:  # noqa: BLE001
             print(f"{name:6s} FAILED {e!r}"[:400])

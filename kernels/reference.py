@@ -294,10 +294,14 @@ def conv1d_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return y.transpose(1, 2).contiguous()
 
 
+def _rstd(xf: Tensor, eps: float) -> Tensor:
+    """Per-row 1/rms of fp32 x: (..., d) -> (..., 1)."""
+    return torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+
+
 def _rms_norm_formula(x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
     xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * weight.float()).to(out_dtype)
+    return (xf * _rstd(xf, eps) * weight.float()).to(out_dtype)
 
 
 class _RMSNormRefFn(torch.autograd.Function):
@@ -308,7 +312,7 @@ class _RMSNormRefFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
         xf = x.float()
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        rstd = _rstd(xf, eps)
         out = (xf * rstd * weight.float()).to(out_dtype)
         ctx.save_for_backward(x, weight, rstd)
         return out

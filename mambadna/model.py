@@ -100,15 +100,12 @@ class MambaMixer(nn.Module):
         keeps one per chunk boundary).
         """
         k = self.d_conv
-        if context is not None:
-            context = context.to(x.dtype)
         y = conv1d_silu(x, p.conv.weight, p.conv.bias, context, reverse=reverse)
         # the k-1 inputs next to x in scan order, for the next chunk
         if x.shape[1] >= k - 1:
             new_ctx = (x[:, : k - 1] if reverse else x[:, x.shape[1] - (k - 1):]).clone()
             return y, new_ctx
-        if context is None:
-            context = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+        context = x.new_zeros(x.shape[0], k - 1, x.shape[2]) if context is None else context.to(x.dtype)
         if reverse:
             new_ctx = torch.cat([x, context], dim=1)[:, : k - 1].clone()
         else:
