@@ -25,11 +25,14 @@ BF16 = ("u_", "de", "B_", "C_", "z_", "g_", "ou", "du", "dd", "dz", "u2", "B2", 
 
 def signature(fn, consts):
     sig = {}
+    bf16 = BF16
+    if ts.CONFIG["bwd_bc_fp32"] and "bwd" in fn.__name__:  # B and C passed as fp32 copies
+        bf16 = tuple(p for p in BF16 if p not in ("B_", "C_"))
     for name in inspect.signature(fn).parameters:
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*bf16" if name[:2] in BF16 and not name.startswith("dB") and not name.startswith("dC") else "*fp32"
+            sig[name] = "*bf16" if name[:2] in bf16 and not name.startswith("dB") and not name.startswith("dC") else "*fp32"
         elif name == "eps":
             sig[name] = "fp32"
         else:
@@ -60,6 +63,8 @@ def compile_one(kernel, consts, warps, maxnreg=None):
                         if "registers" in l or "spill" in l or "rror" in l)
         sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cub],
                               capture_output=True, text=True).stdout
+    if os.environ.get("AOT_SASS_DIR"):
+        open(os.path.join(os.environ["AOT_SASS_DIR"], kernel.fn.__name__ + ".sass"), "w").write(sass)
     ops = collections.Counter()
     for line in sass.splitlines():
         m = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
@@ -91,11 +96,13 @@ def jobs(bd, bd_bwd):
     cb = dict(K=4, BL=tcv.CONFIG["block_l"], BD=tcv.CONFIG["block_d"], HAS_CTX=True, HAS_BIAS=True, REV=False,
               ACT=True)
     out["conv_fwd"] = (tcv._conv_fwd_kernel, cb)
-    out["conv_dpre"] = (tcv._conv_dpre_kernel, cb)
-    out["conv_dx"] = (tcv._conv_dx_kernel, dict(K=4, BL=cb["BL"], BD=cb["BD"], REV=False))
+    if hasattr(tcv, "_conv_bwd_kernel"):
+        out["conv_bwd"] = (tcv._conv_bwd_kernel, dict(cb, BL=tcv.CONFIG["bwd_block_l"], BD=tcv.CONFIG["bwd_block_d"]))
     from mambadna.kernels import gluon_scan_bwd as gsb
     if gsb.available():
-        out["gbwd"] = (gsb._gluon_bwd_kernel, out["bwd"][1])
+        lpc = ts.CONFIG["gluon_lpc"]
+        out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], BD=32 // lpc, LPC=lpc,
+                                                    MASK_BC=ts.CONFIG["gluon_mask_bc"]))
     from mambadna.kernels import triton_norm as tnm
     nbm, nbd, _ = tnm._geom(1, 256)  # the model's d_model 256
     out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=nbm, BD=nbd))
@@ -125,7 +132,7 @@ def main():
             k = ts._k(k)
         try:
             warps = (tcv.CONFIG if name.startswith("conv") else tnm.CONFIG if name.startswith("norm")
-                     else ts.CONFIG)["warps"]
+                     else ts.CONFIG)["bwd_warps" if name == "conv_bwd" else "warps"]
             regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None)
         except Exception as e:  # noqa: BLE001
             print(f"{name:6s} FAILED {e!r}"[:400])

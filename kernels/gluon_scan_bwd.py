@@ -67,6 +67,13 @@ if _OK:
         return gl.where(m, dt, 0.0), v
 
     @gluon.jit
+    def _g_bcmask(mask_n, valid, MASK_BC: gl.constexpr):
+        if MASK_BC:
+            return mask_n & valid
+        else:
+            return mask_n
+
+    @gluon.jit
     def _g_t(t0, nsteps, i, REV: gl.constexpr):
         valid = i < nsteps
         if REV:
@@ -78,12 +85,12 @@ if _OK:
 
     @gluon.jit
     def _g_fstep(e, a2, i, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl,
-                 HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, REV: gl.constexpr):
+                 HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, REV: gl.constexpr, MASK_BC: gl.constexpr):
         t, valid = _g_t(t0, nsteps, i, REV)
         m = mask_d & valid
         dt, _ = _g_dt(d_row, t, s_dl, m, bias, HAS_BIAS, SOFTPLUS)
         uu = gl.load(u_row + t * s_ul, mask=m, other=0.0).to(gl.float32)
-        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=mask_n & valid, other=0.0).to(gl.float32)
+        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
         return _g_ex2(a2 * dt[None, :]) * e + (dt * uu)[None, :] * bt[:, None]
 
     @gluon.jit
@@ -91,14 +98,14 @@ if _OK:
                  u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
                  s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q: gl.constexpr,
                  HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                 SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr):
+                 SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr, MASK_BC: gl.constexpr):
         t, valid = _g_t(t0, nsteps, i, REV)
         m = mask_d & valid
-        mn = mask_n & valid
         dt, vpre = _g_dt(d_row, t, s_dl, m, bias, HAS_BIAS, SOFTPLUS)
         uu = gl.load(u_row + t * s_ul, mask=m, other=0.0).to(gl.float32)
-        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=mn, other=0.0).to(gl.float32)
-        ct = gl.load(C_ptr + (C_off + t * s_Cl) + n_ar, mask=mn, other=0.0).to(gl.float32)
+        # past the end t is clamped to t0 and dt is 0, so without MASK_BC B and C load unmasked there and add nothing
+        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
+        ct = gl.load(C_ptr + (C_off + t * s_Cl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
         g = gl.load(g_row + t * s_gl, mask=m, other=0.0).to(gl.float32)
         if HAS_Z:
             zz = gl.load(z_row + t * s_zl, mask=m, other=0.0).to(gl.float32)
@@ -108,7 +115,8 @@ if _OK:
             gy = g
         a = _g_ex2(a2 * dt[None, :])
         dtu = dt * uu
-        h = a * e + dtu[None, :] * bt[:, None]
+        ae = a * e  # shared by h and the dA term
+        h = ae + dtu[None, :] * bt[:, None]
         lam = ct[:, None] * gy[None, :] + mu
         # sums over channels: transpose into Q (a lane per state), add in-thread
         mq = mask_nq & valid
@@ -118,7 +126,7 @@ if _OK:
         gl.atomic_add(dB_row + t * s_dBl, rB, mask=mq, sem="relaxed")
         # sums over states: in-thread
         s1 = gl.sum(lam * bt[:, None], axis=0)
-        w = lam * a * e
+        w = lam * ae
         dA_acc += w * dt[None, :]
         s2 = gl.sum(w * a2, axis=0) * 0.6931471805599453
         du = dt * s1
@@ -147,20 +155,22 @@ if _OK:
         u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
         hfine_ptr, mseg_ptr,
         du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, mend_ptr,
-        L, D, NS, SEG, DPG, SD,
+        L, D, NS, SEG, DPG, SD, S0, NSH,
         s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
         s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
         N: gl.constexpr, NP: gl.constexpr, BD: gl.constexpr, F: gl.constexpr, SUB: gl.constexpr,
         HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
         SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
+        LPC: gl.constexpr = 1, MASK_BC: gl.constexpr = True,
     ):
-        """As ``triton_scan._rows_bwd_kernel`` (one warp, BD a multiple of 32, NP <= 32)."""
-        P: gl.constexpr = gl.BlockedLayout([NP, 1], [1, 32], [1, 1], [0, 1])
+        """As ``triton_scan._rows_bwd_kernel`` (one warp; LPC lanes per channel, each holding
+        NP // LPC states, so BD = 32 // LPC; NP <= 32 and BD * NP >= 32)."""
+        P: gl.constexpr = gl.BlockedLayout([NP // LPC, 1], [LPC, 32 // LPC], [1, 1], [0, 1])
         Q: gl.constexpr = gl.BlockedLayout([1, BD * NP // 32], [NP, 32 // NP], [1, 1], [1, 0])
         LD: gl.constexpr = gl.SliceLayout(0, P)
         LN: gl.constexpr = gl.SliceLayout(1, P)
         pid_d = gl.program_id(0)
-        pid_s = gl.program_id(1)
+        pid_s = gl.program_id(1) + S0
         pid_b = gl.program_id(2).to(gl.int64)
         d_idx = pid_d * BD + gl.arange(0, BD, layout=LD)
         mask_d = d_idx < D
@@ -192,7 +202,7 @@ if _OK:
         t0 = pid_s * SEG
         nsteps = gl.minimum(SEG, L - t0)
         nblk = gl.cdiv(nsteps, F)
-        fbase = seg * (SEG // F)
+        fbase = (pid_b * NSH + pid_s - S0) * (SEG // F)
         u_row = u_ptr + pid_b * s_ub + dcol
         d_row = delta_ptr + pid_b * s_db + dcol
         # B, C: scalar row offsets; the per-state offsets stay compile-time constants
@@ -212,34 +222,34 @@ if _OK:
                 e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
                 for q in gl.static_range(j * SUB):  # walk to the sub-block's start
                     e0 = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
-                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
+                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                 e1 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
-                              s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
+                              s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                 if SUB == 4:
                     e2 = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
-                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
+                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                     e3 = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
-                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
+                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
                         e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                         u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
                         s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
                         e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                         u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
                         s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC)
                 mu, dA_acc, dDacc, dbacc = _g_rstep(
                     e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                     u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
                     s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC)
                 mu, dA_acc, dDacc, dbacc = _g_rstep(
                     e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                     u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
                     s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC)
         gl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
         if HAS_D:
             gl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)

@@ -9,10 +9,20 @@ x (batch, L, D) with unit channel stride, weight (D, K) fp32, bias (D,):
 Positions outside [0, L) read ``context`` (batch, K-1, D): the K-1 inputs before x
 (causal) or after it (reverse); zeros without it. One program owns a (BL rows, BD
 channels) tile; the K shifted rows it reads are L1/L2 hits, so the forward moves x
-and y once. The backward saves nothing but the inputs: pass 1 recomputes the
-pre-activation and writes its gradient (fp32, transient) with per-tile partial sums of
-dweight and dbias (summed on the host); pass 2 is the transposed conv of it, dx. The
-gradient of the small context comes from the reference on the K-1 edge rows.
+and y once.
+
+The backward saves nothing but the inputs and is one kernel that reads x and dy once and
+writes dx (dp, the gradient at the pre-activation, is never stored). It walks the rows
+in stream order (t = u causal, t = L-1-u reverse: both directions are then the causal
+conv); a program owns a run of rows of a channel block and streams it row by row, each
+row a vector of channels, a few rows loaded at a time, carrying the last K-1 rows of x
+and of dp in registers: per row v it forms pre[v] = bias + sum_i w[i] x[v-(K-1)+i] and
+dp[v] = dy[v] * silu'(pre[v]), adds dp[v] x[v-(K-1)+j] to dweight[j] and dp[v] to dbias
+(fp32, elementwise in registers), and stores dx[v-(K-1)] = sum_j w[j] dp[v-j], now
+complete. After its run it streams K-1 more rows (the next run's: dp only, not counted)
+for its last dx rows, and writes one (K+1, channels) partial of dweight/dbias, summed
+on the host. The gradient of the small context comes from the reference on the K-1
+edge rows.
 """
 from __future__ import annotations
 
@@ -22,7 +32,16 @@ import torch
 import triton
 import triton.language as tl
 
-CONFIG = {"block_l": 32, "block_d": 64, "warps": 4}
+# Forward: block_l x block_d, the (rows, channels) tile of a program, on `warps` warps.
+# Backward: a program streams a run of bwd_tiles x bwd_block_l rows of bwd_block_d channels,
+# one (bwd_block_d,) vector a row, bwd_block_l rows loaded at a time, on bwd_warps warps:
+# 128 channels on 1 warp is 4 a thread (8-byte bf16 accesses, 256 B a warp a row), 4 rows
+# a step fit 128 registers on sm_90a (8 rows: 168). bwd_tiles = 0 sizes the runs so the
+# grid is one wave of bwd_per_sm programs an SM (16 one-warp programs of <= 128 registers
+# fit an SM): the fewest programs, each writing one (K+1, bwd_block_d) fp32 partial of
+# dweight/dbias (summed on the host); bwd_tiles > 0 fixes the run length instead.
+CONFIG = {"block_l": 32, "block_d": 64, "warps": 4,
+          "bwd_block_l": 4, "bwd_block_d": 128, "bwd_warps": 1, "bwd_tiles": 0, "bwd_per_sm": 16}
 
 
 @triton.jit
@@ -99,56 +118,132 @@ def _conv_fwd_kernel(x_ptr, c_ptr, w_ptr, b_ptr, y_ptr, L, D,
 
 
 @triton.jit
-def _dpre(x_ptr, c_ptr, w_ptr, bias, g_ptr, pid_b, rows, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl,
-          s_gb, s_gl, K: tl.constexpr, HAS_CTX: tl.constexpr, REV: tl.constexpr, ACT: tl.constexpr):
-    """Gradient at the pre-activation at rows (0 outside [0, L))."""
-    inr = (rows >= 0) & (rows < L)
-    g = tl.load(g_ptr + pid_b * s_gb + rows.to(tl.int64)[:, None] * s_gl + cols[None, :],
-                mask=inr[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
-    if ACT:
-        p = _pre(x_ptr, c_ptr, w_ptr, bias, pid_b, rows, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl,
-                 K, HAS_CTX, REV)
-        s = tl.sigmoid(p)
-        g = g * s * (1.0 + p * (1.0 - s))
-    return g
+def _row_ptr(ptr, pid_b, u, L, s_b, s_l, cols, REV: tl.constexpr):
+    """Pointers to channels cols of stream row u: row u (causal) or L-1-u (reverse)."""
+    if REV:
+        t = L - 1 - u
+    else:
+        t = u
+    return ptr + pid_b * s_b + t.to(tl.int64) * s_l + cols
 
 
 @triton.jit
-def _conv_dpre_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dp_ptr, dw_ptr, db_ptr, L, D, NLT,
-                      s_xb, s_xl, s_cb, s_cl, s_gb, s_gl,
-                      K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_CTX: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, REV: tl.constexpr, ACT: tl.constexpr):
-    """Backward, pass 1: the gradient at the pre-activation dp (batch, L, D) fp32, and
-    dweight (NLT * batch, D, K) and dbias (NLT * batch, D) partial sums over the tile."""
-    pid_l, pid_b, rows, cols, mask_c = _tile(D, BL, BD)
+def _in(mask_c, u, lo, hi):
+    """mask_c where lo <= u < hi (scalar u, splat first: the interpreter rejects a
+    vector & scalar mask)."""
+    r = u + tl.zeros_like(mask_c.to(tl.int32))
+    return mask_c & (r >= lo) & (r < hi)
+
+
+@triton.jit
+def _x_row(x_ptr, c_ptr, pid_b, u, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl,
+           KM1: tl.constexpr, HAS_CTX: tl.constexpr, REV: tl.constexpr):
+    """x at stream row u (any u < L) as fp32: context row K-1+u (causal) or -1-u
+    (reverse) for -(K-1) <= u < 0, else 0."""
+    v = tl.load(_row_ptr(x_ptr, pid_b, u, L, s_xb, s_xl, cols, REV),
+                mask=_in(mask_c, u, 0, L), other=0.0).to(tl.float32)
+    if HAS_CTX:
+        if REV:
+            crow = -1 - u
+        else:
+            crow = u + KM1
+        v += tl.load(c_ptr + pid_b * s_cb + crow.to(tl.int64) * s_cl + cols,
+                     mask=_in(mask_c, crow, 0, KM1), other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _bwd_rows(x_ptr, g_ptr, dx_ptr, ws, bias, pid_b, v0, lo, L, cols, mask_c,
+              s_xb, s_xl, s_gb, s_gl, s_dxb, s_dxl, xw, dpw, dws, dbs,
+              N: tl.constexpr, COUNT: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
+              REV: tl.constexpr, ACT: tl.constexpr):
+    """Stream rows v0 .. v0+N-1 (0 <= v0) through the backward. In: xw = x at the K-1
+    rows before v0, dpw = dp there. Per row v: dp[v] = dy[v] * silu'(pre[v]), with
+    pre[v] = bias + sum_i w[i] x[v-(K-1)+i] (0 for v >= L); dweight[j] += dp[v]
+    x[v-(K-1)+j] and dbias += dp[v] if COUNT; dx[v-(K-1)] = sum_j w[j] dp[v-j] is
+    complete and stored if lo <= v-(K-1) < L. Returns the windows and accumulators."""
+    xs = ()
+    gs = ()
+    for i in tl.static_range(N):  # all N loads first: N rows in flight
+        m = _in(mask_c, v0 + i, 0, L)
+        xs = xs + (tl.load(_row_ptr(x_ptr, pid_b, v0 + i, L, s_xb, s_xl, cols, REV),
+                           mask=m, other=0.0).to(tl.float32),)
+        gs = gs + (tl.load(_row_ptr(g_ptr, pid_b, v0 + i, L, s_gb, s_gl, cols, REV),
+                           mask=m, other=0.0).to(tl.float32),)
+    for i in tl.static_range(N):
+        win = xw + (xs[i],)  # x[v-(K-1)] .. x[v]
+        dp = gs[i]
+        if ACT:
+            p = bias + ws[0] * win[0]
+            for k in tl.static_range(1, K):
+                p += ws[k] * win[k]
+            sg = tl.sigmoid(p)
+            dp = dp * sg * (1.0 + p * (1.0 - sg))
+        if COUNT:
+            acc = ()
+            for j in tl.static_range(K):
+                acc = acc + (dws[j] + dp * win[j],)
+            dws = acc
+            if HAS_BIAS:
+                dbs += dp
+        dpwin = dpw + (dp,)  # dp[v-(K-1)] .. dp[v]
+        dx = ws[0] * dpwin[K - 1]
+        for j in tl.static_range(1, K):
+            dx += ws[j] * dpwin[K - 1 - j]
+        u = v0 + i - (K - 1)
+        tl.store(_row_ptr(dx_ptr, pid_b, u, L, s_dxb, s_dxl, cols, REV), dx.to(dx_ptr.dtype.element_ty),
+                 mask=_in(mask_c, u, lo, L))
+        xw = win[1:]
+        dpw = dpwin[1:]
+    return xw, dpw, dws, dbs
+
+
+@triton.jit
+def _conv_bwd_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, D, NLT, TPP,
+                     s_xb, s_xl, s_cb, s_cl, s_gb, s_gl, s_dxb, s_dxl,
+                     K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_CTX: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, REV: tl.constexpr, ACT: tl.constexpr):
+    """The whole backward in one pass. Rows are taken in stream order u (t = u causal,
+    t = L-1-u reverse), in which both directions are the causal conv. Program (p, c, b)
+    owns channels c*BD.. of batch row b and the stream rows of row tiles
+    [p*TPP, min((p+1)*TPP, NLT)) of BL rows. It streams them row by row, each row a
+    (BD,) vector, BL rows loaded at a time, the last K-1 rows of x and of dp carried in
+    registers (so nothing is recomputed), then K-1 rows past its end for its last dx
+    rows. dweight/dbias are summed elementwise in fp32 registers and reduced once at the
+    end: partial sums (NP * batch, D, K) and (NP * batch, D), NP = programs along the
+    length, summed on the host."""
+    pid_p = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    cols = tl.program_id(1) * BD + tl.arange(0, BD)
+    mask_c = cols < D
     bias = _bias_of(b_ptr, cols, mask_c, HAS_BIAS)
-    part = pid_b * NLT + pid_l
-    d0 = _dpre(x_ptr, c_ptr, w_ptr, bias, g_ptr, pid_b, rows, cols, mask_c, L,
-               s_xb, s_xl, s_cb, s_cl, s_gb, s_gl, K, HAS_CTX, REV, ACT)
-    tl.store(dp_ptr + (pid_b * L + rows.to(tl.int64))[:, None] * D + cols[None, :], d0,
-             mask=(rows < L)[:, None] & mask_c[None, :])
+    u0 = pid_p * TPP * BL
+    ws = ()
+    dws = ()
+    xw = ()
+    dpw = ()
+    for j in tl.static_range(K):
+        ws = ws + (tl.load(w_ptr + cols * K + j, mask=mask_c, other=0.0),)
+        dws = dws + (tl.zeros([BD], dtype=tl.float32),)
+    for k in tl.static_range(K - 1):  # x at u0-(K-1) .. u0-1 (the context before row 0)
+        xw = xw + (_x_row(x_ptr, c_ptr, pid_b, u0 - (K - 1) + k, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl,
+                          K - 1, HAS_CTX, REV),)
+        dpw = dpw + (tl.zeros([BD], dtype=tl.float32),)  # only feeds dx rows < u0: not stored
+    dbs = tl.zeros([BD], dtype=tl.float32)
+    nt = tl.minimum(TPP, NLT - pid_p * TPP)
+    for it in range(nt):
+        xw, dpw, dws, dbs = _bwd_rows(x_ptr, g_ptr, dx_ptr, ws, bias, pid_b, u0 + it * BL, u0, L, cols, mask_c,
+                                      s_xb, s_xl, s_gb, s_gl, s_dxb, s_dxl, xw, dpw, dws, dbs,
+                                      BL, True, K, HAS_BIAS, REV, ACT)
+    # the K-1 rows after the run (the next program's): dx of the run's last K-1 rows
+    xw, dpw, dws, dbs = _bwd_rows(x_ptr, g_ptr, dx_ptr, ws, bias, pid_b, u0 + nt * BL, u0, L, cols, mask_c,
+                                  s_xb, s_xl, s_gb, s_gl, s_dxb, s_dxl, xw, dpw, dws, dbs,
+                                  K - 1, False, K, HAS_BIAS, REV, ACT)
+    part = pid_b * tl.num_programs(0) + pid_p
     if HAS_BIAS:
-        tl.store(db_ptr + part * D + cols, tl.sum(d0, axis=0), mask=mask_c)
+        tl.store(db_ptr + part * D + cols, dbs, mask=mask_c)
     for j in tl.static_range(K):
-        xr = _tap(rows, j, K, REV)
-        xv = _xrows(x_ptr, c_ptr, pid_b, xr, cols, mask_c, L, s_xb, s_xl, s_cb, s_cl, K - 1, HAS_CTX, REV)
-        tl.store(dw_ptr + (part * D + cols) * K + j, tl.sum(d0 * xv, axis=0), mask=mask_c)
-
-
-@triton.jit
-def _conv_dx_kernel(dp_ptr, w_ptr, dx_ptr, L, D, s_db, s_dl,
-                    K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, REV: tl.constexpr):
-    """Backward, pass 2: dx[t] = sum_j w[j] dp[t +- (K-1-j)] (the transposed conv)."""
-    pid_l, pid_b, rows, cols, mask_c = _tile(D, BL, BD)
-    dx = tl.zeros([BL, BD], dtype=tl.float32)
-    for j in tl.static_range(K):
-        o = _tap(rows, j, K, not REV)  # the output rows that read x[rows] through w[j]
-        wj = tl.load(w_ptr + cols * K + j, mask=mask_c, other=0.0)
-        m = ((o >= 0) & (o < L))[:, None] & mask_c[None, :]
-        dx += wj[None, :] * tl.load(dp_ptr + (pid_b * L + o.to(tl.int64))[:, None] * D + cols[None, :],
-                                    mask=m, other=0.0)
-    tl.store(dx_ptr + pid_b * s_db + rows.to(tl.int64)[:, None] * s_dl + cols[None, :],
-             dx.to(dx_ptr.dtype.element_ty), mask=(rows < L)[:, None] & mask_c[None, :])
+        tl.store(dw_ptr + (part * D + cols) * K + j, dws[j], mask=mask_c)
 
 
 def _geom(x):
@@ -192,22 +287,26 @@ class _ConvFn(torch.autograd.Function):
         gy = gy if gy.stride(-1) == 1 else gy.contiguous()
         b, L, D = x.shape
         K = w.shape[1]
-        BL, BD, grid = _geom(x)
-        NLT = grid[0]
+        BL = CONFIG["bwd_block_l"]
+        BD = min(CONFIG["bwd_block_d"], triton.next_power_of_2(D))
+        NLT, NC = triton.cdiv(L, BL), triton.cdiv(D, BD)
+        TPP = CONFIG["bwd_tiles"]
+        if TPP <= 0:  # one wave: as many runs along the length as the SMs hold programs
+            n_sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
+            TPP = triton.cdiv(NLT, max(1, n_sm * CONFIG["bwd_per_sm"] // (NC * b)))
+        TPP = max(1, min(TPP, NLT))
+        NP = triton.cdiv(NLT, TPP)
         dx = torch.empty_like(x)
-        dp = torch.empty(b, L, D, device=x.device, dtype=torch.float32)
-        dw = torch.empty(b * NLT, D, K, device=x.device, dtype=torch.float32)
-        db = torch.empty(b * NLT, D, device=x.device, dtype=torch.float32) if bf is not None else dw
+        dw = torch.empty(b * NP, D, K, device=x.device, dtype=torch.float32)
+        db = torch.empty(b * NP, D, device=x.device, dtype=torch.float32) if bf is not None else dw
         cc = c if c is not None else x
-        _conv_dpre_kernel[grid](
-            x, cc, w, bf if bf is not None else w, gy, dp, dw, db, L, D, NLT,
+        _conv_bwd_kernel[(NP, NC, b)](
+            x, cc, w, bf if bf is not None else w, gy, dx, dw, db, L, D, NLT, TPP,
             x.stride(0), x.stride(1), cc.stride(0), cc.stride(1), gy.stride(0), gy.stride(1),
+            dx.stride(0), dx.stride(1),
             K=K, BL=BL, BD=BD, HAS_CTX=c is not None, HAS_BIAS=bf is not None, REV=reverse, ACT=act,
-            num_warps=CONFIG["warps"],
+            num_warps=CONFIG["bwd_warps"],
         )
-        _conv_dx_kernel[grid](dp, w, dx, L, D, dx.stride(0), dx.stride(1), K=K, BL=BL, BD=BD, REV=reverse,
-                              num_warps=CONFIG["warps"])
-        del dp
         dweight = dw.sum(0).to(w_dt)
         dbias = db.sum(0).to(b_dt) if bf is not None else None
         dctx = None

@@ -46,15 +46,23 @@ CONFIG = {
     "combine_chunks": 32,
     "combine_lanes": 128,
     "warps_combine": 4,
+    "combine_programs": 512,  # the combine narrows its programs' lanes to reach this many
     "min_programs": 1024,  # below this many (batch x d-blocks) programs, use segments
-    "ckpt": 4,           # backward: positions between stored states (transient, fp32)
+    "ckpt": 2,           # backward: positions between stored states (transient, fp32)
     "sub": 2,            # backward: positions recomputed into registers at a time
     "vec": True,         # let loads along the channels vectorise (Triton then spreads a
                          # thread's state over channels and states, not one channel)
     "vec_bwd": False,    # as vec, for the backward kernel alone
     "bwd_maxnreg": 0,    # register cap for the backward kernel (0: the compiler's choice)
-    "bwd_impl": "triton",  # "gluon": the explicit-layout backward kernel (gluon_scan_bwd.py;
-                           # GPU only, one warp, block_d_bwd a multiple of 32): not yet timed
+    "bwd_impl": "gluon",  # the explicit-layout backward kernel (gluon_scan_bwd.py) on the GPU
+                          # (one warp, block_d_bwd a multiple of 32); "triton": _rows_bwd_kernel,
+                          # which the interpreter (CPU) always runs
+    "gluon_lpc": 1,      # Gluon backward: lanes per channel (each holds d_state / lpc states),
+                         # so 32 / lpc channels a program
+    "gluon_mask_bc": False,  # Gluon backward: mask the B/C loads past the end (else clamped rows)
+    "bwd_bc_fp32": False,   # backward kernels read fp32 copies of B and C (no per-lane converts)
+    "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
+                                # processed in groups that fit it)
 }
 
 
@@ -151,7 +159,7 @@ def _row_dt(delta_ptr, off, mask_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
 def _rows_state_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, z_ptr,
     sloc_ptr, ssum_ptr, hseg_ptr, hfine_ptr,
-    L, D, NS, SEG, DPG, SD,
+    L, D, NS, SEG, DPG, SD, S0, NSH,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_zb, s_zl,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, DESC: tl.constexpr,
@@ -164,7 +172,7 @@ def _rows_state_kernel(
     in time (a reverse scan, or the adjoint of a forward one).
     """
     pid_d = tl.program_id(0)
-    pid_s = tl.program_id(1)
+    pid_s = tl.program_id(1) + S0  # S0: first segment of this launch
     pid_b = tl.program_id(2).to(tl.int64)
     d_idx = pid_d * BD + tl.arange(0, BD)
     mask_d = d_idx < D
@@ -202,7 +210,7 @@ def _rows_state_kernel(
     for i in range(nsteps):
         if F > 0:
             if i % F == 0:
-                tl.store(hfine_ptr + (pid_b * NS * (SEG // F) + pid_s * (SEG // F) + i // F) * N * D + nd_off,
+                tl.store(hfine_ptr + ((pid_b * NSH + pid_s - S0) * (SEG // F) + i // F) * N * D + nd_off,
                          h, mask=mask_nd)
         v = vn
         uu = un
@@ -516,7 +524,7 @@ def _rows_bwd_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
     hfine_ptr, mseg_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, mend_ptr,
-    L, D, NS, SEG, DPG, SD,
+    L, D, NS, SEG, DPG, SD, S0, NSH,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
     s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, SUB: tl.constexpr,
@@ -529,7 +537,7 @@ def _rows_bwd_kernel(
     value mseg[b, s]). dB, dC: fp32 atomics; dA partials (b, NS, N, D); dD, dbias
     partials (b, NS, D); mend (b, N, D): mu out of the scan's first segment (dh0)."""
     pid_d = tl.program_id(0)
-    pid_s = tl.program_id(1)
+    pid_s = tl.program_id(1) + S0
     pid_b = tl.program_id(2).to(tl.int64)
     d_idx = pid_d * BD + tl.arange(0, BD)
     mask_d = d_idx < D
@@ -559,7 +567,7 @@ def _rows_bwd_kernel(
     t0 = pid_s * SEG
     nsteps = tl.minimum(SEG, L - t0)
     nblk = tl.cdiv(nsteps, F)
-    fbase = seg * (SEG // F)
+    fbase = (pid_b * NSH + pid_s - S0) * (SEG // F)  # checkpoints of this launch's NSH segments
     for kk in range(nblk):
         k = nblk - 1 - kk
         for j in tl.static_range(F // SUB - 1, -1, -1):
@@ -713,7 +721,9 @@ def _combine(geom, sloc, ssum, A, h0, rev):
     b, NS, N, D = geom.batch, geom.NS, geom.N, geom.D
     hseg = torch.empty(b, NS, N, D, device=sloc.device, dtype=torch.float32)
     hT = torch.empty(b, D, N, device=sloc.device, dtype=torch.float32)
-    BL = min(CONFIG["combine_lanes"], triton.next_power_of_2(N * D))
+    # lanes per program: at most combine_lanes, fewer when that leaves the GPU idle (batch 1)
+    BL = min(CONFIG["combine_lanes"], triton.next_power_of_2(N * D),
+             max(32, triton.next_power_of_2(triton.cdiv(b * N * D, CONFIG["combine_programs"]))))
     CB = min(CONFIG["combine_chunks"], triton.next_power_of_2(NS))
     h0c = None if h0 is None else h0.float().contiguous()
     _chunk_combine_kernel[(b, triton.cdiv(N * D, BL))](
@@ -736,7 +746,7 @@ def _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj, z=None):
     desc = rev != adj
     _k(_rows_state_kernel)[geom.grid](
         u, delta, bias if bias is not None else delta, At, B, z if z is not None else u,
-        sloc, ssum, sloc, sloc, geom.L, D, NS, geom.SEG, geom.DPG, 1,
+        sloc, ssum, sloc, sloc, geom.L, D, NS, geom.SEG, geom.DPG, 1, 0, NS,
         *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(z),
         N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=desc,
         ADJ=adj, HAS_Z=z is not None, HAS_INIT=False, F=0, num_warps=geom.warps,
@@ -770,14 +780,18 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
 
 
 def _bwd_kernel(geom):
-    """The backward kernel to launch: the Gluon one when selected and usable, else Triton's."""
+    """(kernel, grid, BD, extra constexprs) of the backward kernel to launch: the Gluon one
+    when selected and usable, else Triton's."""
+    lpc = CONFIG["gluon_lpc"]
     if CONFIG["bwd_impl"] == "gluon" and not _interpret() and geom.warps == 1 and geom.BD % 32 == 0 \
-            and geom.NP <= 32:
+            and geom.NP <= 32 and geom.NP % lpc == 0 and (32 // lpc) * geom.NP >= 32:
         from . import gluon_scan_bwd
 
         if gluon_scan_bwd.available():
-            return gluon_scan_bwd._gluon_bwd_kernel
-    return _k(_rows_bwd_kernel)
+            bd = 32 // lpc  # divides BD, so a block still never straddles two groups
+            return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
+                    {"LPC": lpc, "MASK_BC": bool(CONFIG["gluon_mask_bc"])})
+    return _k(_rows_bwd_kernel), geom.grid, geom.BD, {}
 
 
 def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, rev,
@@ -788,31 +802,41 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
     b, L, D, N, NS, SEG, F = geom.batch, geom.L, geom.D, geom.N, geom.NS, geom.SEG, geom.F
     dev = u.device
     mseg, _ = _seg_states(geom, gout, delta, bias, At, A, C, ghT, softplus, rev, adj=True, z=z)
-    hfine = torch.empty(b, NS * (SEG // F), N, D, device=dev, dtype=torch.float32)
-    _k(_rows_state_kernel)[geom.grid](
-        u, delta, bias if bias is not None else delta, At, B, u,
-        hfine, hfine, hseg if hseg is not None else hfine, hfine,
-        L, D, NS, SEG, geom.DPG, 1,
-        *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
-        N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
-        ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=F, num_warps=geom.warps,
-    )
+    # transient checkpoints (fp32, every F positions), bounded by bwd_ckpt_bytes: the
+    # segments are processed in groups of NSG, each group's checkpoints then gradients
+    per_seg = b * (SEG // F) * N * D * 4
+    NSG = max(1, min(NS, CONFIG["bwd_ckpt_bytes"] // per_seg))
+    hfine = torch.empty(b, NSG * (SEG // F), N, D, device=dev, dtype=torch.float32)
     dA_part = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
     dD_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     db_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     mend = torch.empty(b, N, D, device=dev, dtype=torch.float32)
-    _bwd_kernel(geom)[geom.grid](
-        u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
-        z if z is not None else u, gout, hfine, mseg if mseg is not None else hfine,
-        du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, db_part, mend,
-        L, D, NS, SEG, geom.DPG, 1,
-        *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3), *_strides(z), *_strides(gout),
-        *_strides(dB, 3), *_strides(dC, 3), *_strides(du),
-        N=N, NP=geom.NP, BD=geom.BD, F=F, SUB=min(CONFIG["sub"], F), HAS_D=D_ is not None, HAS_Z=z is not None,
-        HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ACC_DZ=acc_dz,
-        HAS_MINIT=mseg is not None, num_warps=geom.warps,
-        **({"maxnreg": CONFIG["bwd_maxnreg"]} if CONFIG["bwd_maxnreg"] and not _interpret() else {}),
-    )
+    kern, grid, bd, extra = _bwd_kernel(geom)
+    if CONFIG["bwd_bc_fp32"]:
+        B, C = B.float(), C.float()
+    for s0 in range(0, NS, NSG):
+        ns = min(NSG, NS - s0)
+        _k(_rows_state_kernel)[(geom.ND, ns, b)](
+            u, delta, bias if bias is not None else delta, At, B, u,
+            hfine, hfine, hseg if hseg is not None else hfine, hfine,
+            L, D, NS, SEG, geom.DPG, 1, s0, NSG,
+            *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
+            N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
+            ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=F, num_warps=geom.warps,
+        )
+        kern[(grid[0], ns, b)](
+            u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
+            z if z is not None else u, gout, hfine, mseg if mseg is not None else hfine,
+            du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, db_part, mend,
+            L, D, NS, SEG, geom.DPG, 1, s0, NSG,
+            *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3), *_strides(z), *_strides(gout),
+            *_strides(dB, 3), *_strides(dC, 3), *_strides(du),
+            N=N, NP=geom.NP, BD=bd, F=F, SUB=min(CONFIG["sub"], F), HAS_D=D_ is not None, HAS_Z=z is not None,
+            HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ACC_DZ=acc_dz,
+            HAS_MINIT=mseg is not None, num_warps=geom.warps, **extra,
+            **({"maxnreg": CONFIG["bwd_maxnreg"]} if CONFIG["bwd_maxnreg"] and not _interpret() else {}),
+        )
+    del hfine
     dA = dA_part.sum(dim=(0, 1)).t()
     dD = dD_part.sum(dim=(0, 1)) if D_ is not None else None
     dbias = db_part.sum(dim=(0, 1)) if bias is not None else None

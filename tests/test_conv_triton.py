@@ -10,7 +10,9 @@ from mambadna.kernels import triton_conv as tc
 @pytest.fixture(autouse=True)
 def _small_blocks():
     old = dict(tc.CONFIG)
-    tc.CONFIG.update(block_l=8, block_d=4, warps=1)
+    # 2 row tiles per backward program: L = 24 is 3 tiles on 2 programs (2 + 1), L = 13 ends
+    # in a ragged tile
+    tc.CONFIG.update(block_l=8, block_d=4, warps=1, bwd_block_l=8, bwd_block_d=4, bwd_warps=1, bwd_tiles=2)
     yield
     tc.CONFIG.clear()
     tc.CONFIG.update(old)
@@ -41,6 +43,47 @@ def test_matches_reference(L, rev, ctx):
             assert o is None
             continue
         torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _compare(b, L, D, K, rev, ctx, bias, act, seed):
+    torch.manual_seed(seed)
+    x = torch.randn(b, L, D)
+    w = torch.randn(D, 1, K)
+    bb = torch.randn(D) if bias else None
+    c = torch.randn(b, K - 1, D) if ctx else None
+    g = torch.randn(b, L, D)
+    ref = _run("reference", x, w, bb, c, rev, act, g)
+    out = _run("triton", x, w, bb, c, rev, act, g)
+    for name, r, o in zip(("y", "dx", "dw", "dbias", "dcontext"), ref, out):
+        if r is None:
+            assert o is None, name
+            continue
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("L,bl,tiles,rev,ctx,bias,act", [
+    (37, 4, 3, False, True, True, True),   # 10 tiles on 4 programs (3+3+3+1), last tile 1 row
+    (37, 4, 3, True, True, False, True),
+    (22, 4, 4, True, False, True, False),  # 6 tiles on 2 programs (4+2), activation off
+    (22, 4, 4, False, True, True, False),
+    (29, 8, 1, False, False, True, True),  # one tile a program, 4 programs
+    (37, 4, 0, True, True, True, True),    # auto: one wave of 16 programs (CPU: 1 SM) -> 3+3+3+1
+    (3, 4, 2, False, True, True, True),    # L < K: one ragged tile, context on every row
+    (3, 4, 2, True, True, True, False),
+])
+def test_backward_tiles_per_program(L, bl, tiles, rev, ctx, bias, act):
+    """Backward programs streaming runs of several row tiles (dweight/dbias summed over them
+    in registers, K-1 rows read past the run): ragged last tile, program count not dividing
+    the tile count, L < K, activation off."""
+    tc.CONFIG.update(bwd_block_l=bl, bwd_tiles=tiles)
+    _compare(2, L, 6, 4, rev, ctx, bias, act, seed=L + 10 * tiles + 2 * rev + ctx)
+
+
+@pytest.mark.parametrize("K", [2, 3, 5])
+def test_backward_other_widths(K):
+    """d_conv other than 4 (windows of K-1 rows of x and of the gradient)."""
+    tc.CONFIG.update(bwd_block_l=4, bwd_tiles=3)
+    _compare(1, 17, 5, K, K % 2 == 1, True, True, True, seed=K)
 
 
 def test_no_bias_no_activation_bf16():
@@ -88,7 +131,7 @@ def test_chunks_with_context_equal_whole():
 def test_gpu_bf16_matches_reference(rev):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    tc.CONFIG.update(block_l=32, block_d=64, warps=4)
+    tc.CONFIG.update(block_l=32, block_d=64, warps=4, bwd_block_l=4, bwd_block_d=128, bwd_warps=1, bwd_tiles=0)
     torch.manual_seed(3)
     b, L, D, K = 2, 4099, 192, 4
     x = torch.randn(b, L, D, device="cuda").bfloat16()

@@ -124,13 +124,26 @@ def test_unvectorised_kernel_variant(rev):
     check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
 
 
-@pytest.mark.parametrize("ckpt,sub,bd_bwd", [(8, 4, 4), (8, 2, 8), (4, 4, 4)])
+@pytest.mark.parametrize("ckpt,sub,bd_bwd", [(8, 4, 4), (8, 2, 8), (4, 4, 4), (4, 2, 4)])
 def test_backward_blockings(ckpt, sub, bd_bwd):
     """Other backward tunables (checkpoint spacing, recompute sub-block, channels a
     program) give the same gradients, including partial blocks at the segment end."""
     ts.CONFIG.update(ckpt=ckpt, sub=sub, block_d_bwd=bd_bwd)
     args = make(2, 29, 8, 4, 2, torch.float32, seed=31 + ckpt + sub)
     check(args, softplus=True, rev=sub == 2, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("rev", [False, True])
+def test_backward_in_segment_groups(groups, rev):
+    """A checkpoint budget smaller than the whole sequence's checkpoints: the backward
+    runs over groups of `groups` segments (the last one partial: 3 segments), each group's
+    checkpoints then its gradients, with the same results."""
+    b, L, D, N = 2, 37, 8, 4
+    F = ts.CONFIG["ckpt"]
+    ts.CONFIG["bwd_ckpt_bytes"] = groups * b * (16 // F) * N * D * 4  # 16: the fixture's segment
+    args = make(b, L, D, N, 2, torch.float32, seed=41 + groups)
+    check(args, softplus=True, rev=rev, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("L", [1, 8, 13])
@@ -287,14 +300,25 @@ def test_gpu_bf16_realistic(shape, rev):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(2, 64, 16, 1, 4097), (1, 128, 16, 2, 6000), (3, 96, 8, 1, 700)])
 @pytest.mark.parametrize("rev", [False, True])
-def test_gpu_gluon_backward(shape, rev):
-    """The Gluon backward kernel (an experiment, off by default) against the reference:
-    output and every gradient, both directions, with n_groups > 1 and d_state 8."""
+@pytest.mark.parametrize("variant", [{}, {"gluon_mask_bc": True}, {"gluon_lpc": 2}, {"bwd_ckpt_bytes": 1},
+                                     {"ckpt": 4},
+                                     {"gluon_lpc": 2, "bwd_bc_fp32": True, "gluon_mask_bc": False}])
+def test_gpu_gluon_backward(shape, rev, variant):
+    """The Gluon backward kernel against the reference: output and every gradient, both
+    directions, with n_groups > 1 and d_state 8, for each layout variant (lanes per
+    channel, B/C masking, fp32 B/C copies)."""
     from mambadna.kernels import gluon_scan_bwd
 
     if not gluon_scan_bwd.available():
         pytest.skip("this Triton has no Gluon")
-    ts.CONFIG["bwd_impl"] = "gluon"  # restored by the autouse fixture
+    ts.CONFIG.update(dict({"bwd_impl": "gluon"}, **variant))  # restored by the autouse fixture
     b, D, N, G, L = shape
     args = make(b, L, D, N, G, torch.bfloat16, seed=62)
     check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
+
+
+def test_backward_with_fp32_bc_copies():
+    """CONFIG bwd_bc_fp32 (the backward reads fp32 copies of B and C): same gradients."""
+    ts.CONFIG["bwd_bc_fp32"] = True  # restored by the autouse fixture
+    args = make(2, 37, 16, 4, 2, torch.bfloat16, seed=63)
+    check(args, softplus=True, rev=False, dtype=torch.bfloat16)
