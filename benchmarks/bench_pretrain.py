@@ -160,6 +160,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, no baselines")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--long-chunks", default="", help="layer chunks to time at 2^20 (default L/8,L/4)")
+    ap.add_argument("--only-long", action="store_true", help="only the 2^20 side-by-side rows")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     amp = device.type == "cuda"
@@ -179,17 +181,18 @@ def main():
             have_mamba = True
         except Exception as e:  # pragma: no cover
             print(f"  mamba_ssm not importable ({e}); baseline skipped")
-    for L in (mid_len, long_len):
+    for L in ((long_len,) if args.only_long else (mid_len, long_len)):
         ck = L >= 2**20
         run("mambadna", lambda: mambadna_model(d, n, ckpt=ck), 1, L, device, args.reps, amp, rows,
             "per-layer ckpt" if ck else "")
-        if L >= 2**20 and amp:
-            run("mambadna (bf16 residual)", lambda: mambadna_model(d, n, ckpt=True, residual_bf16=True), 1, L,
-                device, args.reps, amp, rows, "per-layer ckpt")
-        lc = L // 8
-        run("mambadna (layer chunk, bf16 residual)",
-            lambda: mambadna_model(d, n, ckpt=False, residual_bf16=amp, layer_chunk=lc), 1, L, device, args.reps,
-            amp, rows, f"--layer-chunk {lc} --residual-bf16")
+        if amp:
+            run("mambadna (bf16 residual)", lambda: mambadna_model(d, n, ckpt=ck, residual_bf16=True), 1, L,
+                device, args.reps, amp, rows, "per-layer ckpt" if ck else "--residual-bf16")
+        chunks = [int(c) for c in args.long_chunks.split(",")] if args.long_chunks else [L // 8, L // 4]
+        for lc in (chunks if ck else (L // 8,)):
+            run("mambadna (layer chunk, bf16 residual)",
+                lambda: mambadna_model(d, n, ckpt=False, residual_bf16=amp, layer_chunk=lc), 1, L, device,
+                args.reps, amp, rows, f"--layer-chunk {lc} --residual-bf16")
         if have_mamba:
             run("mamba_ssm Caduceus-style", lambda: CaduceusStyle(d, n, ckpt=ck), 1, L, device, args.reps, amp,
                 rows, "per-layer ckpt" if ck else "")
@@ -197,6 +200,8 @@ def main():
                 run("mamba_ssm Caduceus-style", lambda: CaduceusStyle(d, n, ckpt=True), 1, L, device, args.reps,
                     amp, rows, "per-layer ckpt")
     trans_lens = (1024, 8192, 65536, 131072) if not args.smoke else (64,)
+    if args.only_long:
+        trans_lens = ()
     for L in trans_lens:
         B = max(1, (65536 if not args.smoke else 128) // L)
         run("Transformer SDPA", lambda: TransformerEncoder(d, n, ckpt=L >= 65536), B, L, device, 1 if L > 8192 else args.reps,
@@ -205,6 +210,8 @@ def main():
 
     print("## mambadna against length (constant tokens per step)")
     lens = (1024, 8192, 65536, 131072, 2**20) if not args.smoke else (32, 64, 128)
+    if args.only_long:
+        lens = ()
     scale_rows: list = []
     for L in lens:
         B = max(1, (65536 if not args.smoke else 128) // L)

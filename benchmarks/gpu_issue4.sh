@@ -14,7 +14,7 @@ L=1048576
 timeout ${PRETRAIN_S:-170} mambadna pretrain $G --out /tmp/runs/ecoli_$L --seq-len $L --batch-size 1 \
   --d-model 256 --n-layers 16 --max-steps ${STEPS:-12} --lr 2e-3 --warmup-steps 3 --val-fraction 0.25 \
   --eval-batches 1 --eval-every ${STEPS:-12} --save-every 1000 --no-progress \
-  --layer-chunk 131072 --residual-bf16 2>&1 | grep -v "^pretrain" | tail -3
+  --layer-chunk ${LAYER_CHUNK:-131072} --residual-bf16 2>&1 | grep -v "^pretrain" | tail -3
 cp /tmp/runs/ecoli_$L/metrics.jsonl "$OUT/metrics_ecoli_$L.jsonl" 2>/dev/null
 python3 - <<'PY'
 import json
@@ -27,4 +27,4 @@ print("val:", [r.get("val_loss") for r in rows if "val_loss" in r],
 PY
 wait $MAMBA_BUILD_PID; tail -1 /tmp/mamba_build.log
 PYTHONPATH=/tmp/mamba_site:$PYTHONPATH timeout ${BENCH_S:-300} python3 benchmarks/bench_pretrain.py --out "$OUT" --reps ${REPS:-2}
-timeout ${EMBED_S:-100} python3 benchmarks/bench_embed.py --windows "" --json "$OUT/bench_embed_chunked.json"
+[ "${EMBED_S:-100}" -gt 0 ] && timeout ${EMBED_S:-100} python3 benchmarks/bench_embed.py --windows "" --json "$OUT/bench_embed_chunked.json"
