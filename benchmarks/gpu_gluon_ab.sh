@@ -12,8 +12,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pytest -q -m gpu tests/test_scan_triton.py tests/test_norm_triton.py tests/test_conv_triton.py 2>&1 | tail -4
 T=kernels/triton_scan.py
-G='"bwd_impl": "gluon"'
-python3 benchmarks/ab_scan.py --variant triton=$T \
+S6='"bwd_impl": "triton", "ckpt": 4, "gluon_mask_bc": true'  # the session-6 defaults this A/B started from
+G="$S6, \"bwd_impl\": \"gluon\""  # JSON: the last duplicate key wins
+python3 benchmarks/ab_scan.py --variant triton=$T:"{$S6}" \
   --variant g1=$T:"{$G}" \
   --variant g1_clamp=$T:"{$G, \"gluon_mask_bc\": false}" \
   --variant g1_bc32=$T:"{$G, \"bwd_bc_fp32\": true}" \

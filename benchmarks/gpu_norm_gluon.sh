@@ -13,9 +13,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pytest -q -m gpu tests/test_norm_triton.py tests/test_scan_triton.py -k "norm or gluon or realistic" 2>&1 | tail -4
 python3 benchmarks/bench_norm.py 2>&1 | tee "$OUT/bench_norm.log"
-python3 benchmarks/ab_scan.py --variant triton=kernels/triton_scan.py \
-  --variant gluon=kernels/triton_scan.py:'{"bwd_impl": "gluon"}' --shapes ${AB_SHAPES:-0,3} 2>&1 | tail -20 | tee "$OUT/ab_gluon.log"
-python3 benchmarks/ab_scan.py --variant triton=kernels/triton_scan.py \
-  --variant gluon=kernels/triton_scan.py:'{"bwd_impl": "gluon"}' --shapes 0 --bidir 2>&1 | tail -8 | tee -a "$OUT/ab_gluon.log"
+python3 benchmarks/ab_scan.py --variant triton=kernels/triton_scan.py:'{"bwd_impl": "triton", "ckpt": 4, "gluon_mask_bc": true}' \
+  --variant gluon=kernels/triton_scan.py:'{"bwd_impl": "gluon", "ckpt": 4, "gluon_mask_bc": true}' --shapes ${AB_SHAPES:-0,3} 2>&1 | tail -20 | tee "$OUT/ab_gluon.log"
+python3 benchmarks/ab_scan.py --variant triton=kernels/triton_scan.py:'{"bwd_impl": "triton", "ckpt": 4, "gluon_mask_bc": true}' \
+  --variant gluon=kernels/triton_scan.py:'{"bwd_impl": "gluon", "ckpt": 4, "gluon_mask_bc": true}' --shapes 0 --bidir 2>&1 | tail -8 | tee -a "$OUT/ab_gluon.log"
 python3 benchmarks/profile_model.py --rows 12 2>&1 | tee "$OUT/profile_model_norm.log" | head -20
 python3 benchmarks/profile_model.py --rows 0 --scan-config '{"bwd_impl": "gluon"}' 2>&1 | head -2
