@@ -57,6 +57,28 @@ if _OK:
         return _g_ptx1(x, "rcp.approx.ftz.f32")
 
     @gluon.jit
+    def _g_prefetch(ptr, LEVEL: gl.constexpr):
+        """Hint, no effect on results: start fetching the lines at ptr (valid addresses)."""
+        gl.inline_asm_elementwise("prefetch.global." + LEVEL + " [$1];\n\tmov.u32 $0, 0;", "=r,l",
+                                  [ptr.to(gl.int64, bitcast=True)], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _g_prefetch_block(kp, t0, nsteps, u_pf, d_pf, z_pf, g_pf, B_pf, C_pf, ck_pf,
+                          s_ul, s_dl, s_zl, s_gl, s_Bl, s_Cl, ck_step,
+                          F: gl.constexpr, HAS_Z: gl.constexpr, REV: gl.constexpr, LEVEL: gl.constexpr):
+        """Prefetch the rows of block kp and its checkpoint (bases clamped to valid addresses)."""
+        for q in gl.static_range(F):
+            t, _ = _g_t(t0, nsteps, kp * F + q, REV)
+            _g_prefetch(u_pf + t * s_ul, LEVEL)
+            _g_prefetch(d_pf + t * s_dl, LEVEL)
+            _g_prefetch(g_pf + t * s_gl, LEVEL)
+            if HAS_Z:
+                _g_prefetch(z_pf + t * s_zl, LEVEL)
+            _g_prefetch(B_pf + t * s_Bl, LEVEL)
+            _g_prefetch(C_pf + t * s_Cl, LEVEL)
+        _g_prefetch(ck_pf + kp * ck_step, LEVEL)
+
+    @gluon.jit
     def _g_sigmoid(x):
         return _g_rcp(1.0 + _g_ex2(x * -1.4426950408889634))
 
@@ -168,6 +190,7 @@ if _OK:
         HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
         SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
         LPC: gl.constexpr = 1, MASK_BC: gl.constexpr = True,
+        PF: gl.constexpr = 0, PFL: gl.constexpr = "L2",
     ):
         """As ``triton_scan._rows_bwd_kernel`` (one warp; LPC lanes per channel, each holding
         NP // LPC states, so BD = 32 // LPC; NP <= 32 and BD * NP >= 32)."""
@@ -221,8 +244,26 @@ if _OK:
         dz_row = dz_ptr + pid_b * s_ob + dcol
         dB_row = dB_ptr + pid_b * s_dBb + grp * s_dBg + n_q
         dC_row = dC_ptr + pid_b * s_dCb + grp * s_dCg + n_q
+        PFB: gl.constexpr = (PF + F - 1) // F  # prefetch distance in blocks
+        if PFB > 0:  # prefetch bases: every address valid
+            dcl = gl.minimum(d_idx, D - 1) * SD
+            ncl = gl.minimum(gl.arange(0, BD, layout=LD), N - 1)
+            u_pf = u_ptr + pid_b * s_ub + dcl
+            d_pf = delta_ptr + pid_b * s_db + dcl
+            z_pf = z_ptr + pid_b * s_zb + dcl
+            g_pf = g_ptr + pid_b * s_gb + dcl
+            B_pf = B_ptr + B_off + ncl
+            C_pf = C_ptr + C_off + ncl
+            # one lane per checkpoint row (a 128-byte line each)
+            ck_pf = hfine_ptr + fbase * N * D + ncl * D + pid_d * BD
+            for kk in range(PFB):
+                _g_prefetch_block(gl.maximum(nblk - 1 - kk, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, B_pf, C_pf, ck_pf,
+                                  s_ul, s_dl, s_zl, s_gl, s_Bl, s_Cl, N * D, F, HAS_Z, REV, PFL)
         for kk in range(nblk):
             k = nblk - 1 - kk
+            if PFB > 0:
+                _g_prefetch_block(gl.maximum(k - PFB, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, B_pf, C_pf, ck_pf,
+                                  s_ul, s_dl, s_zl, s_gl, s_Bl, s_Cl, N * D, F, HAS_Z, REV, PFL)
             for j in gl.static_range(F // SUB - 1, -1, -1):
                 i0 = k * F + j * SUB
                 e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
