@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--variant", action="append", required=True, help="name=path[:json]")
     ap.add_argument("--shapes", default="0,1,2,3")
     ap.add_argument("--bidir", action="store_true")
+    ap.add_argument("--reverse", action="store_true", help="also time the reverse forward")
     ap.add_argument("--rep", type=int, default=200)
     args = ap.parse_args()
     mods = {}
@@ -78,13 +79,30 @@ def main():
             table.append(((b, D, N, L), name, tf, tfb, err))
             print(f"{(b, D, N, L)} {name}: fwd {tf:.3f} ms fwd+bwd {tfb:.3f} ms max rel diff {err:.1e} "
                   f"({time.time() - t0:.0f}s)", flush=True)
+            if args.reverse:
+                fr = lambda: m.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"],  # noqa: E731
+                                                     x["z"], x["bias"], True, reverse=True)
+                tr = bench(fr, args.rep)
+                table.append(((b, D, N, L), name + " reverse", tr, float("nan"), float("nan")))
+                print(f"{(b, D, N, L)} {name}: reverse fwd {tr:.3f} ms", flush=True)
         if args.bidir and int(si) in (0, 1):
             xf2 = make_inputs(b, D, N, L, seed=2)
+            xr2 = req(xf2)
             for name, m in mods.items():
                 fb2 = lambda: m.bidirectional_selective_scan_triton(  # noqa: E731
                     x["u"], x["delta"], x["A"], x["B"], x["C"], xf2["u"], xf2["delta"], xf2["A"],
                     xf2["B"], xf2["C"], x["D"], xf2["D"], x["z"], x["bias"], xf2["bias"], True)
-                print(f"{(b, D, N, L)} {name}: bidir fwd {bench(fb2, args.rep):.3f} ms", flush=True)
+
+                def fbb():
+                    y = m.bidirectional_selective_scan_triton(
+                        xr["u"], xr["delta"], xr["A"], xr["B"], xr["C"], xr2["u"], xr2["delta"], xr2["A"],
+                        xr2["B"], xr2["C"], xr["D"], xr2["D"], xr["z"], xr["bias"], xr2["bias"], True)
+                    return torch.autograd.grad(y, [xr[k] for k in KEYS] + [xr2[k] for k in KEYS if k != "z"], g)
+                tb = bench(fb2, args.rep)
+                tbb = bench(fbb, max(10, args.rep // 4))
+                table.append(((b, D, N, L), name + " bidir", tb, tbb, float("nan")))
+                print(f"{(b, D, N, L)} {name}: bidir fwd {tb:.3f} ms fwd+bwd {tbb:.3f} ms", flush=True)
+            del xf2, xr2
         del x, xr, g, ref
         torch.cuda.empty_cache()
     print("\n| shape | variant | fwd ms | fwd+bwd ms | max rel diff |\n|---|---|---|---|---|")

@@ -59,7 +59,8 @@ CONFIG = {
                           # which the interpreter (CPU) always runs
     "gluon_lpc": 1,      # Gluon backward: lanes per channel (each holds d_state / lpc states),
                          # so 32 / lpc channels a program
-    "gluon_mask_bc": False,  # Gluon backward: mask the B/C loads past the end (else clamped rows)
+    "gluon_mask_bc": False,
+    "gluon_reuse": False,  # Gluon backward: a sub-block's first step reuses the forward step's decay  # Gluon backward: mask the B/C loads past the end (else clamped rows)
     "bwd_bc_fp32": False,   # backward kernels read fp32 copies of B and C (no per-lane converts)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
                                 # processed in groups that fit it)
@@ -852,7 +853,8 @@ def _bwd_kernel(geom):
         if gluon_scan_bwd.available():
             bd = 32 // lpc  # divides BD, so a block still never straddles two groups
             return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
-                    {"LPC": lpc, "MASK_BC": bool(CONFIG["gluon_mask_bc"]), **_pf(bwd=True)})
+                    {"LPC": lpc, "MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": bool(CONFIG["gluon_reuse"]),
+                     **_pf(bwd=True)})
     return _k(_rows_bwd_kernel), geom.grid, geom.BD, {}
 
 

@@ -316,7 +316,9 @@ def test_gpu_bf16_realistic(shape, rev):
                                      {"ckpt": 4},
                                      {"gluon_lpc": 2, "bwd_bc_fp32": True, "gluon_mask_bc": False},
                                      {"prefetch": 0, "prefetch_bwd": 0},
-                                     {"prefetch": 5, "prefetch_bwd": 3, "prefetch_level": "L1"}])
+                                     {"prefetch": 5, "prefetch_bwd": 3, "prefetch_level": "L1"},
+                                     {"gluon_reuse": True}, {"gluon_reuse": True, "ckpt": 4},
+                                     {"gluon_reuse": True, "ckpt": 4, "sub": 4, "prefetch_bwd": 2}])
 def test_gpu_gluon_backward(shape, rev, variant):
     """The Gluon backward kernel against the reference: output and every gradient, both
     directions, with n_groups > 1 and d_state 8, for each layout variant (lanes per
