@@ -39,12 +39,15 @@ def main():
     ap.add_argument("--shapes", default="0,1,2,3")
     ap.add_argument("--bidir", action="store_true")
     ap.add_argument("--reverse", action="store_true", help="also time the reverse forward")
+    ap.add_argument("--best", default="", help="write the CONFIG update (JSON) of the variant with the "
+                    "fastest fwd+bwd at the first shape to this file")
     ap.add_argument("--rep", type=int, default=200)
     args = ap.parse_args()
-    mods = {}
+    mods, cfgs = {}, {}
     for v in args.variant:
         name, _, spec = v.partition("=")
         mods[name] = load(name, spec)
+        cfgs[name] = spec.partition(":")[2] or "{}"
     print(f"device {torch.cuda.get_device_name()}; variants {args.variant}", flush=True)
     table = []
     for si in args.shapes.split(","):
@@ -108,6 +111,13 @@ def main():
     print("\n| shape | variant | fwd ms | fwd+bwd ms | max rel diff |\n|---|---|---|---|---|")
     for shp, name, tf, tfb, err in table:
         print(f"| {shp} | {name} | {tf:.3f} | {tfb:.3f} | {err:.1e} |")
+    if args.best and table:
+        first = table[0][0]
+        cand = [(tfb, name) for shp, name, _, tfb, _ in table if shp == first and name in cfgs]
+        best = min(cand)[1]
+        with open(args.best, "w") as f:
+            f.write(cfgs[best])
+        print(f"best at {first}: {best} {cfgs[best]}")
 
 
 if __name__ == "__main__":

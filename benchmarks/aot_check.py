@@ -104,7 +104,7 @@ def jobs(bd, bd_bwd):
         lpc = ts.CONFIG["gluon_lpc"]
         out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], **ts._pf(bwd=True), BD=32 // lpc, LPC=lpc,
                                                     MASK_BC=ts.CONFIG["gluon_mask_bc"],
-                                                    REUSE=ts.CONFIG["gluon_reuse"]))
+                                                    REUSE=int(ts.CONFIG["gluon_reuse"])))
     from mambadna.kernels import triton_norm as tnm
     nbm, nbd, _ = tnm._geom(1, 256)  # the model's d_model 256
     out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=nbm, BD=nbd))

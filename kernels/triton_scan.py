@@ -60,13 +60,14 @@ CONFIG = {
     "gluon_lpc": 1,      # Gluon backward: lanes per channel (each holds d_state / lpc states),
                          # so 32 / lpc channels a program
     "gluon_mask_bc": False,
-    "gluon_reuse": False,  # Gluon backward: a sub-block's first step reuses the forward step's decay  # Gluon backward: mask the B/C loads past the end (else clamped rows)
+    "gluon_reuse": 1,    # Gluon backward: a sub-block's first step reuses the forward step's decay,
+                         # dt and u (1), and its B row (2); 0: recomputes them  # Gluon backward: mask the B/C loads past the end (else clamped rows)
     "bwd_bc_fp32": False,   # backward kernels read fp32 copies of B and C (no per-lane converts)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
                                 # processed in groups that fit it)
     "prefetch": 0,       # rows prefetched this many positions ahead of the walk (0: off); the
                          # row walks are latency-bound on their first touch of each row
-    "prefetch_bwd": 0,   # the same for the Gluon backward kernel (rounded up to checkpoint blocks)
+    "prefetch_bwd": 4,   # the same for the Gluon backward kernel (rounded up to checkpoint blocks)
     "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
 }
 
@@ -853,7 +854,7 @@ def _bwd_kernel(geom):
         if gluon_scan_bwd.available():
             bd = 32 // lpc  # divides BD, so a block still never straddles two groups
             return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
-                    {"LPC": lpc, "MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": bool(CONFIG["gluon_reuse"]),
+                    {"LPC": lpc, "MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": int(CONFIG["gluon_reuse"]),
                      **_pf(bwd=True)})
     return _k(_rows_bwd_kernel), geom.grid, geom.BD, {}
 

@@ -317,12 +317,13 @@ def test_gpu_bf16_realistic(shape, rev):
                                      {"gluon_lpc": 2, "bwd_bc_fp32": True, "gluon_mask_bc": False},
                                      {"prefetch": 0, "prefetch_bwd": 0},
                                      {"prefetch": 5, "prefetch_bwd": 3, "prefetch_level": "L1"},
-                                     {"gluon_reuse": True}, {"gluon_reuse": True, "ckpt": 4},
-                                     {"gluon_reuse": True, "ckpt": 4, "sub": 4, "prefetch_bwd": 2}])
+                                     {"gluon_reuse": 0, "prefetch_bwd": 0}, {"gluon_reuse": 2},
+                                     {"gluon_reuse": 2, "ckpt": 4, "sub": 4, "prefetch_bwd": 2}])
 def test_gpu_gluon_backward(shape, rev, variant):
     """The Gluon backward kernel against the reference: output and every gradient, both
-    directions, with n_groups > 1 and d_state 8, for each layout variant (lanes per
-    channel, B/C masking, fp32 B/C copies)."""
+    directions, with n_groups > 1 and d_state 8, for each variant (lanes per channel,
+    B/C masking, fp32 B/C copies, checkpoint blocking, prefetch, reuse of the forward
+    step's decay and rows)."""
     from mambadna.kernels import gluon_scan_bwd
 
     if not gluon_scan_bwd.available():
