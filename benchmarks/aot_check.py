@@ -83,14 +83,14 @@ def jobs(bd, bd_bwd):
     out = {
         "bwd": (ts._rows_bwd_kernel, dict(bb, F=F, SUB=SUB, HAS_D=True, HAS_Z=True, REV=False,
                                           ACC_DZ=False, HAS_MINIT=True)),
-        "out": (ts._rows_out_kernel, dict(base, **pf, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
+        "out": (ts._rows_out_kernel, dict(base, **pf, PFD=ts._pf(desc=True)["PF"], HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                           REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
                                           STORE_END=False)),
-        "bidir": (ts._rows_out_kernel, dict(base, **pf, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
+        "bidir": (ts._rows_out_kernel, dict(base, **pf, PFD=ts._pf(desc=True)["PF"], HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                             REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=True,
                                             STORE_END=False)),
         "state": (ts._rows_state_kernel, dict(base, **pf, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=False, F=0)),
-        "adj": (ts._rows_state_kernel, dict(bb, **pf, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
+        "adj": (ts._rows_state_kernel, dict(bb, **ts._pf(desc=True), DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
         "ckpt": (ts._rows_state_kernel, dict(bb, **pf, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
     }
     from mambadna.kernels import triton_conv as tcv

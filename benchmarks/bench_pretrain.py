@@ -162,7 +162,15 @@ def main():
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--long-chunks", default="", help="layer chunks to time at 2^20 (default L/8,L/4)")
     ap.add_argument("--only-long", action="store_true", help="only the 2^20 side-by-side rows")
+    ap.add_argument("--scan-config", default="", help="JSON update of triton_scan.CONFIG")
     args = ap.parse_args()
+    if args.scan_config:
+        import json
+
+        from mambadna.kernels import triton_scan
+
+        triton_scan.CONFIG.update(json.loads(args.scan_config))
+        print(f"# scan CONFIG update {args.scan_config}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     amp = device.type == "cuda"
     d, n = (256, 16) if not args.smoke else (16, 2)

@@ -65,8 +65,9 @@ CONFIG = {
     "bwd_bc_fp32": False,   # backward kernels read fp32 copies of B and C (no per-lane converts)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
                                 # processed in groups that fit it)
-    "prefetch": 0,       # rows prefetched this many positions ahead of the walk (0: off); the
-                         # row walks are latency-bound on their first touch of each row
+    "prefetch": 0,       # rows prefetched this many positions ahead of a walk up in time (0: off)
+    "prefetch_desc": 0,  # the same for walks down in time (reverse scans, adjoints), which
+                         # measured slower than the same walks upwards
     "prefetch_bwd": 4,   # the same for the Gluon backward kernel (rounded up to checkpoint blocks)
     "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
 }
@@ -391,7 +392,7 @@ def _rows_out_kernel(
     HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr, SOFTPLUS: tl.constexpr,
     REV: tl.constexpr, HAS_INIT: tl.constexpr, HAS_INIT2: tl.constexpr,
     BIDIR: tl.constexpr, STORE_END: tl.constexpr,
-    PF: tl.constexpr = 0, PFL: tl.constexpr = "L2",
+    PF: tl.constexpr = 0, PFL: tl.constexpr = "L2", PFD: tl.constexpr = 0,
 ):
     """Outputs of one segment (one direction, or BIDIR: the forward direction into the
     fp32 buffer acc, then the reverse one adding it, gated, into out). STORE_END: the
@@ -415,7 +416,7 @@ def _rows_out_kernel(
                   pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
                   s_u2b, s_u2l, s_d2b, s_d2l, s_B2b, s_B2l, s_B2g, s_C2b, s_C2l, s_C2g,
                   N, NP, BD, HAS_D2, HAS_BIAS2, SOFTPLUS, True, HAS_INIT2,
-                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z, SD, PF, PFL)
+                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z, SD, PFD, PFL)
     else:
         h = _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
                       pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
@@ -771,9 +772,11 @@ class _Geom:
         self.warps = max(1, CONFIG["warps"]) if not _interpret() else 1
 
 
-def _pf(bwd=False):
-    """Prefetch constexprs of the row-walk kernels (bwd: of the Gluon backward)."""
-    return {"PF": int(CONFIG["prefetch_bwd" if bwd else "prefetch"]), "PFL": str(CONFIG["prefetch_level"])}
+def _pf(bwd=False, desc=False):
+    """Prefetch constexprs of a row-walk kernel (bwd: the Gluon backward; desc: a walk
+    downwards in time)."""
+    key = "prefetch_bwd" if bwd else "prefetch_desc" if desc else "prefetch"
+    return {"PF": int(CONFIG[key]), "PFL": str(CONFIG["prefetch_level"])}
 
 
 def _strides(t, k=2):
@@ -813,7 +816,7 @@ def _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj, z=None):
         sloc, ssum, sloc, sloc, geom.L, D, NS, geom.SEG, geom.DPG, 1, 0, NS,
         *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(z),
         N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=desc,
-        ADJ=adj, HAS_Z=z is not None, HAS_INIT=False, F=0, num_warps=geom.warps, **_pf(),
+        ADJ=adj, HAS_Z=z is not None, HAS_INIT=False, F=0, num_warps=geom.warps, **_pf(desc=desc),
     )
     return _combine(geom, sloc, ssum, A, h0, desc)
 
@@ -836,7 +839,7 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
         N=N, NP=geom.NP, BD=geom.BD, HAS_D=D_ is not None, HAS_D2=False, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, HAS_BIAS2=False, SOFTPLUS=softplus, REV=rev,
         HAS_INIT=hseg is not None, HAS_INIT2=False, BIDIR=False, STORE_END=geom.NS == 1,
-        num_warps=geom.warps, **_pf(),
+        num_warps=geom.warps, **_pf(desc=rev),
     )
     if geom.NS == 1:
         hT = hend.transpose(1, 2)
@@ -887,7 +890,7 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
             L, D, NS, SEG, geom.DPG, 1, s0, NSG,
             *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
             N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
-            ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=F, num_warps=geom.warps, **_pf(),
+            ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=F, num_warps=geom.warps, **_pf(desc=rev),
         )
         kern[(grid[0], ns, b)](
             u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
@@ -990,7 +993,7 @@ class _BidirFn(torch.autograd.Function):
             N=N, NP=g.NP, BD=g.BD, HAS_D=D_f is not None, HAS_D2=D_r is not None, HAS_Z=z is not None,
             HAS_BIAS=bias_f is not None, HAS_BIAS2=bias_r is not None, SOFTPLUS=softplus, REV=False,
             HAS_INIT=hseg_f is not None, HAS_INIT2=hseg_r is not None, BIDIR=True, STORE_END=False,
-            num_warps=g.warps, **_pf(),
+            num_warps=g.warps, **_pf(), PFD=_pf(desc=True)["PF"],
         )
         ctx.save_for_backward(u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
                               D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r)

@@ -138,7 +138,7 @@ def test_prefetch_paths(rev):
     """With row prefetching on (a distance that runs past the segment ends, where the
     prefetched rows are clamped) every kernel still computes the same; on the CPU this
     runs the prefetch address code without the hint instruction itself."""
-    ts.CONFIG.update(prefetch=3)
+    ts.CONFIG.update(prefetch=3, prefetch_desc=5)
     args = make(2, 29, 8, 4, 2, torch.float32, seed=41 + rev)
     check(args, softplus=True, rev=rev, dtype=torch.float32)
 
@@ -234,7 +234,7 @@ def test_reverse_equals_flipped():
 @pytest.mark.parametrize("dtype,with_z,prefetch", [(torch.float32, True, 0), (torch.bfloat16, False, 0),
                                                    (torch.float32, True, 3)])
 def test_bidirectional(dtype, with_z, prefetch):
-    ts.CONFIG.update(prefetch=prefetch)  # restored by the autouse fixture
+    ts.CONFIG.update(prefetch=prefetch, prefetch_desc=prefetch + 2 * (prefetch > 0))  # restored by the fixture
     fa = make(2, 21, 8, 4, 1, dtype, seed=21, with_z=with_z, h0=False)
     ra = make(2, 21, 8, 4, 1, dtype, seed=22, with_z=False, h0=False)
     z = fa[6]
