@@ -77,21 +77,20 @@ def compile_one(kernel, consts, warps, maxnreg=None):
 
 def jobs(bd, bd_bwd):
     base = dict(N=16, NP=16, BD=bd, HAS_BIAS=True, SOFTPLUS=True)
-    pf = ts._pf()
     bb = dict(base, BD=bd_bwd)  # the backward kernels (adjoint, checkpoints, gradients)
     F, SUB = ts.CONFIG["ckpt"], ts.CONFIG["sub"]
     out = {
         "bwd": (ts._rows_bwd_kernel, dict(bb, F=F, SUB=SUB, HAS_D=True, HAS_Z=True, REV=False,
                                           ACC_DZ=False, HAS_MINIT=True)),
-        "out": (ts._rows_out_kernel, dict(base, **pf, PFD=ts._pf(desc=True)["PF"], HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
+        "out": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                           REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
                                           STORE_END=False)),
-        "bidir": (ts._rows_out_kernel, dict(base, **pf, PFD=ts._pf(desc=True)["PF"], HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
+        "bidir": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                             REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=True,
                                             STORE_END=False)),
-        "state": (ts._rows_state_kernel, dict(base, **pf, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=False, F=0)),
-        "adj": (ts._rows_state_kernel, dict(bb, **ts._pf(desc=True), DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
-        "ckpt": (ts._rows_state_kernel, dict(bb, **pf, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
+        "state": (ts._rows_state_kernel, dict(base, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=False, F=0)),
+        "adj": (ts._rows_state_kernel, dict(bb, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
+        "ckpt": (ts._rows_state_kernel, dict(bb, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
     }
     from mambadna.kernels import triton_conv as tcv
     cb = dict(K=4, BL=tcv.CONFIG["block_l"], BD=tcv.CONFIG["block_d"], HAS_CTX=True, HAS_BIAS=True, REV=False,
@@ -102,9 +101,10 @@ def jobs(bd, bd_bwd):
     from mambadna.kernels import gluon_scan_bwd as gsb
     if gsb.available():
         lpc = ts.CONFIG["gluon_lpc"]
-        out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], **ts._pf(bwd=True), BD=32 // lpc, LPC=lpc,
+        out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], BD=32 // lpc, LPC=lpc,
                                                     MASK_BC=ts.CONFIG["gluon_mask_bc"],
-                                                    REUSE=int(ts.CONFIG["gluon_reuse"])))
+                                                    REUSE=bool(ts.CONFIG["gluon_reuse"]),
+                                                    PF=ts.CONFIG["prefetch_bwd"], PFL=ts.CONFIG["prefetch_level"]))
     from mambadna.kernels import triton_norm as tnm
     nbm, nbd, _ = tnm._geom(1, 256)  # the model's d_model 256
     out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=nbm, BD=nbd))

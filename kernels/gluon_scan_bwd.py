@@ -15,9 +15,9 @@ through shared memory (per-channel vectors into the tile and back) and 48 shuffl
   (a lane per state and half the channels), then in-thread adds and one shuffle:
   ~2 conversions and 2 shuffles a step instead of ~9 and 48.
 
-``REUSE`` 1: the sub-block's first step takes its decay, dt and u from the forward
+``REUSE``: the sub-block's first step takes its decay, dt and u from the forward
 step that produced the sub-block's second state, instead of reloading and
-exponentiating again; 2: its B row too. ``PF`` > 0: rows (and checkpoints) are prefetched that many positions ahead,
+exponentiating again (reusing the B row as well spilled and measured slower). ``PF`` > 0: rows (and checkpoints) are prefetched that many positions ahead,
 rounded up to blocks of F. ``LPC`` > 1 spreads a channel's states over LPC lanes (measured slower: same registers,
 more per-channel work); ``MASK_BC`` False loads B/C rows unmasked past the segment end,
 where the row index is clamped and dt is 0 (measured faster). ``S0``/``NSH``: this
@@ -124,7 +124,7 @@ if _OK:
         bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
         a = _g_ex2(a2 * dt[None, :])
         # the step's decay and rows too, for a caller that reuses them (REUSE)
-        return a * e + (dt * uu)[None, :] * bt[:, None], a, dt, vpre, uu, bt
+        return a * e + (dt * uu)[None, :] * bt[:, None], a, dt, vpre, uu
 
     @gluon.jit
     def _g_rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
@@ -132,10 +132,10 @@ if _OK:
                  s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q: gl.constexpr,
                  HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                  SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr, MASK_BC: gl.constexpr,
-                 a_in=None, dt_in=None, v_in=None, u_in=None, b_in=None, HAVE: gl.constexpr = 0):
+                 a_in=None, dt_in=None, v_in=None, u_in=None, HAVE: gl.constexpr = False):
         t, valid = _g_t(t0, nsteps, i, REV)
         m = mask_d & valid
-        if HAVE >= 1:  # the forward step just computed this step's decay and rows
+        if HAVE:  # the forward step just computed this step's decay, dt and u
             dt = dt_in
             vpre = v_in
             uu = u_in
@@ -143,10 +143,7 @@ if _OK:
             dt, vpre = _g_dt(d_row, t, s_dl, m, bias, HAS_BIAS, SOFTPLUS)
             uu = gl.load(u_row + t * s_ul, mask=m, other=0.0).to(gl.float32)
         # past the end t is clamped to t0 and dt is 0, so without MASK_BC B and C load unmasked there and add nothing
-        if HAVE >= 2:
-            bt = b_in
-        else:
-            bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
+        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
         ct = gl.load(C_ptr + (C_off + t * s_Cl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
         g = gl.load(g_row + t * s_gl, mask=m, other=0.0).to(gl.float32)
         if HAS_Z:
@@ -155,7 +152,7 @@ if _OK:
             gy = g * zz * sz
         else:
             gy = g
-        if HAVE >= 1:
+        if HAVE:
             a = a_in
         else:
             a = _g_ex2(a2 * dt[None, :])
@@ -207,7 +204,7 @@ if _OK:
         HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
         SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
         LPC: gl.constexpr = 1, MASK_BC: gl.constexpr = True,
-        PF: gl.constexpr = 0, PFL: gl.constexpr = "L2", REUSE: gl.constexpr = 0,
+        PF: gl.constexpr = 0, PFL: gl.constexpr = "L2", REUSE: gl.constexpr = False,
     ):
         """As ``triton_scan._rows_bwd_kernel`` (one warp; LPC lanes per channel, each holding
         NP // LPC states, so BD = 32 // LPC; NP <= 32 and BD * NP >= 32)."""
@@ -285,14 +282,14 @@ if _OK:
                 i0 = k * F + j * SUB
                 e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
                 for q in gl.static_range(j * SUB):  # walk to the sub-block's start
-                    e0, _, _, _, _, _ = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
+                    e0, _, _, _, _ = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
                                   s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                e1, a0, dt0, v0, u0, b0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
+                e1, a0, dt0, v0, u0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
                               s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                 if SUB == 4:
-                    e2, _, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
+                    e2, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
                                   s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                    e3, _, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
+                    e3, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
                                   s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
                         e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
@@ -313,7 +310,7 @@ if _OK:
                     e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                     u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
                     s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC, a0, dt0, v0, u0, b0, REUSE)
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC, a0, dt0, v0, u0, REUSE)
         gl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
         if HAS_D:
             gl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)

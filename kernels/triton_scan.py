@@ -60,15 +60,14 @@ CONFIG = {
     "gluon_lpc": 1,      # Gluon backward: lanes per channel (each holds d_state / lpc states),
                          # so 32 / lpc channels a program
     "gluon_mask_bc": False,
-    "gluon_reuse": 1,    # Gluon backward: a sub-block's first step reuses the forward step's decay,
-                         # dt and u (1), and its B row (2); 0: recomputes them  # Gluon backward: mask the B/C loads past the end (else clamped rows)
+    "gluon_reuse": True,  # Gluon backward: a sub-block's first step reuses the forward step's
+                          # decay, dt and u (False: reloads and recomputes them)  # Gluon backward: mask the B/C loads past the end (else clamped rows)
     "bwd_bc_fp32": False,   # backward kernels read fp32 copies of B and C (no per-lane converts)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
                                 # processed in groups that fit it)
-    "prefetch": 0,       # rows prefetched this many positions ahead of a walk up in time (0: off)
-    "prefetch_desc": 0,  # the same for walks down in time (reverse scans, adjoints), which
-                         # measured slower than the same walks upwards
-    "prefetch_bwd": 4,   # the same for the Gluon backward kernel (rounded up to checkpoint blocks)
+    "prefetch_bwd": 4,   # Gluon backward: rows and checkpoints prefetched this many positions ahead
+                         # of its walk (rounded up to checkpoint blocks; 0: off). The same hint in
+                         # the forward, state and adjoint walks measured slower (benchmarks/NOTES_scan.md)
     "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
 }
 
@@ -122,15 +121,6 @@ def _rcp(x):
 
 
 @triton.jit
-def _prefetch(ptr, LEVEL: tl.constexpr):
-    """Hint, no effect on results: start fetching the lines at ptr (every address valid)
-    into LEVEL ("L1"/"L2"). Nothing in the interpreter."""
-    if _FAST:
-        tl.inline_asm_elementwise("prefetch.global." + LEVEL + " [$1];\n\tmov.u32 $0, 0;", "=r,l",
-                                  [ptr.to(tl.int64, bitcast=True)], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _sigmoid(x):
     return _rcp(1.0 + _ex2(x * -1.4426950408889634))
 
@@ -171,19 +161,6 @@ def _row_dt(delta_ptr, off, mask_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
     return _dt_of(v, mask_d, bias, False, SOFTPLUS), v
 
 
-@triton.jit
-def _prefetch_rows(t, d_pf, s_dl, u_pf, s_ul, B_pf, s_Bl, z_pf, s_zl, HAS_Z: tl.constexpr,
-                   C_pf, s_Cl, HAS_C: tl.constexpr, LEVEL: tl.constexpr):
-    """Prefetch row t of delta, u, B (, z, C) from clamped (valid) bases."""
-    _prefetch(d_pf + t * s_dl, LEVEL)
-    _prefetch(u_pf + t * s_ul, LEVEL)
-    _prefetch(B_pf + t * s_Bl, LEVEL)
-    if HAS_Z:
-        _prefetch(z_pf + t * s_zl, LEVEL)
-    if HAS_C:
-        _prefetch(C_pf + t * s_Cl, LEVEL)
-
-
 @triton.jit(do_not_specialize=["SD"])
 def _rows_state_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, z_ptr,
@@ -193,7 +170,6 @@ def _rows_state_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, DESC: tl.constexpr,
     ADJ: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, F: tl.constexpr,
-    PF: tl.constexpr = 0, PFL: tl.constexpr = "L2",
 ):
     """State of one segment from zero and its sum of dt: sloc[b, s] (N, D), ssum[b, s].
 
@@ -228,14 +204,6 @@ def _rows_state_kernel(
     u_base = u_ptr + pid_b * s_ub + dcol
     B_base = B_ptr + pid_b * s_Bb + grp * s_Bg + n_ar
     z_base = z_ptr + pid_b * s_zb + dcol
-    PZ: tl.constexpr = ADJ and HAS_Z
-    if PF > 0:  # prefetch bases: every address valid
-        dcl = tl.minimum(d_idx, D - 1) * SD
-        ncl = tl.minimum(n_ar, N - 1)
-        for j in range(PF):
-            _prefetch_rows(_step_t(t0, nsteps, j, DESC), delta_ptr + pid_b * s_db + dcl, s_dl,
-                           u_ptr + pid_b * s_ub + dcl, s_ul, B_ptr + pid_b * s_Bb + grp * s_Bg + ncl, s_Bl,
-                           z_ptr + pid_b * s_zb + dcl, s_zl, PZ, B_ptr, 0, False, PFL)
     # rows are loaded one step ahead, so their latency overlaps the previous step
     t = _step_t(t0, nsteps, 0, DESC)
     vn = tl.load(d_base + t * s_dl, mask=mask_d, other=0.0).to(tl.float32)
@@ -254,10 +222,6 @@ def _rows_state_kernel(
         uu = un
         bt = bn
         zz = zn
-        if PF > 0:
-            _prefetch_rows(_step_t(t0, nsteps, i + PF, DESC), delta_ptr + pid_b * s_db + dcl, s_dl,
-                           u_ptr + pid_b * s_ub + dcl, s_ul, B_ptr + pid_b * s_Bb + grp * s_Bg + ncl, s_Bl,
-                           z_ptr + pid_b * s_zb + dcl, s_zl, PZ, B_ptr, 0, False, PFL)
         t = _step_t(t0, nsteps, i + 1, DESC)
         vn = tl.load(d_base + t * s_dl, mask=mask_d, other=0.0).to(tl.float32)
         un = tl.load(u_base + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
@@ -287,7 +251,7 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
               REV: tl.constexpr, HAS_INIT: tl.constexpr,
               acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al,
-              MODE: tl.constexpr, HAS_Z: tl.constexpr, SD, PF: tl.constexpr, PFL: tl.constexpr):
+              MODE: tl.constexpr, HAS_Z: tl.constexpr):
     """Walk one segment from its entering state. MODE 0: y -> acc (fp32, no gate);
     1: y (+ acc when a first direction ran) gated -> out; 2: y + acc gated -> out.
     Returns the state after the segment."""
@@ -314,16 +278,6 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
     a_base = acc_ptr + pid_b * s_ab + dcol
     o_base = out_ptr + pid_b * s_ob + dcol
     GATE: tl.constexpr = HAS_Z and MODE != 0
-    if PF > 0:  # prefetch bases: every address valid
-        dcl = tl.minimum(d_idx, D - 1) * SD
-        ncl = tl.minimum(n_ar, N - 1)
-        for j in range(PF):
-            tp = _step_t(t0, nsteps, j, REV)
-            _prefetch_rows(tp, delta_ptr + pid_b * s_db + dcl, s_dl, u_ptr + pid_b * s_ub + dcl, s_ul,
-                           B_ptr + pid_b * s_Bb + grp * s_Bg + ncl, s_Bl, z_ptr + pid_b * s_zb + dcl, s_zl, GATE,
-                           C_ptr + pid_b * s_Cb + grp * s_Cg + ncl, s_Cl, True, PFL)
-            if MODE == 2:
-                _prefetch(acc_ptr + pid_b * s_ab + dcl + tp * s_al, PFL)
     # rows are loaded one step ahead, so their latency overlaps the previous step
     tn = _step_t(t0, nsteps, 0, REV)
     vn = tl.load(d_base + tn * s_dl, mask=mask_d, other=0.0).to(tl.float32)
@@ -346,13 +300,6 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
         ct = cn
         zz = zn
         ya = an
-        if PF > 0:
-            tp = _step_t(t0, nsteps, i + PF, REV)
-            _prefetch_rows(tp, delta_ptr + pid_b * s_db + dcl, s_dl, u_ptr + pid_b * s_ub + dcl, s_ul,
-                           B_ptr + pid_b * s_Bb + grp * s_Bg + ncl, s_Bl, z_ptr + pid_b * s_zb + dcl, s_zl, GATE,
-                           C_ptr + pid_b * s_Cb + grp * s_Cg + ncl, s_Cl, True, PFL)
-            if MODE == 2:
-                _prefetch(acc_ptr + pid_b * s_ab + dcl + tp * s_al, PFL)
         tn = _step_t(t0, nsteps, i + 1, REV)
         vn = tl.load(d_base + tn * s_dl, mask=mask_d, other=0.0).to(tl.float32)
         un = tl.load(u_base + tn * s_ul, mask=mask_d, other=0.0).to(tl.float32)
@@ -392,7 +339,6 @@ def _rows_out_kernel(
     HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr, SOFTPLUS: tl.constexpr,
     REV: tl.constexpr, HAS_INIT: tl.constexpr, HAS_INIT2: tl.constexpr,
     BIDIR: tl.constexpr, STORE_END: tl.constexpr,
-    PF: tl.constexpr = 0, PFL: tl.constexpr = "L2", PFD: tl.constexpr = 0,
 ):
     """Outputs of one segment (one direction, or BIDIR: the forward direction into the
     fp32 buffer acc, then the reverse one adding it, gated, into out). STORE_END: the
@@ -411,18 +357,18 @@ def _rows_out_kernel(
                   pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
                   s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
                   N, NP, BD, HAS_D, HAS_BIAS, SOFTPLUS, False, HAS_INIT,
-                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 0, HAS_Z, SD, PF, PFL)
+                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 0, HAS_Z)
         _walk_out(u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hseg2_ptr,
                   pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
                   s_u2b, s_u2l, s_d2b, s_d2l, s_B2b, s_B2l, s_B2g, s_C2b, s_C2l, s_C2g,
                   N, NP, BD, HAS_D2, HAS_BIAS2, SOFTPLUS, True, HAS_INIT2,
-                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z, SD, PFD, PFL)
+                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z)
     else:
         h = _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
                       pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
                       s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
                       N, NP, BD, HAS_D, HAS_BIAS, SOFTPLUS, REV, HAS_INIT,
-                      acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 1, HAS_Z, SD, PF, PFL)
+                      acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 1, HAS_Z)
         if STORE_END:
             tl.store(hend_ptr + pid_b * N * D + n_ar[:, None] * D + d_idx[None, :], h,
                      mask=mask_n[:, None] & mask_d[None, :])
@@ -772,13 +718,6 @@ class _Geom:
         self.warps = max(1, CONFIG["warps"]) if not _interpret() else 1
 
 
-def _pf(bwd=False, desc=False):
-    """Prefetch constexprs of a row-walk kernel (bwd: the Gluon backward; desc: a walk
-    downwards in time)."""
-    key = "prefetch_bwd" if bwd else "prefetch_desc" if desc else "prefetch"
-    return {"PF": int(CONFIG[key]), "PFL": str(CONFIG["prefetch_level"])}
-
-
 def _strides(t, k=2):
     return [t.stride(i) for i in range(k)] if t is not None else [0] * k
 
@@ -816,7 +755,7 @@ def _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj, z=None):
         sloc, ssum, sloc, sloc, geom.L, D, NS, geom.SEG, geom.DPG, 1, 0, NS,
         *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(z),
         N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=desc,
-        ADJ=adj, HAS_Z=z is not None, HAS_INIT=False, F=0, num_warps=geom.warps, **_pf(desc=desc),
+        ADJ=adj, HAS_Z=z is not None, HAS_INIT=False, F=0, num_warps=geom.warps,
     )
     return _combine(geom, sloc, ssum, A, h0, desc)
 
@@ -839,7 +778,7 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
         N=N, NP=geom.NP, BD=geom.BD, HAS_D=D_ is not None, HAS_D2=False, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, HAS_BIAS2=False, SOFTPLUS=softplus, REV=rev,
         HAS_INIT=hseg is not None, HAS_INIT2=False, BIDIR=False, STORE_END=geom.NS == 1,
-        num_warps=geom.warps, **_pf(desc=rev),
+        num_warps=geom.warps,
     )
     if geom.NS == 1:
         hT = hend.transpose(1, 2)
@@ -857,8 +796,8 @@ def _bwd_kernel(geom):
         if gluon_scan_bwd.available():
             bd = 32 // lpc  # divides BD, so a block still never straddles two groups
             return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
-                    {"LPC": lpc, "MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": int(CONFIG["gluon_reuse"]),
-                     **_pf(bwd=True)})
+                    {"LPC": lpc, "MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": bool(CONFIG["gluon_reuse"]),
+                     "PF": int(CONFIG["prefetch_bwd"]), "PFL": str(CONFIG["prefetch_level"])})
     return _k(_rows_bwd_kernel), geom.grid, geom.BD, {}
 
 
@@ -890,7 +829,7 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
             L, D, NS, SEG, geom.DPG, 1, s0, NSG,
             *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
             N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
-            ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=F, num_warps=geom.warps, **_pf(desc=rev),
+            ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=F, num_warps=geom.warps,
         )
         kern[(grid[0], ns, b)](
             u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
@@ -993,7 +932,7 @@ class _BidirFn(torch.autograd.Function):
             N=N, NP=g.NP, BD=g.BD, HAS_D=D_f is not None, HAS_D2=D_r is not None, HAS_Z=z is not None,
             HAS_BIAS=bias_f is not None, HAS_BIAS2=bias_r is not None, SOFTPLUS=softplus, REV=False,
             HAS_INIT=hseg_f is not None, HAS_INIT2=hseg_r is not None, BIDIR=True, STORE_END=False,
-            num_warps=g.warps, **_pf(), PFD=_pf(desc=True)["PF"],
+            num_warps=g.warps,
         )
         ctx.save_for_backward(u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
                               D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r)

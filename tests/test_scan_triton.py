@@ -133,16 +133,6 @@ def test_backward_blockings(ckpt, sub, bd_bwd):
     check(args, softplus=True, rev=sub == 2, dtype=torch.float32)
 
 
-@pytest.mark.parametrize("rev", [False, True])
-def test_prefetch_paths(rev):
-    """With row prefetching on (a distance that runs past the segment ends, where the
-    prefetched rows are clamped) every kernel still computes the same; on the CPU this
-    runs the prefetch address code without the hint instruction itself."""
-    ts.CONFIG.update(prefetch=3, prefetch_desc=5)
-    args = make(2, 29, 8, 4, 2, torch.float32, seed=41 + rev)
-    check(args, softplus=True, rev=rev, dtype=torch.float32)
-
-
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("rev", [False, True])
 def test_backward_in_segment_groups(groups, rev):
@@ -231,10 +221,8 @@ def test_reverse_equals_flipped():
         assert rel(a, c) < 1e-5, name
 
 
-@pytest.mark.parametrize("dtype,with_z,prefetch", [(torch.float32, True, 0), (torch.bfloat16, False, 0),
-                                                   (torch.float32, True, 3)])
-def test_bidirectional(dtype, with_z, prefetch):
-    ts.CONFIG.update(prefetch=prefetch, prefetch_desc=prefetch + 2 * (prefetch > 0))  # restored by the fixture
+@pytest.mark.parametrize("dtype,with_z", [(torch.float32, True), (torch.bfloat16, False)])
+def test_bidirectional(dtype, with_z):
     fa = make(2, 21, 8, 4, 1, dtype, seed=21, with_z=with_z, h0=False)
     ra = make(2, 21, 8, 4, 1, dtype, seed=22, with_z=False, h0=False)
     z = fa[6]
@@ -315,10 +303,9 @@ def test_gpu_bf16_realistic(shape, rev):
 @pytest.mark.parametrize("variant", [{}, {"gluon_mask_bc": True}, {"gluon_lpc": 2}, {"bwd_ckpt_bytes": 1},
                                      {"ckpt": 4},
                                      {"gluon_lpc": 2, "bwd_bc_fp32": True, "gluon_mask_bc": False},
-                                     {"prefetch": 0, "prefetch_bwd": 0},
-                                     {"prefetch": 5, "prefetch_bwd": 3, "prefetch_level": "L1"},
-                                     {"gluon_reuse": 0, "prefetch_bwd": 0}, {"gluon_reuse": 2},
-                                     {"gluon_reuse": 2, "ckpt": 4, "sub": 4, "prefetch_bwd": 2}])
+                                     {"prefetch_bwd": 0}, {"prefetch_bwd": 3, "prefetch_level": "L1"},
+                                     {"gluon_reuse": False, "prefetch_bwd": 0},
+                                     {"ckpt": 4, "sub": 4, "prefetch_bwd": 2}])
 def test_gpu_gluon_backward(shape, rev, variant):
     """The Gluon backward kernel against the reference: output and every gradient, both
     directions, with n_groups > 1 and d_state 8, for each variant (lanes per channel,
