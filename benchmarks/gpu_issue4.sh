@@ -16,15 +16,7 @@ timeout ${PRETRAIN_S:-170} mambadna pretrain $G --out /tmp/runs/ecoli_$L --seq-l
   --eval-batches 1 --eval-every ${STEPS:-12} --save-every 1000 --no-progress \
   --layer-chunk ${LAYER_CHUNK:-131072} --residual-bf16 2>&1 | grep -v "^pretrain" | tail -3
 cp /tmp/runs/ecoli_$L/metrics.jsonl "$OUT/metrics_ecoli_$L.jsonl" 2>/dev/null
-python3 - <<'PY'
-import json
-rows = [json.loads(l) for l in open("/tmp/runs/ecoli_1048576/metrics.jsonl")]
-tr = [r for r in rows if "loss" in r]
-print("E. coli 2^20 losses:", " ".join(f"{r['loss']:.3f}" for r in tr))
-print("val:", [r.get("val_loss") for r in rows if "val_loss" in r],
-      "tokens/s:", [round(r["tokens_per_s"]) for r in rows if "tokens_per_s" in r][-1:],
-      "peak GiB:", max(r.get("peak_mem_gib", 0) for r in rows))
-PY
+python3 benchmarks/metrics_summary.py /tmp/runs/ecoli_$L/metrics.jsonl "E. coli 2^20"
 wait $MAMBA_BUILD_PID; tail -1 /tmp/mamba_build.log
 PYTHONPATH=/tmp/mamba_site:$PYTHONPATH timeout ${BENCH_S:-300} python3 benchmarks/bench_pretrain.py --out "$OUT" --reps ${REPS:-2}
 [ "${EMBED_S:-100}" -gt 0 ] && timeout ${EMBED_S:-100} python3 benchmarks/bench_embed.py --windows "" --json "$OUT/bench_embed_chunked.json"
