@@ -2,7 +2,8 @@
 default (``triton_scan.CONFIG["bwd_impl"] = "gluon"``; 39.8 against 44.7 ms fwd+bwd for the
 Triton kernel at (8, 512, 16, 131072) on the H100, benchmarks/README.md).
 
-Same algorithm, arguments and outputs as ``triton_scan._rows_bwd_kernel``, which the
+Same algorithm, arguments and outputs as ``triton_scan._rows_bwd_kernel`` (``DZ``: dz from the
+recomputed output, from the saved pre-gate output ``y_ptr``, or not at all), which the
 interpreter runs (CPU tests) and which is the fallback; only the data layout differs. In the Triton kernel the compiler
 spreads a thread over 4 states x 4 channels, so each step pays ~9 layout conversions
 through shared memory (per-channel vectors into the tile and back) and 48 shuffles
@@ -66,9 +67,10 @@ if _OK:
                                   [ptr.to(gl.int64, bitcast=True)], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
-    def _g_prefetch_block(kp, t0, nsteps, u_pf, d_pf, z_pf, g_pf, B_pf, C_pf, ck_pf,
-                          s_ul, s_dl, s_zl, s_gl, s_Bl, s_Cl, ck_step,
-                          F: gl.constexpr, HAS_Z: gl.constexpr, REV: gl.constexpr, LEVEL: gl.constexpr):
+    def _g_prefetch_block(kp, t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf, ck_pf,
+                          s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, ck_step,
+                          F: gl.constexpr, HAS_Z: gl.constexpr, HAS_Y: gl.constexpr, REV: gl.constexpr,
+                          LEVEL: gl.constexpr):
         """Prefetch the rows of block kp and its checkpoint (bases clamped to valid addresses)."""
         for q in gl.static_range(F):
             t, _ = _g_t(t0, nsteps, kp * F + q, REV)
@@ -77,6 +79,8 @@ if _OK:
             _g_prefetch(g_pf + t * s_gl, LEVEL)
             if HAS_Z:
                 _g_prefetch(z_pf + t * s_zl, LEVEL)
+            if HAS_Y:
+                _g_prefetch(y_pf + t * s_yl, LEVEL)
             _g_prefetch(B_pf + t * s_Bl, LEVEL)
             _g_prefetch(C_pf + t * s_Cl, LEVEL)
         _g_prefetch(ck_pf + kp * ck_step, LEVEL)
@@ -128,10 +132,10 @@ if _OK:
 
     @gluon.jit
     def _g_rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                 u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
-                 s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q: gl.constexpr,
+                 u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                 dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q: gl.constexpr,
                  HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                 SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr, MASK_BC: gl.constexpr,
+                 SOFTPLUS: gl.constexpr, REV: gl.constexpr, DZ: gl.constexpr, MASK_BC: gl.constexpr,
                  a_in=None, dt_in=None, v_in=None, u_in=None, HAVE: gl.constexpr = False):
         t, valid = _g_t(t0, nsteps, i, REV)
         m = mask_d & valid
@@ -180,13 +184,14 @@ if _OK:
             ddt = ddt * _g_sigmoid(vpre)
         ddt = gl.where(m, ddt, 0.0)
         dbacc += ddt
-        if HAS_Z:
-            y = gl.sum(ct[:, None] * h, axis=0)
-            if HAS_D:
-                y += dd * uu
+        if HAS_Z and DZ != 2:
+            if DZ == 0:
+                y = gl.sum(ct[:, None] * h, axis=0)
+                if HAS_D:
+                    y += dd * uu
+            else:  # the saved pre-gate output
+                y = gl.load(y_row + t * s_yl, mask=m, other=0.0)
             dz = g * y * sz * (1.0 + zz * (1.0 - sz))
-            if ACC_DZ:
-                dz += gl.load(dz_row + t * s_ol, mask=m, other=0.0).to(gl.float32)
             gl.store(dz_row + t * s_ol, dz.to(dz_row.dtype.element_ty), mask=m)
         gl.store(du_row + t * s_ol, du.to(du_row.dtype.element_ty), mask=m)
         gl.store(dd_row + t * s_ol, ddt.to(dd_row.dtype.element_ty), mask=m)
@@ -194,15 +199,15 @@ if _OK:
 
     @gluon.jit
     def _gluon_bwd_kernel(
-        u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
+        u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr, y_ptr,
         hfine_ptr, mseg_ptr,
         du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, mend_ptr,
         L, D, NS, SEG, DPG, SD, S0, NSH,
-        s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
+        s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl, s_yb, s_yl,
         s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
         N: gl.constexpr, NP: gl.constexpr, BD: gl.constexpr, F: gl.constexpr, SUB: gl.constexpr,
         HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-        SOFTPLUS: gl.constexpr, REV: gl.constexpr, ACC_DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
+        SOFTPLUS: gl.constexpr, REV: gl.constexpr, DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
         LPC: gl.constexpr = 1, MASK_BC: gl.constexpr = True,
         PF: gl.constexpr = 0, PFL: gl.constexpr = "L2", REUSE: gl.constexpr = False,
     ):
@@ -253,6 +258,7 @@ if _OK:
         C_off = pid_b * s_Cb + grp * s_Cg
         z_row = z_ptr + pid_b * s_zb + dcol
         g_row = g_ptr + pid_b * s_gb + dcol
+        y_row = y_ptr + pid_b * s_yb + dcol
         du_row = du_ptr + pid_b * s_ob + dcol
         dd_row = ddelta_ptr + pid_b * s_ob + dcol
         dz_row = dz_ptr + pid_b * s_ob + dcol
@@ -266,18 +272,21 @@ if _OK:
             d_pf = delta_ptr + pid_b * s_db + dcl
             z_pf = z_ptr + pid_b * s_zb + dcl
             g_pf = g_ptr + pid_b * s_gb + dcl
+            y_pf = y_ptr + pid_b * s_yb + dcl
             B_pf = B_ptr + B_off + ncl
             C_pf = C_ptr + C_off + ncl
             # one lane per checkpoint row (a 128-byte line each)
             ck_pf = hfine_ptr + fbase * N * D + ncl * D + pid_d * BD
             for kk in range(PFB):
-                _g_prefetch_block(gl.maximum(nblk - 1 - kk, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, B_pf, C_pf, ck_pf,
-                                  s_ul, s_dl, s_zl, s_gl, s_Bl, s_Cl, N * D, F, HAS_Z, REV, PFL)
+                _g_prefetch_block(gl.maximum(nblk - 1 - kk, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf,
+                                  ck_pf, s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, N * D, F, HAS_Z,
+                                  HAS_Z and DZ == 1, REV, PFL)
         for kk in range(nblk):
             k = nblk - 1 - kk
             if PFB > 0:
-                _g_prefetch_block(gl.maximum(k - PFB, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, B_pf, C_pf, ck_pf,
-                                  s_ul, s_dl, s_zl, s_gl, s_Bl, s_Cl, N * D, F, HAS_Z, REV, PFL)
+                _g_prefetch_block(gl.maximum(k - PFB, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf,
+                                  ck_pf, s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, N * D, F, HAS_Z,
+                                  HAS_Z and DZ == 1, REV, PFL)
             for j in gl.static_range(F // SUB - 1, -1, -1):
                 i0 = k * F + j * SUB
                 e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
@@ -293,24 +302,24 @@ if _OK:
                                   s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
                         e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
-                        s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC)
+                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                        dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
                         e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
-                        s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC)
+                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                        dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
                 mu, dA_acc, dDacc, dbacc = _g_rstep(
                     e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
-                    s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC)
+                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                    dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
                 mu, dA_acc, dDacc, dbacc = _g_rstep(
                     e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, du_row, dd_row, dz_row, dB_row, dC_row,
-                    s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ, MASK_BC, a0, dt0, v0, u0, REUSE)
+                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                    dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC, a0, dt0, v0, u0, REUSE)
         gl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
         if HAS_D:
             gl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)

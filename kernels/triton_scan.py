@@ -251,9 +251,10 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
               REV: tl.constexpr, HAS_INIT: tl.constexpr,
               acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al,
-              MODE: tl.constexpr, HAS_Z: tl.constexpr):
+              MODE: tl.constexpr, HAS_Z: tl.constexpr, SAVE_Y: tl.constexpr = False):
     """Walk one segment from its entering state. MODE 0: y -> acc (fp32, no gate);
-    1: y (+ acc when a first direction ran) gated -> out; 2: y + acc gated -> out.
+    1: y (+ acc when a first direction ran) gated -> out; 2: y + acc gated -> out
+    (SAVE_Y: and the sum y + acc, before the gate, back into acc).
     Returns the state after the segment."""
     mask_nd = mask_n[:, None] & mask_d[None, :]
     a2 = tl.load(A_ptr + n_ar[:, None] * D + dcol[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
@@ -319,6 +320,8 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
         else:
             if MODE == 2:
                 y += ya
+                if SAVE_Y:
+                    tl.store(a_base + t * s_al, y, mask=mask_d)
             if HAS_Z:
                 y = y * zz * _sigmoid(zz)
             tl.store(o_base + t * s_ol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
@@ -338,7 +341,7 @@ def _rows_out_kernel(
     HAS_D: tl.constexpr, HAS_D2: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr, SOFTPLUS: tl.constexpr,
     REV: tl.constexpr, HAS_INIT: tl.constexpr, HAS_INIT2: tl.constexpr,
-    BIDIR: tl.constexpr, STORE_END: tl.constexpr,
+    BIDIR: tl.constexpr, STORE_END: tl.constexpr, SAVE_Y: tl.constexpr = False,
 ):
     """Outputs of one segment (one direction, or BIDIR: the forward direction into the
     fp32 buffer acc, then the reverse one adding it, gated, into out). STORE_END: the
@@ -362,7 +365,7 @@ def _rows_out_kernel(
                   pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
                   s_u2b, s_u2l, s_d2b, s_d2l, s_B2b, s_B2l, s_B2g, s_C2b, s_C2l, s_C2g,
                   N, NP, BD, HAS_D2, HAS_BIAS2, SOFTPLUS, True, HAS_INIT2,
-                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z)
+                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z, SAVE_Y)
     else:
         h = _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
                       pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
@@ -468,14 +471,16 @@ def _fstep(e, a2, i, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
 @triton.jit
 def _rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp,
            bias, dd,
-           u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr,
-           s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
+           u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, y_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr,
+           s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl, s_yb, s_yl,
            s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
            HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-           SOFTPLUS: tl.constexpr, REV: tl.constexpr, ACC_DZ: tl.constexpr):
+           SOFTPLUS: tl.constexpr, REV: tl.constexpr, DZ: tl.constexpr):
     """Adjoint step at scan step i, from the state e entering it and the adjoint mu
     arriving from the later steps; writes that row's du, ddelta (, dz) and adds its
-    dB, dC. Returns mu for the earlier steps and the updated sums."""
+    dB, dC. Returns mu for the earlier steps and the updated sums. dz (with z): DZ 0
+    from this scan's recomputed output; 1 from the pre-gate output y (fp32) the forward
+    saved (a bidirectional scan: both directions' sum); 2 not written."""
     t, valid = _t_of(t0, nsteps, i, REV)
     m = mask_d & ((dcol * 0 + i) < nsteps)
     mn = mask_n & ((n_ar * 0 + i) < nsteps)
@@ -512,13 +517,14 @@ def _rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, pid_b, dcol, mask_d, 
     ddt = tl.where(m, ddt, 0.0)
     dbacc += ddt
     off_o = pid_b * s_ob + t * s_ol + dcol
-    if HAS_Z:
-        y = tl.sum(ct[:, None] * h, axis=0)
-        if HAS_D:
-            y += dd * uu
+    if HAS_Z and DZ != 2:
+        if DZ == 0:
+            y = tl.sum(ct[:, None] * h, axis=0)
+            if HAS_D:
+                y += dd * uu
+        else:
+            y = tl.load(y_ptr + pid_b * s_yb + t * s_yl + dcol, mask=m, other=0.0)
         dz = g * y * sz * (1.0 + zz * (1.0 - sz))
-        if ACC_DZ:
-            dz += tl.load(dz_ptr + off_o, mask=m, other=0.0).to(tl.float32)
         tl.store(dz_ptr + off_o, dz.to(dz_ptr.dtype.element_ty), mask=m)
     tl.store(du_ptr + off_o, du.to(du_ptr.dtype.element_ty), mask=m)
     tl.store(ddelta_ptr + off_o, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
@@ -527,15 +533,15 @@ def _rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, pid_b, dcol, mask_d, 
 
 @triton.jit(do_not_specialize=["SD"])
 def _rows_bwd_kernel(
-    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr,
+    u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, g_ptr, y_ptr,
     hfine_ptr, mseg_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, mend_ptr,
     L, D, NS, SEG, DPG, SD, S0, NSH,
-    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl,
+    s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl, s_gb, s_gl, s_yb, s_yl,
     s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, SUB: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REV: tl.constexpr, ACC_DZ: tl.constexpr, HAS_MINIT: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REV: tl.constexpr, DZ: tl.constexpr, HAS_MINIT: tl.constexpr,
 ):
     """All gradients of one segment, walking its blocks of F steps against the scan,
     each from its checkpoint hfine[b, s * SEG / F + k] (sub-blocks of SUB steps are
@@ -595,28 +601,28 @@ def _rows_bwd_kernel(
                             HAS_BIAS, SOFTPLUS, REV)
                 mu, dA_acc, dDacc, dbacc = _rstep(
                     e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
-                    grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                    grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, y_ptr, du_ptr, ddelta_ptr, dz_ptr,
                     dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
-                    s_gb, s_gl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                    s_gb, s_gl, s_yb, s_yl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ)
                 mu, dA_acc, dDacc, dbacc = _rstep(
                     e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
-                    grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                    grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, y_ptr, du_ptr, ddelta_ptr, dz_ptr,
                     dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
-                    s_gb, s_gl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                    s_gb, s_gl, s_yb, s_yl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ)
             mu, dA_acc, dDacc, dbacc = _rstep(
                 e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
-                grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, y_ptr, du_ptr, ddelta_ptr, dz_ptr,
                 dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
-                s_gb, s_gl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
-                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                s_gb, s_gl, s_yb, s_yl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ)
             mu, dA_acc, dDacc, dbacc = _rstep(
                 e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
-                grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, y_ptr, du_ptr, ddelta_ptr, dz_ptr,
                 dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
-                s_gb, s_gl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
-                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, ACC_DZ)
+                s_gb, s_gl, s_yb, s_yl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ)
     tl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
     if HAS_D:
         tl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)
@@ -802,9 +808,10 @@ def _bwd_kernel(geom):
 
 
 def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, rev,
-         du, ddelta, dz, dB, dC, acc_dz):
+         du, ddelta, dz, dB, dC, dz_mode=0, yfull=None):
     """Gradients of one direction from the segment-entering states hseg. Writes du,
-    ddelta (, dz: added to when acc_dz) and adds into dB, dC (fp32). Returns (dA (D, N),
+    ddelta (, dz: dz_mode 0 from this scan's output, 1 from yfull, the saved pre-gate
+    output (b, L, D) fp32, 2 not written) and adds into dB, dC (fp32). Returns (dA (D, N),
     dD, dbias, dh0 (b, D, N))."""
     b, L, D, N, NS, SEG, F = geom.batch, geom.L, geom.D, geom.N, geom.NS, geom.SEG, geom.F
     dev = u.device
@@ -833,13 +840,14 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
         )
         kern[(grid[0], ns, b)](
             u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
-            z if z is not None else u, gout, hfine, mseg if mseg is not None else hfine,
+            z if z is not None else u, gout, yfull if yfull is not None else gout, hfine,
+            mseg if mseg is not None else hfine,
             du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, db_part, mend,
             L, D, NS, SEG, geom.DPG, 1, s0, NSG,
             *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3), *_strides(z), *_strides(gout),
-            *_strides(dB, 3), *_strides(dC, 3), *_strides(du),
+            *_strides(yfull), *_strides(dB, 3), *_strides(dC, 3), *_strides(du),
             N=N, NP=geom.NP, BD=bd, F=F, SUB=min(CONFIG["sub"], F), HAS_D=D_ is not None, HAS_Z=z is not None,
-            HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, ACC_DZ=acc_dz,
+            HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, DZ=dz_mode,
             HAS_MINIT=mseg is not None, num_warps=geom.warps, **extra,
             **({"maxnreg": CONFIG["bwd_maxnreg"]} if CONFIG["bwd_maxnreg"] and not _interpret() else {}),
         )
@@ -883,7 +891,7 @@ class _ScanFn(torch.autograd.Function):
         dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
         dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
         dA, dD, dbias, dh0 = _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg,
-                                  softplus, rev, du, ddelta, dz, dB, dC, acc_dz=False)
+                                  softplus, rev, du, ddelta, dz, dB, dC)
         return (du, ddelta, dA.to(A_dt), dB.to(B.dtype), dC.to(C.dtype),
                 None if dD is None else dD.to(D_dt), dz,
                 None if dbias is None else dbias.to(b_dt),
@@ -919,6 +927,7 @@ class _BidirFn(torch.autograd.Function):
         b, L, D, N = g.batch, g.L, g.D, g.N
         out = torch.empty(b, L, D, device=u_f.device, dtype=u_f.dtype)
         acc = torch.empty(b, L, D, device=u_f.device, dtype=torch.float32)
+        save_y = z is not None and any(ctx.needs_input_grad)
         _k(_rows_out_kernel)[g.grid](
             u_f, delta_f, bias_f if bias_f is not None else delta_f, At_f, B_f, C_f,
             D_f if D_f is not None else At_f, hseg_f if hseg_f is not None else acc,
@@ -932,10 +941,12 @@ class _BidirFn(torch.autograd.Function):
             N=N, NP=g.NP, BD=g.BD, HAS_D=D_f is not None, HAS_D2=D_r is not None, HAS_Z=z is not None,
             HAS_BIAS=bias_f is not None, HAS_BIAS2=bias_r is not None, SOFTPLUS=softplus, REV=False,
             HAS_INIT=hseg_f is not None, HAS_INIT2=hseg_r is not None, BIDIR=True, STORE_END=False,
-            num_warps=g.warps,
+            SAVE_Y=save_y, num_warps=g.warps,
         )
+        # with a gate and a gradient to come, acc now holds both directions' pre-gate sum
+        # (fp32), from which the backward takes dz instead of recomputing both outputs
         ctx.save_for_backward(u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
-                              D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r)
+                              D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, acc if save_y else None)
         ctx.softplus = softplus
         ctx.dtypes = dtypes
         return out
@@ -943,12 +954,12 @@ class _BidirFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gout):
         (u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
-         D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r) = ctx.saved_tensors
+         D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, yfull) = ctx.saved_tensors
         sp = ctx.softplus
         gout = torch.zeros_like(u_f) if gout is None else _c(gout)
         g = _Geom(u_f, A_f, B_f, bwd=True)
         dev = u_f.device
-        dz = torch.empty(z.shape, device=dev, dtype=torch.float32) if z is not None else None
+        dz = torch.empty_like(z) if z is not None else None
         grads = []
         for (u, delta, A, At, B, C, D_, bias, hseg, rev) in (
                 (u_f, delta_f, A_f, At_f, B_f, C_f, D_f, bias_f, hseg_f, False),
@@ -957,15 +968,16 @@ class _BidirFn(torch.autograd.Function):
             ddelta = torch.empty_like(delta)
             dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
             dC = torch.zeros(C.shape, device=dev, dtype=torch.float32)
+            # dz once, by the first direction, from the saved pre-gate sum
             dA, dD, dbias, _ = _bwd(g, gout, None, u, delta, At, A, B, C, D_, z, bias, hseg, sp, rev,
-                                    du, ddelta, dz, dB, dC, acc_dz=rev)
+                                    du, ddelta, dz, dB, dC, dz_mode=2 if rev else 1, yfull=yfull)
             grads.append((du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias))
         (duf, ddf, dAf, dBf, dCf, dDf, dbf), (dur, ddr, dAr, dBr, dCr, dDr, dbr) = grads
         tA_f, tA_r, tD_f, tD_r, tb_f, tb_r = ctx.dtypes
         cast = lambda t, dt: None if t is None else t.to(dt)  # noqa: E731
         return (duf, ddf, dAf.to(tA_f), dBf, dCf, dur, ddr, dAr.to(tA_r), dBr, dCr,
                 cast(dDf, tD_f), cast(dDr, tD_r),
-                None if dz is None else dz.to(z.dtype), cast(dbf, tb_f), cast(dbr, tb_r), None)
+                dz, cast(dbf, tb_f), cast(dbr, tb_r), None)
 
 
 def bidirectional_selective_scan_triton(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
