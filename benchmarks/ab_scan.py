@@ -29,7 +29,11 @@ def load(name, spec):
     sys.modules[mod_name] = mod
     sp.loader.exec_module(mod)
     if cfg:
-        mod.CONFIG.update(json.loads(cfg))
+        upd = json.loads(cfg)
+        unknown = sorted(set(upd) - set(mod.CONFIG))
+        if unknown:  # a knob that no longer exists would silently time the default
+            raise SystemExit(f"variant {name}: unknown CONFIG keys {unknown}")
+        mod.CONFIG.update(upd)
     return mod
 
 

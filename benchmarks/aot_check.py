@@ -26,8 +26,6 @@ BF16 = ("u_", "de", "B_", "C_", "z_", "g_", "ou", "du", "dd", "dz", "u2", "B2", 
 def signature(fn, consts):
     sig = {}
     bf16 = BF16
-    if ts.CONFIG["bwd_bc_fp32"] and "bwd" in fn.__name__:  # B and C passed as fp32 copies
-        bf16 = tuple(p for p in BF16 if p not in ("B_", "C_"))
     for name in inspect.signature(fn).parameters:
         if name in consts:
             sig[name] = "constexpr"
@@ -100,8 +98,7 @@ def jobs(bd, bd_bwd):
         out["conv_bwd"] = (tcv._conv_bwd_kernel, dict(cb, BL=tcv.CONFIG["bwd_block_l"], BD=tcv.CONFIG["bwd_block_d"]))
     from mambadna.kernels import gluon_scan_bwd as gsb
     if gsb.available():
-        lpc = ts.CONFIG["gluon_lpc"]
-        out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], BD=32 // lpc, LPC=lpc,
+        out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], BD=32,
                                                     MASK_BC=ts.CONFIG["gluon_mask_bc"],
                                                     REUSE=bool(ts.CONFIG["gluon_reuse"]),
                                                     PF=ts.CONFIG["prefetch_bwd"], PFL=ts.CONFIG["prefetch_level"]))

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# (Ran before gluon_lpc and bwd_bc_fp32 were removed, which both lost; to re-run those variants
+# check out a351b22. ab_scan.py now rejects CONFIG keys that no longer exist.)
 # Issue 3 (and 4), one GPU call, session 7: the Gluon backward's layout variants.
 #  (a) GPU tests: scan (Gluon variants, realistic shapes), norm, conv;
 #  (b) A/B of the backward at (8,512,16,131072) and (64,512,16,1024): Triton kernel,

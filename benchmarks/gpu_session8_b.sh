@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# (Ran before gluon_lpc and bwd_bc_fp32 were removed, which both lost; to re-run those variants
+# check out a351b22. ab_scan.py now rejects CONFIG keys that no longer exist.)
 # Session 8, second GPU call: the Gluon backward with the forward step's decay reused
 # (gluon_reuse) and row/checkpoint prefetch in the backward only (prefetch_bwd):
 #  (a) GPU tests of every Gluon variant; (b) A/B incl. bidirectional fwd+bwd and reverse

@@ -18,9 +18,9 @@ through shared memory (per-channel vectors into the tile and back) and 48 shuffl
 
 ``REUSE``: the sub-block's first step takes its decay, dt and u from the forward
 step that produced the sub-block's second state, instead of reloading and
-exponentiating again (reusing the B row as well spilled and measured slower). ``PF`` > 0: rows (and checkpoints) are prefetched that many positions ahead,
-rounded up to blocks of F. ``LPC`` > 1 spreads a channel's states over LPC lanes (measured slower: same registers,
-more per-channel work); ``MASK_BC`` False loads B/C rows unmasked past the segment end,
+exponentiating again (reusing the B row as well spilled and measured slower). ``PF`` > 0:
+rows (and checkpoints) are prefetched that many positions ahead, rounded up to blocks of F.
+``MASK_BC`` False loads B/C rows unmasked past the segment end,
 where the row index is clamped and dt is 0 (measured faster). ``S0``/``NSH``: this
 launch's first segment and how many segments its checkpoint buffer holds.
 
@@ -208,12 +208,12 @@ if _OK:
         N: gl.constexpr, NP: gl.constexpr, BD: gl.constexpr, F: gl.constexpr, SUB: gl.constexpr,
         HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
         SOFTPLUS: gl.constexpr, REV: gl.constexpr, DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
-        LPC: gl.constexpr = 1, MASK_BC: gl.constexpr = True,
+        MASK_BC: gl.constexpr = True,
         PF: gl.constexpr = 0, PFL: gl.constexpr = "L2", REUSE: gl.constexpr = False,
     ):
-        """As ``triton_scan._rows_bwd_kernel`` (one warp; LPC lanes per channel, each holding
-        NP // LPC states, so BD = 32 // LPC; NP <= 32 and BD * NP >= 32)."""
-        P: gl.constexpr = gl.BlockedLayout([NP // LPC, 1], [LPC, 32 // LPC], [1, 1], [0, 1])
+        """As ``triton_scan._rows_bwd_kernel`` (one warp; BD = 32 channels, a lane per
+        channel holding all NP <= 32 states)."""
+        P: gl.constexpr = gl.BlockedLayout([NP, 1], [1, 32], [1, 1], [0, 1])
         Q: gl.constexpr = gl.BlockedLayout([1, BD * NP // 32], [NP, 32 // NP], [1, 1], [1, 0])
         LD: gl.constexpr = gl.SliceLayout(0, P)
         LN: gl.constexpr = gl.SliceLayout(1, P)

@@ -57,12 +57,9 @@ CONFIG = {
     "bwd_impl": "gluon",  # the explicit-layout backward kernel (gluon_scan_bwd.py) on the GPU
                           # (one warp, block_d_bwd a multiple of 32); "triton": _rows_bwd_kernel,
                           # which the interpreter (CPU) always runs
-    "gluon_lpc": 1,      # Gluon backward: lanes per channel (each holds d_state / lpc states),
-                         # so 32 / lpc channels a program
     "gluon_mask_bc": False,
     "gluon_reuse": True,  # Gluon backward: a sub-block's first step reuses the forward step's
                           # decay, dt and u (False: reloads and recomputes them)  # Gluon backward: mask the B/C loads past the end (else clamped rows)
-    "bwd_bc_fp32": False,   # backward kernels read fp32 copies of B and C (no per-lane converts)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
                                 # processed in groups that fit it)
     "prefetch_bwd": 4,   # Gluon backward: rows and checkpoints prefetched this many positions ahead
@@ -794,15 +791,14 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
 def _bwd_kernel(geom):
     """(kernel, grid, BD, extra constexprs) of the backward kernel to launch: the Gluon one
     when selected and usable, else Triton's."""
-    lpc = CONFIG["gluon_lpc"]
     if CONFIG["bwd_impl"] == "gluon" and not _interpret() and geom.warps == 1 and geom.BD % 32 == 0 \
-            and geom.NP <= 32 and geom.NP % lpc == 0 and (32 // lpc) * geom.NP >= 32:
+            and geom.NP <= 32:
         from . import gluon_scan_bwd
 
         if gluon_scan_bwd.available():
-            bd = 32 // lpc  # divides BD, so a block still never straddles two groups
+            bd = 32  # a lane per channel; divides BD, so a block still never straddles two groups
             return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
-                    {"LPC": lpc, "MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": bool(CONFIG["gluon_reuse"]),
+                    {"MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": bool(CONFIG["gluon_reuse"]),
                      "PF": int(CONFIG["prefetch_bwd"]), "PFL": str(CONFIG["prefetch_level"])})
     return _k(_rows_bwd_kernel), geom.grid, geom.BD, {}
 
@@ -826,8 +822,6 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
     db_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     mend = torch.empty(b, N, D, device=dev, dtype=torch.float32)
     kern, grid, bd, extra = _bwd_kernel(geom)
-    if CONFIG["bwd_bc_fp32"]:
-        B, C = B.float(), C.float()
     for s0 in range(0, NS, NSG):
         ns = min(NSG, NS - s0)
         _k(_rows_state_kernel)[(geom.ND, ns, b)](

@@ -300,17 +300,15 @@ def test_gpu_bf16_realistic(shape, rev):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(2, 64, 16, 1, 4097), (1, 128, 16, 2, 6000), (3, 96, 8, 1, 700)])
 @pytest.mark.parametrize("rev", [False, True])
-@pytest.mark.parametrize("variant", [{}, {"gluon_mask_bc": True}, {"gluon_lpc": 2}, {"bwd_ckpt_bytes": 1},
+@pytest.mark.parametrize("variant", [{}, {"gluon_mask_bc": True}, {"bwd_ckpt_bytes": 1},
                                      {"ckpt": 4},
-                                     {"gluon_lpc": 2, "bwd_bc_fp32": True, "gluon_mask_bc": False},
                                      {"prefetch_bwd": 0}, {"prefetch_bwd": 3, "prefetch_level": "L1"},
                                      {"gluon_reuse": False, "prefetch_bwd": 0},
                                      {"ckpt": 4, "sub": 4, "prefetch_bwd": 2}])
 def test_gpu_gluon_backward(shape, rev, variant):
     """The Gluon backward kernel against the reference: output and every gradient, both
-    directions, with n_groups > 1 and d_state 8, for each variant (lanes per channel,
-    B/C masking, fp32 B/C copies, checkpoint blocking, prefetch, reuse of the forward
-    step's decay and rows)."""
+    directions, with n_groups > 1 and d_state 8, for each variant (B/C masking, segment
+    groups, checkpoint blocking, prefetch, reuse of the forward step's decay and rows)."""
     from mambadna.kernels import gluon_scan_bwd
 
     if not gluon_scan_bwd.available():
@@ -319,10 +317,3 @@ def test_gpu_gluon_backward(shape, rev, variant):
     b, D, N, G, L = shape
     args = make(b, L, D, N, G, torch.bfloat16, seed=62)
     check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
-
-
-def test_backward_with_fp32_bc_copies():
-    """CONFIG bwd_bc_fp32 (the backward reads fp32 copies of B and C): same gradients."""
-    ts.CONFIG["bwd_bc_fp32"] = True  # restored by the autouse fixture
-    args = make(2, 37, 16, 4, 2, torch.bfloat16, seed=63)
-    check(args, softplus=True, rev=False, dtype=torch.bfloat16)
