@@ -25,12 +25,11 @@ BF16 = ("u_", "de", "B_", "C_", "z_", "g_", "ou", "du", "dd", "dz", "u2", "B2", 
 
 def signature(fn, consts):
     sig = {}
-    bf16 = BF16
     for name in inspect.signature(fn).parameters:
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*bf16" if name[:2] in bf16 and not name.startswith("dB") and not name.startswith("dC") else "*fp32"
+            sig[name] = "*bf16" if name[:2] in BF16 and not name.startswith("dB") and not name.startswith("dC") else "*fp32"
         elif name == "eps":
             sig[name] = "fp32"
         else:
@@ -38,7 +37,7 @@ def signature(fn, consts):
     return sig
 
 
-def compile_one(kernel, consts, warps, maxnreg=None):
+def compile_one(kernel, consts, warps, maxnreg=None, name=None):
     fn = kernel.fn
     if kernel in ts._VEC.values() and "SD" in inspect.signature(fn).parameters:
         consts = dict(consts, SD=1)
@@ -62,7 +61,8 @@ def compile_one(kernel, consts, warps, maxnreg=None):
         sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cub],
                               capture_output=True, text=True).stdout
     if os.environ.get("AOT_SASS_DIR"):
-        open(os.path.join(os.environ["AOT_SASS_DIR"], kernel.fn.__name__ + ".sass"), "w").write(sass)
+        # one file a job (variants of one kernel would overwrite each other by kernel name)
+        open(os.path.join(os.environ["AOT_SASS_DIR"], (name or kernel.fn.__name__) + ".sass"), "w").write(sass)
     ops = collections.Counter()
     for line in sass.splitlines():
         m = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
@@ -94,8 +94,7 @@ def jobs(bd, bd_bwd):
     cb = dict(K=4, BL=tcv.CONFIG["block_l"], BD=tcv.CONFIG["block_d"], HAS_CTX=True, HAS_BIAS=True, REV=False,
               ACT=True)
     out["conv_fwd"] = (tcv._conv_fwd_kernel, cb)
-    if hasattr(tcv, "_conv_bwd_kernel"):
-        out["conv_bwd"] = (tcv._conv_bwd_kernel, dict(cb, BL=tcv.CONFIG["bwd_block_l"], BD=tcv.CONFIG["bwd_block_d"]))
+    out["conv_bwd"] = (tcv._conv_bwd_kernel, dict(cb, BL=tcv.CONFIG["bwd_block_l"], BD=tcv.CONFIG["bwd_block_d"]))
     from mambadna.kernels import gluon_scan_bwd as gsb
     if gsb.available():
         out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], BD=32,
@@ -135,7 +134,7 @@ def main():
         try:
             warps = (tcv.CONFIG if name.startswith("conv") else tnm.CONFIG if name.startswith("norm")
                      else ts.CONFIG)["bwd_warps" if name == "conv_bwd" else "warps"]
-            regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None)
+            regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None, name=name)
         except Exception as e:  # noqa: BLE001
             print(f"{name:6s} FAILED {e!r}"[:400])
             continue

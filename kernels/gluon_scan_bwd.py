@@ -1,10 +1,11 @@
 """The scan's backward kernel in Gluon (Triton's explicit-layout language): the GPU
-default (``triton_scan.CONFIG["bwd_impl"] = "gluon"``; 39.8 against 44.7 ms fwd+bwd for the
-Triton kernel at (8, 512, 16, 131072) on the H100, benchmarks/README.md).
+default (``triton_scan.CONFIG["bwd_impl"] = "gluon"``; timings against the Triton kernel
+in benchmarks/README.md).
 
-Same algorithm, arguments and outputs as ``triton_scan._rows_bwd_kernel`` (``DZ``: dz from the
-recomputed output, from the saved pre-gate output ``y_ptr``, or not at all), which the
-interpreter runs (CPU tests) and which is the fallback; only the data layout differs. In the Triton kernel the compiler
+Same algorithm, arguments and outputs as ``triton_scan._rows_bwd_kernel``, which the
+interpreter runs (CPU tests) and which is the fallback (``DZ``: dz from the recomputed
+output, from the saved pre-gate output ``y_ptr``, or not at all); only the data layout
+differs. In the Triton kernel the compiler
 spreads a thread over 4 states x 4 channels, so each step pays ~9 layout conversions
 through shared memory (per-channel vectors into the tile and back) and 48 shuffles
 (sums over states and over channels). Here the layout is chosen:
@@ -291,15 +292,15 @@ if _OK:
                 i0 = k * F + j * SUB
                 e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
                 for q in gl.static_range(j * SUB):  # walk to the sub-block's start
-                    e0, _, _, _, _ = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
-                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                e1, a0, dt0, v0, u0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
-                              s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                    e0, _, _, _, _ = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                e1, a0, dt0, v0, u0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                               B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                 if SUB == 4:
-                    e2, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
-                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                    e3, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar,
-                                  s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                    e2, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                    e3, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
                         e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                         u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,

@@ -57,9 +57,9 @@ CONFIG = {
     "bwd_impl": "gluon",  # the explicit-layout backward kernel (gluon_scan_bwd.py) on the GPU
                           # (one warp, block_d_bwd a multiple of 32); "triton": _rows_bwd_kernel,
                           # which the interpreter (CPU) always runs
-    "gluon_mask_bc": False,
+    "gluon_mask_bc": False,  # Gluon backward: mask the B/C loads past the end (else clamped rows)
     "gluon_reuse": True,  # Gluon backward: a sub-block's first step reuses the forward step's
-                          # decay, dt and u (False: reloads and recomputes them)  # Gluon backward: mask the B/C loads past the end (else clamped rows)
+                          # decay, dt and u (False: reloads and recomputes them)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
                                 # processed in groups that fit it)
     "prefetch_bwd": 4,   # Gluon backward: rows and checkpoints prefetched this many positions ahead
