@@ -76,13 +76,17 @@ def compile_one(kernel, consts, warps, maxnreg=None, name=None):
 def jobs(bd, bd_bwd):
     base = dict(N=16, NP=16, BD=bd, HAS_BIAS=True, SOFTPLUS=True)
     bb = dict(base, BD=bd_bwd)  # the backward kernels (adjoint, checkpoints, gradients)
-    F, SUB = ts.CONFIG["ckpt"], ts.CONFIG["sub"]
+    F = ts.CONFIG["ckpt"]
+    SUB = min(ts.CONFIG["sub"], F)
     out = {
         "bwd": (ts._rows_bwd_kernel, dict(bb, F=F, SUB=SUB, HAS_D=True, HAS_Z=True, REV=False,
                                           DZ=0, HAS_MINIT=True)),
         "out": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                           REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
                                           STORE_END=False)),
+        "out_rev": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
+                                              REV=True, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
+                                              STORE_END=False)),
         "bidir": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                             REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=True,
                                             STORE_END=False, SAVE_Y=True)),
@@ -100,7 +104,8 @@ def jobs(bd, bd_bwd):
         out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], BD=32,
                                                     MASK_BC=ts.CONFIG["gluon_mask_bc"],
                                                     REUSE=bool(ts.CONFIG["gluon_reuse"]),
-                                                    PF=ts.CONFIG["prefetch_bwd"], PFL=ts.CONFIG["prefetch_level"]))
+                                                    PF=ts.CONFIG["prefetch_bwd"], PFL=ts.CONFIG["prefetch_level"],
+                                                    FINE=ts.CONFIG["bwd_fine"]))
         # a bidirectional backward: dz from the saved pre-gate sum (first direction), none (second)
         out["gbwd_dz1"] = (gsb._gluon_bwd_kernel, dict(out["gbwd"][1], DZ=1))
         out["gbwd_dz2"] = (gsb._gluon_bwd_kernel, dict(out["gbwd"][1], DZ=2, REV=True))
@@ -136,7 +141,7 @@ def main():
                      else ts.CONFIG)["bwd_warps" if name == "conv_bwd" else "warps"]
             regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None, name=name)
         except Exception as e:  # noqa: BLE001
-            print(f"{name:6s} FAILED {e!r}"[:400])
+            print(f"{name:6s} FAILED {e!r}"[-1200:])
             continue
         total = sum(ops.values())
         cnt = " ".join(f"{o}={ops[o]}" for o in args.ops.split(","))

@@ -119,7 +119,7 @@ def bidirectional_selective_scan(
     Returns y = g(scan_fwd) + g(scan_rev), g = silu(z) gate when z is given,
     shape (batch, length, d_inner) in u_f's dtype. No flipped copies are made
     on the Triton path; there, with z and a gradient to come, the pre-gate sum
-    (batch, length, d_inner) fp32 is kept for the backward's dz.
+    (batch, length, d_inner), in u_f's dtype, is kept for the backward's dz.
     """
     if _pick(backend, u_f) == "triton":
         from .triton_scan import bidirectional_selective_scan_triton

@@ -71,8 +71,9 @@ if _OK:
     def _g_prefetch_block(kp, t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf, ck_pf,
                           s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, ck_step,
                           F: gl.constexpr, HAS_Z: gl.constexpr, HAS_Y: gl.constexpr, REV: gl.constexpr,
-                          LEVEL: gl.constexpr):
-        """Prefetch the rows of block kp and its checkpoint (bases clamped to valid addresses)."""
+                          LEVEL: gl.constexpr, CKDIV: gl.constexpr = 1):
+        """Prefetch the rows of block kp and its checkpoint (number kp // CKDIV; bases clamped
+        to valid addresses)."""
         for q in gl.static_range(F):
             t, _ = _g_t(t0, nsteps, kp * F + q, REV)
             _g_prefetch(u_pf + t * s_ul, LEVEL)
@@ -84,7 +85,7 @@ if _OK:
                 _g_prefetch(y_pf + t * s_yl, LEVEL)
             _g_prefetch(B_pf + t * s_Bl, LEVEL)
             _g_prefetch(C_pf + t * s_Cl, LEVEL)
-        _g_prefetch(ck_pf + kp * ck_step, LEVEL)
+        _g_prefetch(ck_pf + (kp // CKDIV) * ck_step, LEVEL)
 
     @gluon.jit
     def _g_sigmoid(x):
@@ -191,7 +192,7 @@ if _OK:
                 if HAS_D:
                     y += dd * uu
             else:  # the saved pre-gate output
-                y = gl.load(y_row + t * s_yl, mask=m, other=0.0)
+                y = gl.load(y_row + t * s_yl, mask=m, other=0.0).to(gl.float32)
             dz = g * y * sz * (1.0 + zz * (1.0 - sz))
             gl.store(dz_row + t * s_ol, dz.to(dz_row.dtype.element_ty), mask=m)
         gl.store(du_row + t * s_ol, du.to(du_row.dtype.element_ty), mask=m)
@@ -211,9 +212,12 @@ if _OK:
         SOFTPLUS: gl.constexpr, REV: gl.constexpr, DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
         MASK_BC: gl.constexpr = True,
         PF: gl.constexpr = 0, PFL: gl.constexpr = "L2", REUSE: gl.constexpr = False,
+        FINE: gl.constexpr = 0,
     ):
         """As ``triton_scan._rows_bwd_kernel`` (one warp; BD = 32 channels, a lane per
-        channel holding all NP <= 32 states)."""
+        channel holding all NP <= 32 states). FINE > 0: hfine holds a state every FINE
+        positions only; the kernel walks each FINE-position sub-segment forwards from it,
+        keeping a state every F positions in shared memory, then runs its blocks from there."""
         P: gl.constexpr = gl.BlockedLayout([NP, 1], [1, 32], [1, 1], [0, 1])
         Q: gl.constexpr = gl.BlockedLayout([1, BD * NP // 32], [NP, 32 // NP], [1, 1], [1, 0])
         LD: gl.constexpr = gl.SliceLayout(0, P)
@@ -251,7 +255,12 @@ if _OK:
         t0 = pid_s * SEG
         nsteps = gl.minimum(SEG, L - t0)
         nblk = gl.cdiv(nsteps, F)
-        fbase = (pid_b * NSH + pid_s - S0) * (SEG // F)
+        CKF: gl.constexpr = FINE if FINE > 0 else F  # positions between checkpoints in hfine
+        KB: gl.constexpr = FINE // F  # blocks per sub-segment (FINE)
+        fbase = (pid_b * NSH + pid_s - S0) * (SEG // CKF)
+        if FINE > 0:
+            ck_s = gl.allocate_shared_memory(gl.float32, [KB, NP, BD],
+                                             gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
         u_row = u_ptr + pid_b * s_ub + dcol
         d_row = delta_ptr + pid_b * s_db + dcol
         # B, C: scalar row offsets; the per-state offsets stay compile-time constants
@@ -281,46 +290,67 @@ if _OK:
             for kk in range(PFB):
                 _g_prefetch_block(gl.maximum(nblk - 1 - kk, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf,
                                   ck_pf, s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, N * D, F, HAS_Z,
-                                  HAS_Z and DZ == 1, REV, PFL)
+                                  HAS_Z and DZ == 1, REV, PFL, CKF // F)
         for kk in range(nblk):
             k = nblk - 1 - kk
             if PFB > 0:
                 _g_prefetch_block(gl.maximum(k - PFB, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf,
                                   ck_pf, s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, N * D, F, HAS_Z,
-                                  HAS_Z and DZ == 1, REV, PFL)
+                                  HAS_Z and DZ == 1, REV, PFL, CKF // F)
+            if FINE > 0:
+                if (k % KB == KB - 1) | (kk == 0):  # entering a sub-segment: walk it, keep its states
+                    c = k // KB
+                    e = gl.load(hfine_ptr + (fbase + c) * N * D + nd_off, mask=mask_nd, other=0.0)
+                    for q in range(KB - 1):
+                        ck_s.index(q).store(e)
+                        for r in gl.static_range(F):
+                            e, _, _, _, _ = _g_fstep(e, a2, c * FINE + q * F + r, t0, nsteps, mask_d, mask_n,
+                                                     bias, u_row, d_row, B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl,
+                                                     HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                    ck_s.index(KB - 1).store(e)
             for j in gl.static_range(F // SUB - 1, -1, -1):
                 i0 = k * F + j * SUB
-                e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
+                if FINE > 0:
+                    e0 = ck_s.index(k % KB).load(P)
+                else:
+                    e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
                 for q in gl.static_range(j * SUB):  # walk to the sub-block's start
                     e0, _, _, _, _ = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
                                               B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                e1, a0, dt0, v0, u0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                               B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                if SUB == 4:
-                    e2, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                    e3, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                if SUB == 1:
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
-                        e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                        e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                        dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
+                else:
+                    e1, a0, dt0, v0, u0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                                   B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                    if SUB == 4:
+                        e2, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                                  B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                        e3, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                                  B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                        mu, dA_acc, dDacc, dbacc = _g_rstep(
+                            e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                            u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                            dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
+                        mu, dA_acc, dDacc, dbacc = _g_rstep(
+                            e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                            u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                            dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
+                    mu, dA_acc, dDacc, dbacc = _g_rstep(
+                        e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                         u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
                         dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
                         HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
-                        e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                        e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                         u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
                         dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
-                mu, dA_acc, dDacc, dbacc = _g_rstep(
-                    e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
-                    dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
-                mu, dA_acc, dDacc, dbacc = _g_rstep(
-                    e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
-                    dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC, a0, dt0, v0, u0, REUSE)
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC, a0, dt0, v0, u0, REUSE)
         gl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
         if HAS_D:
             gl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)

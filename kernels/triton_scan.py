@@ -62,10 +62,14 @@ CONFIG = {
                           # decay, dt and u (False: reloads and recomputes them)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
                                 # processed in groups that fit it)
-    "prefetch_bwd": 4,   # Gluon backward: rows and checkpoints prefetched this many positions ahead
+    "prefetch_bwd": 8,   # Gluon backward: rows and checkpoints prefetched this many positions ahead
                          # of its walk (rounded up to checkpoint blocks; 0: off). The same hint in
                          # the forward, state and adjoint walks measured slower (benchmarks/NOTES_scan.md)
     "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
+    "bwd_fine": 16,      # Gluon backward: > ckpt, a multiple of it dividing seg: global checkpoints
+                         # every bwd_fine positions only, refined to every ckpt in shared memory
+    "bidir_acc": "input",  # dtype of the bidirectional forward's intermediate output and of the
+                           # pre-gate sum kept for dz: "input" (u's dtype) or "fp32"
 }
 
 
@@ -249,7 +253,7 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
               REV: tl.constexpr, HAS_INIT: tl.constexpr,
               acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al,
               MODE: tl.constexpr, HAS_Z: tl.constexpr, SAVE_Y: tl.constexpr = False):
-    """Walk one segment from its entering state. MODE 0: y -> acc (fp32, no gate);
+    """Walk one segment from its entering state. MODE 0: y -> acc (no gate);
     1: y (+ acc when a first direction ran) gated -> out; 2: y + acc gated -> out
     (SAVE_Y: and the sum y + acc, before the gate, back into acc).
     Returns the state after the segment."""
@@ -287,7 +291,7 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
     else:
         zn = un
     if MODE == 2:
-        an = tl.load(a_base + tn * s_al, mask=mask_d, other=0.0)
+        an = tl.load(a_base + tn * s_al, mask=mask_d, other=0.0).to(tl.float32)
     else:
         an = un
     for i in range(nsteps):
@@ -306,19 +310,19 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
         if GATE:
             zn = tl.load(z_base + tn * s_zl, mask=mask_d, other=0.0).to(tl.float32)
         if MODE == 2:
-            an = tl.load(a_base + tn * s_al, mask=mask_d, other=0.0)
+            an = tl.load(a_base + tn * s_al, mask=mask_d, other=0.0).to(tl.float32)
         dt = _dt_of(v, mask_d, bias, HAS_BIAS, SOFTPLUS)
         h = _ex2(a2 * dt[None, :]) * h + (dt * uu)[None, :] * bt[:, None]
         y = tl.sum(h * ct[:, None], axis=0)
         if HAS_D:
             y += dd * uu
         if MODE == 0:
-            tl.store(a_base + t * s_al, y, mask=mask_d)
+            tl.store(a_base + t * s_al, y.to(acc_ptr.dtype.element_ty), mask=mask_d)
         else:
             if MODE == 2:
                 y += ya
                 if SAVE_Y:
-                    tl.store(a_base + t * s_al, y, mask=mask_d)
+                    tl.store(a_base + t * s_al, y.to(acc_ptr.dtype.element_ty), mask=mask_d)
             if HAS_Z:
                 y = y * zz * _sigmoid(zz)
             tl.store(o_base + t * s_ol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
@@ -476,7 +480,7 @@ def _rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, pid_b, dcol, mask_d, 
     """Adjoint step at scan step i, from the state e entering it and the adjoint mu
     arriving from the later steps; writes that row's du, ddelta (, dz) and adds its
     dB, dC. Returns mu for the earlier steps and the updated sums. dz (with z): DZ 0
-    from this scan's recomputed output; 1 from the pre-gate output y (fp32) the forward
+    from this scan's recomputed output; 1 from the pre-gate output y the forward
     saved (a bidirectional scan: both directions' sum); 2 not written."""
     t, valid = _t_of(t0, nsteps, i, REV)
     m = mask_d & ((dcol * 0 + i) < nsteps)
@@ -520,7 +524,7 @@ def _rstep(e, mu, dA_acc, dDacc, dbacc, a2, i, t0, nsteps, pid_b, dcol, mask_d, 
             if HAS_D:
                 y += dd * uu
         else:
-            y = tl.load(y_ptr + pid_b * s_yb + t * s_yl + dcol, mask=m, other=0.0)
+            y = tl.load(y_ptr + pid_b * s_yb + t * s_yl + dcol, mask=m, other=0.0).to(tl.float32)
         dz = g * y * sz * (1.0 + zz * (1.0 - sz))
         tl.store(dz_ptr + off_o, dz.to(dz_ptr.dtype.element_ty), mask=m)
     tl.store(du_ptr + off_o, du.to(du_ptr.dtype.element_ty), mask=m)
@@ -797,9 +801,12 @@ def _bwd_kernel(geom):
 
         if gluon_scan_bwd.available():
             bd = 32  # a lane per channel; divides BD, so a block still never straddles two groups
+            fine = int(CONFIG["bwd_fine"])
+            if fine <= geom.F or fine % geom.F or geom.SEG % fine:
+                fine = 0
             return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
                     {"MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": bool(CONFIG["gluon_reuse"]),
-                     "PF": int(CONFIG["prefetch_bwd"]), "PFL": str(CONFIG["prefetch_level"])})
+                     "PF": int(CONFIG["prefetch_bwd"]), "PFL": str(CONFIG["prefetch_level"]), "FINE": fine})
     return _k(_rows_bwd_kernel), geom.grid, geom.BD, {}
 
 
@@ -807,21 +814,23 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
          du, ddelta, dz, dB, dC, dz_mode=0, yfull=None):
     """Gradients of one direction from the segment-entering states hseg. Writes du,
     ddelta (, dz: dz_mode 0 from this scan's output, 1 from yfull, the saved pre-gate
-    output (b, L, D) fp32, 2 not written) and adds into dB, dC (fp32). Returns (dA (D, N),
+    output (b, L, D), 2 not written) and adds into dB, dC (fp32). Returns (dA (D, N),
     dD, dbias, dh0 (b, D, N))."""
     b, L, D, N, NS, SEG, F = geom.batch, geom.L, geom.D, geom.N, geom.NS, geom.SEG, geom.F
     dev = u.device
     mseg, _ = _seg_states(geom, gout, delta, bias, At, A, C, ghT, softplus, rev, adj=True, z=z)
-    # transient checkpoints (fp32, every F positions), bounded by bwd_ckpt_bytes: the
-    # segments are processed in groups of NSG, each group's checkpoints then gradients
-    per_seg = b * (SEG // F) * N * D * 4
+    kern, grid, bd, extra = _bwd_kernel(geom)
+    # transient checkpoints (fp32, every CK positions: F, or the Gluon kernel's FINE
+    # sub-segments, which it refines to every F in shared memory), bounded by bwd_ckpt_bytes:
+    # the segments are processed in groups of NSG, each group's checkpoints then gradients
+    CK = extra.get("FINE", 0) or F
+    per_seg = b * (SEG // CK) * N * D * 4
     NSG = max(1, min(NS, CONFIG["bwd_ckpt_bytes"] // per_seg))
-    hfine = torch.empty(b, NSG * (SEG // F), N, D, device=dev, dtype=torch.float32)
+    hfine = torch.empty(b, NSG * (SEG // CK), N, D, device=dev, dtype=torch.float32)
     dA_part = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
     dD_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     db_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     mend = torch.empty(b, N, D, device=dev, dtype=torch.float32)
-    kern, grid, bd, extra = _bwd_kernel(geom)
     for s0 in range(0, NS, NSG):
         ns = min(NSG, NS - s0)
         _k(_rows_state_kernel)[(geom.ND, ns, b)](
@@ -830,7 +839,7 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
             L, D, NS, SEG, geom.DPG, 1, s0, NSG,
             *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
             N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
-            ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=F, num_warps=geom.warps,
+            ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=CK, num_warps=geom.warps,
         )
         kern[(grid[0], ns, b)](
             u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
@@ -920,7 +929,10 @@ class _BidirFn(torch.autograd.Function):
         hseg_r, _ = _seg_states(g, u_r, delta_r, bias_r, At_r, A_r, B_r, None, softplus, True, False)
         b, L, D, N = g.batch, g.L, g.D, g.N
         out = torch.empty(b, L, D, device=u_f.device, dtype=u_f.dtype)
-        acc = torch.empty(b, L, D, device=u_f.device, dtype=torch.float32)
+        # the first direction's output, then the pre-gate sum: in the input dtype (as
+        # mamba_ssm keeps its output) or fp32 (bidir_acc "fp32": twice the traffic and memory)
+        acc_dt = torch.float32 if CONFIG["bidir_acc"] == "fp32" else u_f.dtype
+        acc = torch.empty(b, L, D, device=u_f.device, dtype=acc_dt)
         save_y = z is not None and any(ctx.needs_input_grad)
         _k(_rows_out_kernel)[g.grid](
             u_f, delta_f, bias_f if bias_f is not None else delta_f, At_f, B_f, C_f,
@@ -937,8 +949,8 @@ class _BidirFn(torch.autograd.Function):
             HAS_INIT=hseg_f is not None, HAS_INIT2=hseg_r is not None, BIDIR=True, STORE_END=False,
             SAVE_Y=save_y, num_warps=g.warps,
         )
-        # with a gate and a gradient to come, acc now holds both directions' pre-gate sum
-        # (fp32), from which the backward takes dz instead of recomputing both outputs
+        # with a gate and a gradient to come, acc now holds both directions' pre-gate sum,
+        # from which the backward takes dz instead of recomputing both outputs
         ctx.save_for_backward(u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
                               D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, acc if save_y else None)
         ctx.softplus = softplus

@@ -221,7 +221,7 @@ def test_reverse_equals_flipped():
         assert rel(a, c) < 1e-5, name
 
 
-@pytest.mark.parametrize("dtype,with_z", [(torch.float32, True), (torch.bfloat16, False)])
+@pytest.mark.parametrize("dtype,with_z", [(torch.float32, True), (torch.bfloat16, False), (torch.bfloat16, True)])
 def test_bidirectional(dtype, with_z):
     fa = make(2, 21, 8, 4, 1, dtype, seed=21, with_z=with_z, h0=False)
     ra = make(2, 21, 8, 4, 1, dtype, seed=22, with_z=False, h0=False)
@@ -304,11 +304,15 @@ def test_gpu_bf16_realistic(shape, rev):
                                      {"ckpt": 4},
                                      {"prefetch_bwd": 0}, {"prefetch_bwd": 3, "prefetch_level": "L1"},
                                      {"gluon_reuse": False, "prefetch_bwd": 0},
-                                     {"ckpt": 4, "sub": 4, "prefetch_bwd": 2}])
+                                     {"ckpt": 4, "sub": 4, "prefetch_bwd": 2},
+                                     {"bwd_fine": 0}, {"bwd_fine": 64}, {"bwd_fine": 8, "ckpt": 1},
+                                     {"bwd_fine": 16, "ckpt": 1, "bwd_ckpt_bytes": 1},
+                                     {"bwd_fine": 32, "ckpt": 4, "sub": 2, "prefetch_bwd": 0}])
 def test_gpu_gluon_backward(shape, rev, variant):
     """The Gluon backward kernel against the reference: output and every gradient, both
     directions, with n_groups > 1 and d_state 8, for each variant (B/C masking, segment
-    groups, checkpoint blocking, prefetch, reuse of the forward step's decay and rows)."""
+    groups, checkpoint blocking, prefetch, reuse of the forward step's decay and rows, states
+    refined in shared memory from sparser checkpoints)."""
     from mambadna.kernels import gluon_scan_bwd
 
     if not gluon_scan_bwd.available():
