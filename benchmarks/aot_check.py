@@ -94,6 +94,11 @@ def jobs(bd, bd_bwd):
         "adj": (ts._rows_state_kernel, dict(bb, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
         "ckpt": (ts._rows_state_kernel, dict(bb, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
     }
+    out["combine"] = (ts._chunk_combine_kernel, dict(N=16, CB=ts.CONFIG["combine_chunks"], BL=ts.CONFIG["combine_lanes"],
+                                                     HAS_H0=False, REV=False))
+    # batch 1 at 2^20: 32 lanes a program, more chunks a step with combine_tile
+    out["combine_b1"] = (ts._chunk_combine_kernel, dict(out["combine"][1], BL=32,
+                                                        CB=max(ts.CONFIG["combine_chunks"], ts.CONFIG["combine_tile"] // 32)))
     from mambadna.kernels import triton_conv as tcv
     cb = dict(K=4, BL=tcv.CONFIG["block_l"], BD=tcv.CONFIG["block_d"], HAS_CTX=True, HAS_BIAS=True, REV=False,
               ACT=True)
@@ -138,7 +143,8 @@ def main():
             k = ts._k(k)
         try:
             warps = (tcv.CONFIG if name.startswith("conv") else tnm.CONFIG if name.startswith("norm")
-                     else ts.CONFIG)["bwd_warps" if name == "conv_bwd" else "warps"]
+                     else ts.CONFIG)["bwd_warps" if name == "conv_bwd" else "warps_combine" if name.startswith("combine")
+                                     else "warps"]
             regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None, name=name)
         except Exception as e:  # noqa: BLE001
             print(f"{name:6s} FAILED {e!r}"[-1200:])

@@ -47,6 +47,7 @@ CONFIG = {
     "combine_lanes": 128,
     "warps_combine": 4,
     "combine_programs": 512,  # the combine narrows its programs' lanes to reach this many
+    "combine_tile": 4096,  # combine: at least this many (chunk, lane) pairs a block step (0: off)
     "min_programs": 1024,  # below this many (batch x d-blocks) programs, use segments
     "ckpt": 2,           # backward: positions between stored states (transient, fp32)
     "sub": 2,            # backward: positions recomputed into registers at a time
@@ -737,7 +738,8 @@ def _combine(geom, sloc, ssum, A, h0, rev):
     # lanes per program: at most combine_lanes, fewer when that leaves the GPU idle (batch 1)
     BL = min(CONFIG["combine_lanes"], triton.next_power_of_2(N * D),
              max(32, triton.next_power_of_2(triton.cdiv(b * N * D, CONFIG["combine_programs"]))))
-    CB = min(CONFIG["combine_chunks"], triton.next_power_of_2(NS))
+    # chunks a block step: combine_chunks, or more when the lanes are few (combine_tile)
+    CB = min(max(CONFIG["combine_chunks"], CONFIG["combine_tile"] // BL), triton.next_power_of_2(NS))
     h0c = None if h0 is None else h0.float().contiguous()
     _chunk_combine_kernel[(b, triton.cdiv(N * D, BL))](
         sloc, ssum, A, h0c if h0c is not None else sloc, hseg, hT,

@@ -124,6 +124,15 @@ def test_unvectorised_kernel_variant(rev):
     check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
 
 
+@pytest.mark.parametrize("rev", [False, True])
+def test_combine_more_chunks_a_step(rev):
+    """combine_tile: the cross-segment combine takes more segments a block step when its
+    programs have few lanes (here 4 instead of 2), with the same results."""
+    ts.CONFIG.update(combine_tile=64)
+    args = make(1, 70, 4, 4, 1, torch.float32, seed=71 + rev)
+    check(args, softplus=True, rev=rev, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("ckpt,sub,bd_bwd", [(8, 4, 4), (8, 2, 8), (4, 4, 4), (4, 2, 4)])
 def test_backward_blockings(ckpt, sub, bd_bwd):
     """Other backward tunables (checkpoint spacing, recompute sub-block, channels a
