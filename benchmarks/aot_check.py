@@ -83,16 +83,17 @@ def jobs(bd, bd_bwd):
                                           DZ=0, HAS_MINIT=True)),
         "out": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                           REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
-                                          STORE_END=False)),
+                                          STORE_END=False, SAME_L=True, SAME_BC=True)),
         "out_rev": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                               REV=True, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
-                                              STORE_END=False)),
+                                              STORE_END=False, SAME_L=True, SAME_BC=True)),
         "bidir": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                             REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=True,
                                             STORE_END=False, SAVE_Y=True)),
-        "state": (ts._rows_state_kernel, dict(base, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=False, F=0)),
-        "adj": (ts._rows_state_kernel, dict(bb, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0)),
-        "ckpt": (ts._rows_state_kernel, dict(bb, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=F)),
+        "state": (ts._rows_state_kernel, dict(base, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=False, F=0, SAME_L=True)),
+        "adj": (ts._rows_state_kernel, dict(bb, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0, SAME_L=True)),
+        "ckpt": (ts._rows_state_kernel, dict(bb, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=ts.CONFIG["bwd_fine"] or F,
+                                          SAME_L=True)),
     }
     out["combine"] = (ts._chunk_combine_kernel, dict(N=16, CB=ts.CONFIG["combine_chunks"], BL=ts.CONFIG["combine_lanes"],
                                                      HAS_H0=False, REV=False))
@@ -110,10 +111,11 @@ def jobs(bd, bd_bwd):
                                                     MASK_BC=ts.CONFIG["gluon_mask_bc"],
                                                     REUSE=bool(ts.CONFIG["gluon_reuse"]),
                                                     PF=ts.CONFIG["prefetch_bwd"], PFL=ts.CONFIG["prefetch_level"],
-                                                    FINE=ts.CONFIG["bwd_fine"]))
+                                                    FINE=ts.CONFIG["bwd_fine"], SAME_L=True, SAME_BC=True))
         # a bidirectional backward: dz from the saved pre-gate sum (first direction), none (second)
         out["gbwd_dz1"] = (gsb._gluon_bwd_kernel, dict(out["gbwd"][1], DZ=1))
         out["gbwd_dz2"] = (gsb._gluon_bwd_kernel, dict(out["gbwd"][1], DZ=2, REV=True))
+        out["gbwd_strided"] = (gsb._gluon_bwd_kernel, dict(out["gbwd"][1], SAME_L=False, SAME_BC=False))
     from mambadna.kernels import triton_norm as tnm
     nbm, nbd, _ = tnm._geom(1, 256)  # the model's d_model 256
     out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=nbm, BD=nbd))

@@ -165,8 +165,6 @@ def main():
     ap.add_argument("--scan-config", default="", help="JSON update of triton_scan.CONFIG")
     args = ap.parse_args()
     if args.scan_config:
-        import json
-
         from mambadna.kernels import triton_scan
 
         triton_scan.CONFIG.update(json.loads(args.scan_config))

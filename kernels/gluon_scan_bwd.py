@@ -21,6 +21,8 @@ through shared memory (per-channel vectors into the tile and back) and 48 shuffl
 step that produced the sub-block's second state, instead of reloading and
 exponentiating again (reusing the B row as well spilled and measured slower). ``PF`` > 0:
 rows (and checkpoints) are prefetched that many positions ahead, rounded up to blocks of F.
+``FINE`` > 0: global checkpoints every FINE positions, refined per sub-segment to every F in
+shared memory. ``SAME_L``/``SAME_BC``: strides known equal, one row offset a step for all.
 ``MASK_BC`` False loads B/C rows unmasked past the segment end,
 where the row index is clamped and dt is 0 (measured faster). ``S0``/``NSH``: this
 launch's first segment and how many segments its checkpoint buffer holds.
@@ -212,12 +214,24 @@ if _OK:
         SOFTPLUS: gl.constexpr, REV: gl.constexpr, DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
         MASK_BC: gl.constexpr = True,
         PF: gl.constexpr = 0, PFL: gl.constexpr = "L2", REUSE: gl.constexpr = False,
-        FINE: gl.constexpr = 0,
+        FINE: gl.constexpr = 0, SAME_L: gl.constexpr = False, SAME_BC: gl.constexpr = False,
     ):
         """As ``triton_scan._rows_bwd_kernel`` (one warp; BD = 32 channels, a lane per
         channel holding all NP <= 32 states). FINE > 0: hfine holds a state every FINE
         positions only; the kernel walks each FINE-position sub-segment forwards from it,
-        keeping a state every F positions in shared memory, then runs its blocks from there."""
+        keeping a state every F positions in shared memory, then runs its blocks from there.
+        SAME_L: the (batch, length, d_inner) tensors share one position stride (SAME_BC: B, C,
+        dB, dC share one), so each position's offset is computed once for all of them."""
+        if SAME_L:
+            s_dl = s_ul
+            s_zl = s_ul
+            s_gl = s_ul
+            s_yl = s_ul
+            s_ol = s_ul
+        if SAME_BC:
+            s_Cl = s_Bl
+            s_dBl = s_Bl
+            s_dCl = s_Bl
         P: gl.constexpr = gl.BlockedLayout([NP, 1], [1, 32], [1, 1], [0, 1])
         Q: gl.constexpr = gl.BlockedLayout([1, BD * NP // 32], [NP, 32 // NP], [1, 1], [1, 0])
         LD: gl.constexpr = gl.SliceLayout(0, P)
