@@ -63,7 +63,7 @@ CONFIG = {
                           # decay, dt and u (False: reloads and recomputes them)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
                                 # processed in groups that fit it)
-    "prefetch_bwd": 8,   # Gluon backward: rows and checkpoints prefetched this many positions ahead
+    "prefetch_bwd": 12,  # Gluon backward: rows and checkpoints prefetched this many positions ahead
                          # of its walk (rounded up to checkpoint blocks; 0: off). The same hint in
                          # the forward, state and adjoint walks measured slower (benchmarks/NOTES_scan.md)
     "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
