@@ -217,7 +217,7 @@ if _OK:
         FINE: gl.constexpr = 0, SAME_L: gl.constexpr = False, SAME_BC: gl.constexpr = False,
     ):
         """As ``triton_scan._rows_bwd_kernel`` (one warp; BD = 32 channels, a lane per
-        channel holding all NP <= 32 states). FINE > 0: hfine holds a state every FINE
+        channel holding all NP <= 32 states; SUB 2 or 4). FINE > 0: hfine holds a state every FINE
         positions only; the kernel walks each FINE-position sub-segment forwards from it,
         keeping a state every F positions in shared memory, then runs its blocks from there.
         SAME_L: the (batch, length, d_inner) tensors share one position stride (SAME_BC: B, C,
@@ -331,40 +331,33 @@ if _OK:
                 for q in gl.static_range(j * SUB):  # walk to the sub-block's start
                     e0, _, _, _, _ = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
                                               B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                if SUB == 1:
+                e1, a0, dt0, v0, u0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                               B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                if SUB == 4:
+                    e2, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                    e3, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
+                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
-                        e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
-                        dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
-                else:
-                    e1, a0, dt0, v0, u0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                                   B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                    if SUB == 4:
-                        e2, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                                  B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                        e3, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                                  B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                        mu, dA_acc, dDacc, dbacc = _g_rstep(
-                            e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                            u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
-                            dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
-                        mu, dA_acc, dDacc, dbacc = _g_rstep(
-                            e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                            u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
-                            dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
-                    mu, dA_acc, dDacc, dbacc = _g_rstep(
-                        e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                        e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                         u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
                         dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
                         HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
                     mu, dA_acc, dDacc, dbacc = _g_rstep(
-                        e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                        e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                         u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
                         dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC, a0, dt0, v0, u0, REUSE)
+                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
+                mu, dA_acc, dDacc, dbacc = _g_rstep(
+                    e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                    dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
+                mu, dA_acc, dDacc, dbacc = _g_rstep(
+                    e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
+                    u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
+                    dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC, a0, dt0, v0, u0, REUSE)
         gl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
         if HAS_D:
             gl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)

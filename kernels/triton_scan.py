@@ -827,7 +827,7 @@ def _bwd_kernel(geom):
     """(kernel, grid, BD, extra constexprs) of the backward kernel to launch: the Gluon one
     when selected and usable, else Triton's."""
     if CONFIG["bwd_impl"] == "gluon" and not _interpret() and geom.warps == 1 and geom.BD % 32 == 0 \
-            and geom.NP <= 32:
+            and geom.NP <= 32 and min(CONFIG["sub"], geom.F) >= 2:
         from . import gluon_scan_bwd
 
         if gluon_scan_bwd.available():

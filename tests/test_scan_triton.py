@@ -335,8 +335,7 @@ def test_gpu_bf16_realistic(shape, rev):
                                      {"prefetch_bwd": 0}, {"prefetch_bwd": 3, "prefetch_level": "L1"},
                                      {"gluon_reuse": False, "prefetch_bwd": 0},
                                      {"ckpt": 4, "sub": 4, "prefetch_bwd": 2},
-                                     {"bwd_fine": 0}, {"bwd_fine": 64}, {"bwd_fine": 8, "ckpt": 1},
-                                     {"bwd_fine": 16, "ckpt": 1, "bwd_ckpt_bytes": 1},
+                                     {"bwd_fine": 0}, {"bwd_fine": 64}, {"bwd_fine": 16, "bwd_ckpt_bytes": 1},
                                      {"bwd_fine": 32, "ckpt": 4, "sub": 2, "prefetch_bwd": 0}])
 def test_gpu_gluon_backward(shape, rev, variant):
     """The Gluon backward kernel against the reference: output and every gradient, both
