@@ -352,7 +352,8 @@ def _rows_out_kernel(
     SAME_L: tl.constexpr = False, SAME_BC: tl.constexpr = False,
 ):
     """Outputs of one segment (one direction, or BIDIR: the forward direction into the
-    fp32 buffer acc, then the reverse one adding it, gated, into out). STORE_END: the
+    buffer acc (fp32 or the input dtype, CONFIG["bidir_acc"]), then the reverse one adding
+    it, gated, into out; SAVE_Y: the pre-gate sum back into acc). STORE_END: the
     segment's final state into hend[b, s] (N, D), for the final state. SAME_L: the
     (batch, length, d_inner) tensors share one position stride; SAME_BC: B, C (and B2, C2) do."""
     if SAME_L:
