@@ -83,18 +83,22 @@ def jobs(bd, bd_bwd):
                                           DZ=0, HAS_MINIT=True)),
         "out": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                           REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
-                                          STORE_END=False, SAME_L=True, SAME_BC=True)),
+                                          STORE_END=False, SAME_L=True, SAME_BC=True, CK=0)),
         "out_rev": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                               REV=True, HAS_INIT=True, HAS_INIT2=True, BIDIR=False,
-                                              STORE_END=False, SAME_L=True, SAME_BC=True)),
+                                              STORE_END=False, SAME_L=True, SAME_BC=True, CK=0)),
         "bidir": (ts._rows_out_kernel, dict(base, HAS_D=True, HAS_D2=True, HAS_Z=True, HAS_BIAS2=True,
                                             REV=False, HAS_INIT=True, HAS_INIT2=True, BIDIR=True,
-                                            STORE_END=False, SAVE_Y=True)),
+                                            STORE_END=False, SAVE_Y=True, CK=0)),
         "state": (ts._rows_state_kernel, dict(base, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=False, F=0, SAME_L=True)),
         "adj": (ts._rows_state_kernel, dict(bb, DESC=True, ADJ=True, HAS_Z=True, HAS_INIT=False, F=0, SAME_L=True)),
         "ckpt": (ts._rows_state_kernel, dict(bb, DESC=False, ADJ=False, HAS_Z=False, HAS_INIT=True, F=ts.CONFIG["bwd_fine"] or F,
                                           SAME_L=True)),
     }
+    # with gradients to come, the forward also writes the backward's checkpoints (fwd_ckpt_bytes)
+    CK = ts.CONFIG["bwd_fine"] or F
+    out["out_ck"] = (out["out"][0], dict(out["out"][1], CK=CK))
+    out["bidir_ck"] = (out["bidir"][0], dict(out["bidir"][1], CK=CK))
     out["combine"] = (ts._chunk_combine_kernel, dict(N=16, CB=ts.CONFIG["combine_chunks"], BL=ts.CONFIG["combine_lanes"],
                                                      HAS_H0=False, REV=False))
     # batch 1 at 2^20: 32 lanes a program, more chunks a step with combine_tile
@@ -149,7 +153,7 @@ def main():
                                      else "warps"]
             regs, spill, ops, info = compile_one(k, c, warps, args.maxnreg or None, name=name)
         except Exception as e:  # noqa: BLE001
-            print(f"{name:6s} FAILED {e!r}"[-1200:])
+            print(f"{name:6s} FAILED {type(e).__name__}: {str(e)[:300]} ... {str(e)[-900:]}")
             continue
         total = sum(ops.values())
         cnt = " ".join(f"{o}={ops[o]}" for o in args.ops.split(","))

@@ -39,7 +39,9 @@ LOG2E = 1.4426950408889634
 
 # Tunables (chosen on the H100, see benchmarks/NOTES_scan.md); overridable in tests.
 CONFIG = {
-    "seg": 128,          # positions per segment (forward)
+    "seg": 128,          # positions per segment
+    "seg_long": 256,     # longer segments where they still leave seg_long_programs programs
+    "seg_long_programs": 8192,  # (fewer segment states and combine steps: long sequences)
     "block_d": 64,       # channels per program (forward kernels)
     "block_d_bwd": 32,   # channels per program (backward kernels: register-bound)
     "warps": 1,          # warps per program (lanes run along the channels)
@@ -59,6 +61,8 @@ CONFIG = {
                           # (one warp, block_d_bwd a multiple of 32); "triton": _rows_bwd_kernel,
                           # which the interpreter (CPU) always runs
     "gluon_mask_bc": False,  # Gluon backward: mask the B/C loads past the end (else clamped rows)
+    "bwd_bc_fp32": True,  # Gluon backward (and its adjoint pass): B and C read from fp32 copies
+                          # (every lane holds whole rows: no per-lane bf16 conversions; -10% SASS)
     "gluon_reuse": True,  # Gluon backward: a sub-block's first step reuses the forward step's
                           # decay, dt and u (False: reloads and recomputes them)
     "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
@@ -69,6 +73,10 @@ CONFIG = {
     "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
     "bwd_fine": 16,      # Gluon backward: > ckpt, a multiple of it dividing seg: global checkpoints
                          # every bwd_fine positions only, refined to every ckpt in shared memory
+    "fwd_ckpt_bytes": 4 << 30,  # a forward whose inputs need gradients writes the backward's
+                                # checkpoints (fp32, 4 bytes a (batch, position, channel) with
+                                # bwd_fine 16) as it walks, when they fit this bound (per
+                                # direction); else the backward recomputes them (0: never)
     "bidir_acc": "input",  # dtype of the bidirectional forward's intermediate output and of the
                            # pre-gate sum kept for dz: "input" (u's dtype) or "fp32"
 }
@@ -258,11 +266,13 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
               REV: tl.constexpr, HAS_INIT: tl.constexpr,
               acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al,
-              MODE: tl.constexpr, HAS_Z: tl.constexpr, SAVE_Y: tl.constexpr = False):
+              MODE: tl.constexpr, HAS_Z: tl.constexpr, SAVE_Y: tl.constexpr,
+              ck_ptr, CK: tl.constexpr):
     """Walk one segment from its entering state. MODE 0: y -> acc (no gate);
     1: y (+ acc when a first direction ran) gated -> out; 2: y + acc gated -> out
-    (SAVE_Y: and the sum y + acc, before the gate, back into acc).
-    Returns the state after the segment."""
+    (SAVE_Y: and the sum y + acc, before the gate, back into acc). CK > 0: the state
+    entering every CK-th position into ck (the backward's checkpoints, as its
+    checkpoint pass lays them out). Returns the state after the segment."""
     mask_nd = mask_n[:, None] & mask_d[None, :]
     a2 = tl.load(A_ptr + n_ar[:, None] * D + dcol[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
     if HAS_BIAS:
@@ -300,7 +310,12 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
         an = tl.load(a_base + tn * s_al, mask=mask_d, other=0.0).to(tl.float32)
     else:
         an = un
+    CKS: tl.constexpr = CK if CK > 0 else SEG  # (ck_base is defined either way: the loop's analysis sees it)
+    ck_base = ck_ptr + (pid_b * NS + pid_s) * (SEG // CKS) * N * D + n_ar[:, None] * D + d_idx[None, :]
     for i in range(nsteps):
+        if CK > 0:
+            if i % CK == 0:
+                tl.store(ck_base + (i // CK) * N * D, h, mask=mask_nd)
         t = tn
         v = vn
         uu = un
@@ -339,7 +354,7 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
 def _rows_out_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
     u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hseg2_ptr,
-    z_ptr, out_ptr, acc_ptr, hend_ptr,
+    z_ptr, out_ptr, acc_ptr, hend_ptr, ck_ptr, ck2_ptr,
     L, D, NS, SEG, DPG, SD,
     s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
     s_u2b, s_u2l, s_d2b, s_d2l, s_B2b, s_B2l, s_B2g, s_C2b, s_C2l, s_C2g,
@@ -349,13 +364,14 @@ def _rows_out_kernel(
     HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr, SOFTPLUS: tl.constexpr,
     REV: tl.constexpr, HAS_INIT: tl.constexpr, HAS_INIT2: tl.constexpr,
     BIDIR: tl.constexpr, STORE_END: tl.constexpr, SAVE_Y: tl.constexpr = False,
-    SAME_L: tl.constexpr = False, SAME_BC: tl.constexpr = False,
+    SAME_L: tl.constexpr = False, SAME_BC: tl.constexpr = False, CK: tl.constexpr = 0,
 ):
     """Outputs of one segment (one direction, or BIDIR: the forward direction into the
     buffer acc (fp32 or the input dtype, CONFIG["bidir_acc"]), then the reverse one adding
     it, gated, into out; SAVE_Y: the pre-gate sum back into acc). STORE_END: the
     segment's final state into hend[b, s] (N, D), for the final state. SAME_L: the
-    (batch, length, d_inner) tensors share one position stride; SAME_BC: B, C (and B2, C2) do."""
+    (batch, length, d_inner) tensors share one position stride; SAME_BC: B, C (and B2, C2) do.
+    CK > 0: every CK-th state into ck (ck2: the reverse direction's), for the backward."""
     if SAME_L:
         s_dl = s_ul
         s_u2l = s_ul
@@ -381,18 +397,18 @@ def _rows_out_kernel(
                   pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
                   s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
                   N, NP, BD, HAS_D, HAS_BIAS, SOFTPLUS, False, HAS_INIT,
-                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 0, HAS_Z)
+                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 0, HAS_Z, False, ck_ptr, CK)
         _walk_out(u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hseg2_ptr,
                   pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
                   s_u2b, s_u2l, s_d2b, s_d2l, s_B2b, s_B2l, s_B2g, s_C2b, s_C2l, s_C2g,
                   N, NP, BD, HAS_D2, HAS_BIAS2, SOFTPLUS, True, HAS_INIT2,
-                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z, SAVE_Y)
+                  acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 2, HAS_Z, SAVE_Y, ck2_ptr, CK)
     else:
         h = _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
                       pid_b, pid_s, d_idx, dcol, mask_d, n_ar, mask_n, grp, L, D, NS, SEG,
                       s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
                       N, NP, BD, HAS_D, HAS_BIAS, SOFTPLUS, REV, HAS_INIT,
-                      acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 1, HAS_Z)
+                      acc_ptr, out_ptr, z_ptr, s_zb, s_zl, s_ob, s_ol, s_ab, s_al, 1, HAS_Z, False, ck_ptr, CK)
         if STORE_END:
             tl.store(hend_ptr + pid_b * N * D + n_ar[:, None] * D + d_idx[None, :], h,
                      mask=mask_n[:, None] & mask_d[None, :])
@@ -736,6 +752,9 @@ class _Geom:
         self.ND = triton.cdiv(self.D, self.BD)
         F = CONFIG["ckpt"]
         seg = max(F, (CONFIG["seg"] // F) * F)
+        seg_long = (CONFIG["seg_long"] // F) * F
+        if seg_long > seg and self.batch * nd_fwd * triton.cdiv(self.L, seg_long) >= CONFIG["seg_long_programs"]:
+            seg = seg_long
         if self.batch * nd_fwd >= CONFIG["min_programs"] or self.L <= seg:
             seg = triton.cdiv(self.L, F) * F  # one segment: a single pass
         self.SEG = seg
@@ -754,6 +773,18 @@ def _same_l(*ts) -> bool:
     """Whether the given tensors (None skipped) share one stride along dim 1 (the length)."""
     s = {t.stride(1) for t in ts if t is not None}
     return len(s) <= 1
+
+
+def _fwd_ckpt(geom, u, A, B, grad):
+    """(buffer (b, NS * SEG / CK, N, D) fp32, CK) for the forward to fill with the
+    backward's checkpoints, or (None, 0): no gradient to come, or over fwd_ckpt_bytes."""
+    if not grad:
+        return None, 0
+    CK = _bwd_kernel(_Geom(u, A, B, bwd=True))[3].get("FINE", 0) or geom.F
+    rows = geom.NS * (geom.SEG // CK)
+    if geom.batch * rows * geom.N * geom.D * 4 > CONFIG["fwd_ckpt_bytes"]:
+        return None, 0
+    return torch.empty(geom.batch, rows, geom.N, geom.D, device=u.device, dtype=torch.float32), CK
 
 
 def _strides(t, k=2):
@@ -799,8 +830,8 @@ def _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj, z=None):
     return _combine(geom, sloc, ssum, A, h0, desc)
 
 
-def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
-    """One direction. Returns (out, hT (b, D, N), hseg or None)."""
+def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev, ck=None, CK=0):
+    """One direction. Returns (out, hT (b, D, N), hseg or None). ck, CK: see _fwd_ckpt."""
     b, L, D, N = geom.batch, geom.L, geom.D, geom.N
     hseg, hT = _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj=False)
     out = torch.empty(b, L, D, device=u.device, dtype=u.dtype)
@@ -809,7 +840,7 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
         u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
         hseg if hseg is not None else out,
         u, delta, delta, At, B, C, At, out,
-        z if z is not None else u, out, out, hend,
+        z if z is not None else u, out, out, hend, ck if ck is not None else out, out,
         L, D, geom.NS, geom.SEG, geom.DPG, 1,
         *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3),
         *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3),
@@ -817,7 +848,7 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev):
         N=N, NP=geom.NP, BD=geom.BD, HAS_D=D_ is not None, HAS_D2=False, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, HAS_BIAS2=False, SOFTPLUS=softplus, REV=rev,
         HAS_INIT=hseg is not None, HAS_INIT2=False, BIDIR=False, STORE_END=geom.NS == 1,
-        SAME_L=_same_l(u, delta, z, out), SAME_BC=_same_l(B, C), num_warps=geom.warps,
+        SAME_L=_same_l(u, delta, z, out), SAME_BC=_same_l(B, C), CK=CK, num_warps=geom.warps,
     )
     if geom.NS == 1:
         hT = hend.transpose(1, 2)
@@ -843,40 +874,45 @@ def _bwd_kernel(geom):
 
 
 def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, rev,
-         du, ddelta, dz, dB, dC, dz_mode=0, yfull=None):
+         du, ddelta, dz, dB, dC, dz_mode=0, yfull=None, ck=None, CK=0):
     """Gradients of one direction from the segment-entering states hseg. Writes du,
     ddelta (, dz: dz_mode 0 from this scan's output, 1 from yfull, the saved pre-gate
-    output (b, L, D), 2 not written) and adds into dB, dC (fp32). Returns (dA (D, N),
+    output (b, L, D), 2 not written) and adds into dB, dC (fp32). ck: the checkpoints
+    the forward wrote every CK positions (else computed here). Returns (dA (D, N),
     dD, dbias, dh0 (b, D, N))."""
     b, L, D, N, NS, SEG, F = geom.batch, geom.L, geom.D, geom.N, geom.NS, geom.SEG, geom.F
     dev = u.device
-    mseg, _ = _seg_states(geom, gout, delta, bias, At, A, C, ghT, softplus, rev, adj=True, z=z)
     kern, grid, bd, extra = _bwd_kernel(geom)
+    if "FINE" in extra and CONFIG["bwd_bc_fp32"]:  # the Gluon kernel: B, C rows as fp32 copies
+        B, C = B.float().contiguous(), C.float().contiguous()
+    mseg, _ = _seg_states(geom, gout, delta, bias, At, A, C, ghT, softplus, rev, adj=True, z=z)
     if "FINE" in extra:  # the Gluon kernel: say which position strides coincide
         extra = dict(extra, SAME_L=_same_l(u, delta, gout, du, z, yfull if dz_mode == 1 else None),
                      SAME_BC=_same_l(B, C, dB, dC))
     # transient checkpoints (fp32, every CK positions: F, or the Gluon kernel's FINE
     # sub-segments, which it refines to every F in shared memory), bounded by bwd_ckpt_bytes:
     # the segments are processed in groups of NSG, each group's checkpoints then gradients
+    saved = ck is not None and CK == (extra.get("FINE", 0) or F)  # (the CONFIG may have changed since)
     CK = extra.get("FINE", 0) or F
     per_seg = b * (SEG // CK) * N * D * 4
-    NSG = max(1, min(NS, CONFIG["bwd_ckpt_bytes"] // per_seg))
-    hfine = torch.empty(b, NSG * (SEG // CK), N, D, device=dev, dtype=torch.float32)
+    NSG = NS if saved else max(1, min(NS, CONFIG["bwd_ckpt_bytes"] // per_seg))
+    hfine = ck if saved else torch.empty(b, NSG * (SEG // CK), N, D, device=dev, dtype=torch.float32)
     dA_part = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
     dD_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     db_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     mend = torch.empty(b, N, D, device=dev, dtype=torch.float32)
     for s0 in range(0, NS, NSG):
         ns = min(NSG, NS - s0)
-        _k(_rows_state_kernel)[(geom.ND, ns, b)](
-            u, delta, bias if bias is not None else delta, At, B, u,
-            hfine, hfine, hseg if hseg is not None else hfine, hfine,
-            L, D, NS, SEG, geom.DPG, 1, s0, NSG,
-            *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
-            N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
-            ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=CK, SAME_L=_same_l(u, delta),
-            num_warps=geom.warps,
-        )
+        if not saved:
+            _k(_rows_state_kernel)[(geom.ND, ns, b)](
+                u, delta, bias if bias is not None else delta, At, B, u,
+                hfine, hfine, hseg if hseg is not None else hfine, hfine,
+                L, D, NS, SEG, geom.DPG, 1, s0, NSG,
+                *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
+                N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
+                ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=CK, SAME_L=_same_l(u, delta),
+                num_warps=geom.warps,
+            )
         kern[(grid[0], ns, b)](
             u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
             z if z is not None else u, gout, yfull if yfull is not None else gout, hfine,
@@ -913,15 +949,16 @@ class _ScanFn(torch.autograd.Function):
                   None if h0 is None else h0.dtype)
         u, delta, A, At, B, C, D_, z, bias = _prep(u, delta, A, B, C, D_, z, bias)
         geom = _Geom(u, A, B)
-        out, hT, hseg = _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev)
-        ctx.save_for_backward(u, delta, A, At, B, C, D_, z, bias, hseg)
-        ctx.flags = (softplus, rev, dtypes)
+        ck, CK = _fwd_ckpt(geom, u, A, B, any(ctx.needs_input_grad))
+        out, hT, hseg = _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev, ck, CK)
+        ctx.save_for_backward(u, delta, A, At, B, C, D_, z, bias, hseg, ck)
+        ctx.flags = (softplus, rev, dtypes, CK)
         return out, hT
 
     @staticmethod
     def backward(ctx, gout, ghT):
-        u, delta, A, At, B, C, D_, z, bias, hseg = ctx.saved_tensors
-        softplus, rev, (A_dt, D_dt, b_dt, h0_dt) = ctx.flags
+        u, delta, A, At, B, C, D_, z, bias, hseg, ck = ctx.saved_tensors
+        softplus, rev, (A_dt, D_dt, b_dt, h0_dt), CK = ctx.flags
         geom = _Geom(u, A, B, bwd=True)
         gout = torch.zeros_like(u) if gout is None else _c(gout)
         # the kernels write du, ddelta, dz with one set of strides: all contiguous
@@ -929,7 +966,7 @@ class _ScanFn(torch.autograd.Function):
         dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
         dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
         dA, dD, dbias, dh0 = _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg,
-                                  softplus, rev, du, ddelta, dz, dB, dC)
+                                  softplus, rev, du, ddelta, dz, dB, dC, ck=ck, CK=CK)
         return (du, ddelta, dA.to(A_dt), dB.to(B.dtype), dC.to(C.dtype),
                 None if dD is None else dD.to(D_dt), dz,
                 None if dbias is None else dbias.to(b_dt),
@@ -968,13 +1005,17 @@ class _BidirFn(torch.autograd.Function):
         # mamba_ssm keeps its output) or fp32 (bidir_acc "fp32": twice the traffic and memory)
         acc_dt = torch.float32 if CONFIG["bidir_acc"] == "fp32" else u_f.dtype
         acc = torch.empty(b, L, D, device=u_f.device, dtype=acc_dt)
-        save_y = z is not None and any(ctx.needs_input_grad)
+        grad = any(ctx.needs_input_grad)
+        save_y = z is not None and grad
+        ck_f, CK = _fwd_ckpt(g, u_f, A_f, B_f, grad)
+        ck_r = None if ck_f is None else torch.empty_like(ck_f)
         _k(_rows_out_kernel)[g.grid](
             u_f, delta_f, bias_f if bias_f is not None else delta_f, At_f, B_f, C_f,
             D_f if D_f is not None else At_f, hseg_f if hseg_f is not None else acc,
             u_r, delta_r, bias_r if bias_r is not None else delta_r, At_r, B_r, C_r,
             D_r if D_r is not None else At_r, hseg_r if hseg_r is not None else acc,
             z if z is not None else u_f, out, acc, acc,
+            ck_f if ck_f is not None else acc, ck_r if ck_r is not None else acc,
             L, D, g.NS, g.SEG, g.DPG, 1,
             *_strides(u_f), *_strides(delta_f), *_strides(B_f, 3), *_strides(C_f, 3),
             *_strides(u_r), *_strides(delta_r), *_strides(B_r, 3), *_strides(C_r, 3),
@@ -983,12 +1024,14 @@ class _BidirFn(torch.autograd.Function):
             HAS_BIAS=bias_f is not None, HAS_BIAS2=bias_r is not None, SOFTPLUS=softplus, REV=False,
             HAS_INIT=hseg_f is not None, HAS_INIT2=hseg_r is not None, BIDIR=True, STORE_END=False,
             # no SAME_L / SAME_BC here: measured neutral / 1 ms slower at (8, 512, 16, 131072)
-            SAVE_Y=save_y, num_warps=g.warps,
+            SAVE_Y=save_y, CK=CK, num_warps=g.warps,
         )
         # with a gate and a gradient to come, acc now holds both directions' pre-gate sum,
         # from which the backward takes dz instead of recomputing both outputs
         ctx.save_for_backward(u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
-                              D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, acc if save_y else None)
+                              D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, acc if save_y else None,
+                              ck_f, ck_r)
+        ctx.CK = CK
         ctx.softplus = softplus
         ctx.dtypes = dtypes
         return out
@@ -996,22 +1039,23 @@ class _BidirFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gout):
         (u_f, delta_f, A_f, At_f, B_f, C_f, u_r, delta_r, A_r, At_r, B_r, C_r,
-         D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, yfull) = ctx.saved_tensors
+         D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, yfull, ck_f, ck_r) = ctx.saved_tensors
         sp = ctx.softplus
         gout = torch.zeros_like(u_f) if gout is None else _c(gout)
         g = _Geom(u_f, A_f, B_f, bwd=True)
         dev = u_f.device
         dz = _dense(z)
         grads = []
-        for (u, delta, A, At, B, C, D_, bias, hseg, rev) in (
-                (u_f, delta_f, A_f, At_f, B_f, C_f, D_f, bias_f, hseg_f, False),
-                (u_r, delta_r, A_r, At_r, B_r, C_r, D_r, bias_r, hseg_r, True)):
+        for (u, delta, A, At, B, C, D_, bias, hseg, ck, rev) in (
+                (u_f, delta_f, A_f, At_f, B_f, C_f, D_f, bias_f, hseg_f, ck_f, False),
+                (u_r, delta_r, A_r, At_r, B_r, C_r, D_r, bias_r, hseg_r, ck_r, True)):
             du, ddelta = _dense(u), _dense(delta)
             dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
             dC = torch.zeros(C.shape, device=dev, dtype=torch.float32)
             # dz once, by the first direction, from the saved pre-gate sum
             dA, dD, dbias, _ = _bwd(g, gout, None, u, delta, At, A, B, C, D_, z, bias, hseg, sp, rev,
-                                    du, ddelta, dz, dB, dC, dz_mode=2 if rev else 1, yfull=yfull)
+                                    du, ddelta, dz, dB, dC, dz_mode=2 if rev else 1, yfull=yfull,
+                                    ck=ck, CK=ctx.CK)
             grads.append((du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias))
         (duf, ddf, dAf, dBf, dCf, dDf, dbf), (dur, ddr, dAr, dBr, dCr, dDr, dbr) = grads
         tA_f, tA_r, tD_f, tD_r, tb_f, tb_r = ctx.dtypes

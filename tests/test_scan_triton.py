@@ -115,6 +115,19 @@ def test_single_pass_and_many_segments(rev):
 
 
 @pytest.mark.parametrize("rev", [False, True])
+def test_longer_segments_when_programs_suffice(rev):
+    """seg_long: segments of 32 instead of 16 once batch x d-blocks x segments of 32
+    reaches seg_long_programs (2 x 2 x 2 = 8 here), with the same results."""
+    args = make(2, 37, 8, 4, 2, torch.float32, seed=17 + rev)
+    ts.CONFIG.update(seg=16, block_d=4, min_programs=10**9)  # (the CPU fixture's; also on a GPU)
+    ts.CONFIG.update(seg_long=32, seg_long_programs=9)
+    assert ts._Geom(args[0], args[2], args[3]).SEG == 16
+    ts.CONFIG.update(seg_long_programs=8)
+    assert ts._Geom(args[0], args[2], args[3]).SEG == 32
+    check(args, softplus=True, rev=rev, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("rev", [False, True])
 def test_unvectorised_kernel_variant(rev):
     """The other compilation of every kernel compute the same: the forward kernels with
     the channel stride unknown (vec False; the default specialises it) and the backward
@@ -151,7 +164,53 @@ def test_backward_in_segment_groups(groups, rev):
     b, L, D, N = 2, 37, 8, 4
     F = ts.CONFIG["ckpt"]
     ts.CONFIG["bwd_ckpt_bytes"] = groups * b * (16 // F) * N * D * 4  # 16: the fixture's segment
+    ts.CONFIG["fwd_ckpt_bytes"] = 0  # the backward computes its checkpoints itself
     args = make(b, L, D, N, 2, torch.float32, seed=41 + groups)
+    check(args, softplus=True, rev=rev, dtype=torch.float32)
+
+
+def _saved_ckpt(y):
+    """The checkpoint buffer the forward saved for the backward (None: not saved)."""
+    return y.grad_fn.saved_tensors[-1]
+
+
+@pytest.mark.parametrize("rev", [False, True])
+def test_backward_checkpoints_from_forward(rev):
+    """The forward writes the backward's checkpoints when gradients are to come and they
+    fit fwd_ckpt_bytes; the gradients equal those of the backward's own checkpoint pass
+    (and the reference), and a CONFIG changed between forward and backward (another
+    checkpoint spacing) falls back to that pass."""
+    b, L, D, N = 2, 37, 8, 4
+    args = make(b, L, D, N, 2, torch.float32, seed=45 + rev)
+    u, delta, A, B, C, Dv, z, bias, h = args
+    geom = ts._Geom(u, A, B)
+    # the spacing the backward kernel wants: the Gluon kernel's refined sub-segments (GPU), else ckpt
+    CK = ts._bwd_kernel(ts._Geom(u, A, B, bwd=True))[3].get("FINE", 0) or ts.CONFIG["ckpt"]
+    size = b * geom.NS * (geom.SEG // CK) * N * D * 4
+    y, _ = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, True, rev)
+    ck = _saved_ckpt(y)
+    assert ck is not None and ck.shape == (b, geom.NS * geom.SEG // CK, N, D)
+    ts.CONFIG["fwd_ckpt_bytes"] = size - 1
+    y, _ = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, True, rev)
+    assert _saved_ckpt(y) is None
+    assert ts._fwd_ckpt(geom, u, A, B, False) == (None, 0)  # no gradient to come: nothing allocated
+    g = torch.Generator().manual_seed(7)
+    gy = torch.randn(b, L, D, generator=g).to(DEV)
+    gh = torch.randn(b, D, N, generator=g).to(DEV)
+    ts.CONFIG["fwd_ckpt_bytes"] = 0
+    _, _, g_re = run(ts.selective_scan_triton, args, True, rev, gy, gh)
+    ts.CONFIG["fwd_ckpt_bytes"] = size
+    _, _, g_fw = run(ts.selective_scan_triton, args, True, rev, gy, gh)
+    for name, a, c in zip(NAMES, g_fw, g_re):
+        assert rel(a, c) < 1e-6, name
+    # saved every CK; the backward then wants every 4 (another ckpt, no refinement): it recomputes
+    y, hT = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, True, rev)
+    assert _saved_ckpt(y) is not None
+    ts.CONFIG.update(ckpt=4, bwd_fine=0)
+    assert CK != 4
+    g_mis = torch.autograd.grad((y.float() * gy).sum() + (hT * gh).sum(), [t for t in args if t is not None])
+    for name, a, c in zip(NAMES, g_mis, g_re):
+        assert rel(a, c) < 1e-5, name
     check(args, softplus=True, rev=rev, dtype=torch.float32)
 
 
@@ -271,6 +330,14 @@ def test_bidirectional(dtype, with_z):
     # the dispatch entry point reaches the same kernel
     y3 = bidirectional_selective_scan(*args, delta_softplus=True, backend="triton")
     assert rel(y3, y1) < 1e-6
+    # both directions' checkpoints came from the forward; without them, the same gradients
+    assert all(t is not None for t in y3.grad_fn.saved_tensors[-2:])
+    ts.CONFIG["fwd_ckpt_bytes"] = 0
+    y4 = ts.bidirectional_selective_scan_triton(*args, delta_softplus=True)
+    assert all(t is None for t in y4.grad_fn.saved_tensors[-2:])
+    g4 = torch.autograd.grad((y4.float() * gy).sum(), live)
+    for i, (a, c) in enumerate(zip(g1, g4)):
+        assert rel(a, c) < 1e-6, (i, rel(a, c))
 
 
 def test_state_update_equals_scan():
@@ -330,18 +397,20 @@ def test_gpu_bf16_realistic(shape, rev):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(2, 64, 16, 1, 4097), (1, 128, 16, 2, 6000), (3, 96, 8, 1, 700)])
 @pytest.mark.parametrize("rev", [False, True])
-@pytest.mark.parametrize("variant", [{}, {"gluon_mask_bc": True}, {"bwd_ckpt_bytes": 1},
+@pytest.mark.parametrize("variant", [{}, {"gluon_mask_bc": True}, {"bwd_ckpt_bytes": 1, "fwd_ckpt_bytes": 0},
+                                     {"fwd_ckpt_bytes": 0}, {"bwd_bc_fp32": False},
                                      {"ckpt": 4},
                                      {"prefetch_bwd": 0}, {"prefetch_bwd": 3, "prefetch_level": "L1"},
                                      {"gluon_reuse": False, "prefetch_bwd": 0},
                                      {"ckpt": 4, "sub": 4, "prefetch_bwd": 2},
-                                     {"bwd_fine": 0}, {"bwd_fine": 64}, {"bwd_fine": 16, "bwd_ckpt_bytes": 1},
+                                     {"bwd_fine": 0}, {"bwd_fine": 64}, {"bwd_fine": 16, "bwd_ckpt_bytes": 1, "fwd_ckpt_bytes": 0},
                                      {"bwd_fine": 32, "ckpt": 4, "sub": 2, "prefetch_bwd": 0}])
 def test_gpu_gluon_backward(shape, rev, variant):
     """The Gluon backward kernel against the reference: output and every gradient, both
     directions, with n_groups > 1 and d_state 8, for each variant (B/C masking, segment
     groups, checkpoint blocking, prefetch, reuse of the forward step's decay and rows, states
-    refined in shared memory from sparser checkpoints)."""
+    refined in shared memory from sparser checkpoints, checkpoints from the backward's own
+    pass instead of the forward)."""
     from mambadna.kernels import gluon_scan_bwd
 
     if not gluon_scan_bwd.available():
