@@ -28,6 +28,7 @@ and runs through the same state kernel with ``ADJ``.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Optional
 
 import torch
@@ -73,10 +74,12 @@ CONFIG = {
     "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
     "bwd_fine": 16,      # Gluon backward: > ckpt, a multiple of it dividing seg: global checkpoints
                          # every bwd_fine positions only, refined to every ckpt in shared memory
-    "fwd_ckpt_bytes": 4 << 30,  # a forward whose inputs need gradients writes the backward's
-                                # checkpoints (fp32, 4 bytes a (batch, position, channel) with
-                                # bwd_fine 16) as it walks, when they fit this bound (per
-                                # direction); else the backward recomputes them (0: never)
+    "fwd_ckpt_bytes": None,  # a forward whose inputs need gradients writes the backward's
+                             # checkpoints (fp32) as it walks, while all such buffers alive (saved
+                             # for backwards to come) stay within this many bytes; None: 1/8 of the
+                             # device's memory; 0: never (the backward then computes them itself)
+    "fwd_fine": 8,       # their spacing for the Gluon backward (8 bytes a (batch, position,
+                         # channel)); bwd_fine (4 bytes) where that does not fit the bound
     "bidir_acc": "input",  # dtype of the bidirectional forward's intermediate output and of the
                            # pre-gate sum kept for dz: "input" (u's dtype) or "fp32"
 }
@@ -775,16 +778,44 @@ def _same_l(*ts) -> bool:
     return len(s) <= 1
 
 
-def _fwd_ckpt(geom, u, A, B, grad):
-    """(buffer (b, NS * SEG / CK, N, D) fp32, CK) for the forward to fill with the
-    backward's checkpoints, or (None, 0): no gradient to come, or over fwd_ckpt_bytes."""
+_LIVE_CK = [0]  # bytes of forward-written checkpoints now alive (awaiting their backward)
+
+
+def _release_ck(nbytes):
+    _LIVE_CK[0] -= nbytes
+
+
+def _fwd_ckpt_budget(device) -> int:
+    b = CONFIG["fwd_ckpt_bytes"]
+    if b is None:
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 8 << 30
+        return total // 8
+    return int(b)
+
+
+def _fwd_ckpt(geom, u, A, B, grad, count=1):
+    """([count buffers (b, NS * SEG / CK, N, D) fp32], CK) for the forward to fill with the
+    backward's checkpoints every CK positions, or (None, 0): no gradient to come, or
+    no spacing the backward takes fits within fwd_ckpt_bytes of live buffers."""
     if not grad:
         return None, 0
-    CK = _bwd_kernel(_Geom(u, A, B, bwd=True))[3].get("FINE", 0) or geom.F
-    rows = geom.NS * (geom.SEG // CK)
-    if geom.batch * rows * geom.N * geom.D * 4 > CONFIG["fwd_ckpt_bytes"]:
-        return None, 0
-    return torch.empty(geom.batch, rows, geom.N, geom.D, device=u.device, dtype=torch.float32), CK
+    budget = _fwd_ckpt_budget(u.device)
+    extra = _bwd_kernel(_Geom(u, A, B, bwd=True))[3]
+    if extra.get("FINE", 0):  # the Gluon kernel refining sub-segments: fwd_fine first
+        cands = [c for c in (int(CONFIG["fwd_fine"]), extra["FINE"]) if c and _fine_ok(c, geom)]
+    else:
+        cands = [geom.F]
+    for CK in cands:
+        rows = geom.NS * (geom.SEG // CK)
+        nbytes = geom.batch * rows * geom.N * geom.D * 4
+        if _LIVE_CK[0] + count * nbytes <= budget:
+            bufs = [torch.empty(geom.batch, rows, geom.N, geom.D, device=u.device, dtype=torch.float32)
+                    for _ in range(count)]
+            for t in bufs:  # counted until the buffer is freed (after its backward, or with its graph)
+                _LIVE_CK[0] += nbytes
+                weakref.finalize(t, _release_ck, nbytes)
+            return bufs, CK
+    return None, 0
 
 
 def _strides(t, k=2):
@@ -855,17 +886,21 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev, ck=None, C
     return out, hT, hseg
 
 
-def _bwd_kernel(geom):
+def _fine_ok(fine, geom):
+    return fine > geom.F and fine % geom.F == 0 and geom.SEG % fine == 0
+
+
+def _bwd_kernel(geom, fine=None):
     """(kernel, grid, BD, extra constexprs) of the backward kernel to launch: the Gluon one
-    when selected and usable, else Triton's."""
+    when selected and usable (FINE: fine, else bwd_fine, where valid), else Triton's."""
     if CONFIG["bwd_impl"] == "gluon" and not _interpret() and geom.warps == 1 and geom.BD % 32 == 0 \
             and geom.NP <= 32 and min(CONFIG["sub"], geom.F) >= 2:
         from . import gluon_scan_bwd
 
         if gluon_scan_bwd.available():
             bd = 32  # a lane per channel; divides BD, so a block still never straddles two groups
-            fine = int(CONFIG["bwd_fine"])
-            if fine <= geom.F or fine % geom.F or geom.SEG % fine:
+            fine = int(CONFIG["bwd_fine"]) if fine is None or not _fine_ok(fine, geom) else fine
+            if not _fine_ok(fine, geom):
                 fine = 0
             return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
                     {"MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": bool(CONFIG["gluon_reuse"]),
@@ -882,7 +917,7 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
     dD, dbias, dh0 (b, D, N))."""
     b, L, D, N, NS, SEG, F = geom.batch, geom.L, geom.D, geom.N, geom.NS, geom.SEG, geom.F
     dev = u.device
-    kern, grid, bd, extra = _bwd_kernel(geom)
+    kern, grid, bd, extra = _bwd_kernel(geom, CK if ck is not None else None)
     if "FINE" in extra and CONFIG["bwd_bc_fp32"]:  # the Gluon kernel: B, C rows as fp32 copies
         B, C = B.float().contiguous(), C.float().contiguous()
     mseg, _ = _seg_states(geom, gout, delta, bias, At, A, C, ghT, softplus, rev, adj=True, z=z)
@@ -949,7 +984,8 @@ class _ScanFn(torch.autograd.Function):
                   None if h0 is None else h0.dtype)
         u, delta, A, At, B, C, D_, z, bias = _prep(u, delta, A, B, C, D_, z, bias)
         geom = _Geom(u, A, B)
-        ck, CK = _fwd_ckpt(geom, u, A, B, any(ctx.needs_input_grad))
+        cks, CK = _fwd_ckpt(geom, u, A, B, any(ctx.needs_input_grad))
+        ck = None if cks is None else cks[0]
         out, hT, hseg = _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev, ck, CK)
         ctx.save_for_backward(u, delta, A, At, B, C, D_, z, bias, hseg, ck)
         ctx.flags = (softplus, rev, dtypes, CK)
@@ -1007,8 +1043,8 @@ class _BidirFn(torch.autograd.Function):
         acc = torch.empty(b, L, D, device=u_f.device, dtype=acc_dt)
         grad = any(ctx.needs_input_grad)
         save_y = z is not None and grad
-        ck_f, CK = _fwd_ckpt(g, u_f, A_f, B_f, grad)
-        ck_r = None if ck_f is None else torch.empty_like(ck_f)
+        cks, CK = _fwd_ckpt(g, u_f, A_f, B_f, grad, count=2)
+        ck_f, ck_r = (None, None) if cks is None else cks
         _k(_rows_out_kernel)[g.grid](
             u_f, delta_f, bias_f if bias_f is not None else delta_f, At_f, B_f, C_f,
             D_f if D_f is not None else At_f, hseg_f if hseg_f is not None else acc,
