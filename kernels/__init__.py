@@ -95,6 +95,11 @@ def selective_scan(
 
     Returns:
         y (batch, length, d_inner) in u's dtype, or (y, final_state).
+
+    Memory (Triton): when gradients are to come, the forward also keeps fp32 states
+    every 8 (or 16) positions for the backward, up to
+    ``triton_scan.CONFIG["fwd_ckpt_bytes"]`` alive in all (default 1/8 of the device
+    memory; 0: none, the backward then recomputes them).
     """
     if _pick(backend, u) == "triton":
         from .triton_scan import selective_scan_triton
