@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         num_workers: Optional[int] = typer.Option(None, "--num-workers"),
         layer_chunk: Optional[int] = typer.Option(None, "--layer-chunk", help="Train each layer along the length in exact chunks of N positions (carried state; bounds activation memory at 2^20). 0 off; default: 256 on CPU, off on GPU."),
         residual_bf16: Optional[bool] = typer.Option(None, "--residual-bf16/--residual-fp32", help="Residual stream dtype on CUDA (bf16 saves memory at 2^20)."),
+        scan_state_gib: Optional[float] = typer.Option(None, "--scan-state-gib", help="GPU memory (GiB) the scans may keep from forward to backward (faster backward); default 1/8 of the GPU; 0: recompute."),
         stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this step (checkpointed), resume later with --resume."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar."),
         gpus: Optional[int] = typer.Option(None, "--gpus", help="Launch torchrun with this many GPUs."),
@@ -57,7 +58,8 @@ def register(app: typer.Typer) -> None:
             val_fraction=val_fraction, eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, resume=resume,
             gradient_checkpointing=gradient_checkpointing, seq_len_warmup=seq_len_warmup,
             rc_augment=rc_augment, bam=bam, num_workers=num_workers, stop_after=stop_after,
-            residual_bf16=residual_bf16, progress=progress, layer_chunk=layer_chunk)
+            residual_bf16=residual_bf16, progress=progress, layer_chunk=layer_chunk,
+            scan_state_gib=scan_state_gib)
         cfg = (PretrainConfig.from_toml(str(config), **overrides) if config
                else PretrainConfig.from_mapping({}, overrides))
         launch_or_pretrain(cfg, gpus=gpus)

@@ -8,8 +8,9 @@ kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` with
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -35,6 +36,7 @@ __all__ = [
     "bidirectional_selective_scan_ref",
     "selective_state_update_ref",
     "triton_available",
+    "scan_saved_state_limit",
 ]
 
 _BACKENDS = ("auto", "triton", "reference")
@@ -47,6 +49,25 @@ def triton_available() -> bool:
     except Exception:  # pragma: no cover - depends on the platform
         return False
     return True
+
+
+@contextlib.contextmanager
+def scan_saved_state_limit(nbytes: Optional[int]) -> Iterator[None]:
+    """Within the block, bound the fp32 states that Triton scans' forwards keep for
+    their backwards (all such buffers alive at once) to ``nbytes``; 0 keeps none (each
+    backward recomputes them: less memory, slower), None the default (1/8 of the device
+    memory). The previous bound is restored on exit. No effect without Triton."""
+    if not triton_available():
+        yield
+        return
+    from . import triton_scan as ts
+
+    old = ts.CONFIG["fwd_ckpt_bytes"]
+    ts.CONFIG["fwd_ckpt_bytes"] = None if nbytes is None else int(nbytes)
+    try:
+        yield
+    finally:
+        ts.CONFIG["fwd_ckpt_bytes"] = old
 
 
 def _pick(backend: str, t: torch.Tensor) -> str:
@@ -97,9 +118,8 @@ def selective_scan(
         y (batch, length, d_inner) in u's dtype, or (y, final_state).
 
     Memory (Triton): when gradients are to come, the forward also keeps fp32 states
-    every 8 (or 16) positions for the backward, up to
-    ``triton_scan.CONFIG["fwd_ckpt_bytes"]`` alive in all (default 1/8 of the device
-    memory; 0: none, the backward then recomputes them).
+    every 8 (or 16) positions for the backward, up to a bound on all such buffers
+    alive (default 1/8 of the device memory; :func:`scan_saved_state_limit`).
     """
     if _pick(backend, u) == "triton":
         from .triton_scan import selective_scan_triton

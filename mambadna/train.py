@@ -25,6 +25,7 @@ from .checkpoint import CONFIG, WEIGHTS, load_state_dict, read_config, save_mode
 from .config import ModelConfig
 from .errors import CheckpointError, InputError, TrainingError
 from .io_utils import atomic_dir, atomic_path
+from .kernels import scan_saved_state_limit
 from .model import MambaDNA
 from .tokenizer import A, MASK, T
 
@@ -85,6 +86,8 @@ class PretrainConfig:
     progress: bool = True
     layer_chunk: int = -1  # > 0: each block trained in exact length chunks of this size; 0 off; -1 auto (CPU: 256)
     residual_bf16: bool = False  # keep the residual stream in bf16 on CUDA (halves checkpointed activations)
+    scan_state_gib: float = -1.0  # GPU memory the scans' forwards may keep for their backwards; -1: 1/8 of
+                                  # the device; 0: none (recomputed in backward: less memory, slower)
     stop_after: int = 0  # stop (with a checkpoint) after this step, to resume later; 0 = run to max_steps
 
     def __post_init__(self) -> None:
@@ -401,6 +404,12 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     Returns a summary dict (final step, last train loss, last validation
     metrics, output directory).
     """
+    limit = None if cfg.scan_state_gib < 0 else int(cfg.scan_state_gib * (1 << 30))
+    with scan_saved_state_limit(limit):
+        return _pretrain(cfg)
+
+
+def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     dist_info, device = _init_distributed(cfg.device)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)

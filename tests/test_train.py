@@ -193,3 +193,30 @@ def test_seq_len_warmup_end_to_end_keeps_tokens_per_step(tmp_path):
     assert [r["seq_len"] for r in rows] == [16, 32, 64, 64]
     assert {r["batch"] * r["seq_len"] for r in rows} == {4 * 64}
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_scan_state_limit_applies_during_pretraining_only(tmp_path, monkeypatch):
+    """--scan-state-gib reaches PretrainConfig, bounds what the scans keep for their
+    backwards while pretrain runs (0: nothing kept, the backward recomputes), and the
+    previous bound is back afterwards."""
+    pytest.importorskip("triton")
+    from typer.testing import CliRunner
+
+    import mambadna.train as tr
+    from mambadna.cli.main import app
+    from mambadna.kernels import triton_scan as ts
+
+    seen = {}
+    monkeypatch.setattr(tr, "_pretrain", lambda cfg: seen.setdefault("bound", ts.CONFIG["fwd_ckpt_bytes"]))
+    before = ts.CONFIG["fwd_ckpt_bytes"]
+    tr.pretrain(_cfg(tmp_path / "a", scan_state_gib=0.5))
+    assert seen["bound"] == 1 << 29 and ts.CONFIG["fwd_ckpt_bytes"] == before
+    seen.clear()
+    tr.pretrain(_cfg(tmp_path / "b"))  # default: the device's 1/8
+    assert seen["bound"] is None and ts.CONFIG["fwd_ckpt_bytes"] == before
+
+    got = {}
+    monkeypatch.setattr(tr, "launch_or_pretrain", lambda cfg, gpus=None: got.setdefault("cfg", cfg))
+    r = CliRunner().invoke(app, ["pretrain", str(EXAMPLE), "--out", str(tmp_path / "c"), "--scan-state-gib", "0"])
+    assert r.exit_code == 0, r.output
+    assert got["cfg"].scan_state_gib == 0.0
