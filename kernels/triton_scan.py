@@ -899,7 +899,8 @@ def _bwd_kernel(geom, fine=None):
 
         if gluon_scan_bwd.available():
             bd = 32  # a lane per channel; divides BD, so a block still never straddles two groups
-            fine = int(CONFIG["bwd_fine"]) if fine is None or not _fine_ok(fine, geom) else fine
+            if fine is None or not _fine_ok(fine, geom):
+                fine = int(CONFIG["bwd_fine"])
             if not _fine_ok(fine, geom):
                 fine = 0
             return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
@@ -927,8 +928,9 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
     # transient checkpoints (fp32, every CK positions: F, or the Gluon kernel's FINE
     # sub-segments, which it refines to every F in shared memory), bounded by bwd_ckpt_bytes:
     # the segments are processed in groups of NSG, each group's checkpoints then gradients
-    saved = ck is not None and CK == (extra.get("FINE", 0) or F)  # (the CONFIG may have changed since)
-    CK = extra.get("FINE", 0) or F
+    need = extra.get("FINE", 0) or F
+    saved = ck is not None and CK == need  # (the CONFIG may have changed since the forward)
+    CK = need
     per_seg = b * (SEG // CK) * N * D * 4
     NSG = NS if saved else max(1, min(NS, CONFIG["bwd_ckpt_bytes"] // per_seg))
     hfine = ck if saved else torch.empty(b, NSG * (SEG // CK), N, D, device=dev, dtype=torch.float32)
