@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Score variants (ref/alt windows) or sequences with a classifier or zero-shot."""
-        from mambadna.classify import ClassifyConfig, classify
+        from mambadna.tasks.classify import ClassifyConfig, classify
 
         cfg = ClassifyConfig(model=model, out=out, vcf=vcf, reference=reference, fasta=fasta, bed=bed, bam=bam,
                              region=region, min_mapq=min_mapq, vcf_out=vcf_out, window=window,

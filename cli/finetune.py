@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Fine-tune a classifier (or fit a probe) on labeled sequences; writes metrics.json and plots."""
-        from mambadna.finetune import FinetuneConfig, finetune
+        from mambadna.tasks.finetune import FinetuneConfig, finetune
 
         hid = [h for h in (hidden or [64]) if h > 0]
         cfg = FinetuneConfig(

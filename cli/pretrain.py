@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         gpus: Optional[int] = typer.Option(None, "--gpus", help="Launch torchrun with this many GPUs."),
     ) -> None:
         """Self-supervised pretraining on a reference genome."""
-        from mambadna.train import PretrainConfig, launch_or_pretrain
+        from mambadna.tasks.pretrain import PretrainConfig, launch_or_pretrain
 
         overrides = dict(
             genome=None if genome is None else str(genome), out=out, seq_len=seq_len, batch_size=batch_size,

@@ -14,10 +14,10 @@ from typing import Iterator, Optional
 
 import torch
 
-from .reference import (
+from .conv.reference import conv1d_silu_ref
+from .norm.reference import rms_norm_ref
+from .scan.reference import (
     bidirectional_selective_scan_ref,
-    conv1d_silu_ref,
-    rms_norm_ref,
     selective_scan_chunked,
     selective_scan_ref,
     selective_state_update_ref,
@@ -45,7 +45,7 @@ _BACKENDS = ("auto", "triton", "reference")
 def triton_available() -> bool:
     """True when the Triton kernels can be imported (triton installed)."""
     try:
-        from . import triton_scan  # noqa: F401
+        from .scan import triton  # noqa: F401
     except Exception:  # pragma: no cover - depends on the platform
         return False
     return True
@@ -60,7 +60,7 @@ def scan_saved_state_limit(nbytes: Optional[int]) -> Iterator[None]:
     if not triton_available():
         yield
         return
-    from . import triton_scan as ts
+    from .scan import triton as ts
 
     old = ts.CONFIG["fwd_ckpt_bytes"]
     ts.CONFIG["fwd_ckpt_bytes"] = None if nbytes is None else int(nbytes)
@@ -122,7 +122,7 @@ def selective_scan(
     alive (default 1/8 of the device memory; :func:`scan_saved_state_limit`).
     """
     if _pick(backend, u) == "triton":
-        from .triton_scan import selective_scan_triton
+        from .scan.triton import selective_scan_triton
 
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                      initial_state, return_final_state, reverse)
@@ -147,7 +147,7 @@ def bidirectional_selective_scan(
     (batch, length, d_inner), in u_f's dtype, is kept for the backward's dz.
     """
     if _pick(backend, u_f) == "triton":
-        from .triton_scan import bidirectional_selective_scan_triton
+        from .scan.triton import bidirectional_selective_scan_triton
 
         return bidirectional_selective_scan_triton(
             u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
@@ -171,7 +171,7 @@ def selective_state_update(
     Returns (y (batch, d_inner), new_state (batch, d_inner, d_state) fp32).
     """
     if _pick(backend, u) == "triton":
-        from .triton_scan import selective_state_update_triton
+        from .scan.triton import selective_state_update_triton
 
         return selective_state_update_triton(state, u, delta, A, B, C, D, z, delta_bias,
                                              delta_softplus)
@@ -204,7 +204,7 @@ def conv1d_silu(
         (batch, length, d_inner) in x's dtype; differentiable in x, weight, bias, context.
     """
     if _pick(backend, x) == "triton":
-        from .triton_conv import conv1d_silu_triton
+        from .conv.triton import conv1d_silu_triton
 
         return conv1d_silu_triton(x, weight, bias, context, reverse, activation)
     return conv1d_silu_ref(x, weight, bias, context, reverse, activation)
@@ -232,7 +232,7 @@ def rms_norm(
         weight, keeping only x and the per-row 1/rms (fp32) for backward.
     """
     if _pick(backend, x) == "triton":
-        from .triton_norm import rms_norm_triton
+        from .norm.triton import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps, out_dtype)
     return rms_norm_ref(x, weight, eps, out_dtype)

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": ("mambadna.api", "load"),
     "Model": ("mambadna.api", "Model"),
-    "Genome": ("mambadna.genome", "Genome"),
+    "Genome": ("mambadna.io.fasta", "Genome"),
 }
 
 

@@ -11,7 +11,7 @@
 >>> X = model.embed(vcf="calls.vcf.gz", genome=g, window=1024)   # rows: ref, alt, ref, alt ...
 
 Sequences of any length are processed exactly in chunks (see
-:mod:`mambadna.embed`); results are numpy arrays.
+:mod:`mambadna.inference.engine`); results are numpy arrays.
 """
 from __future__ import annotations
 
@@ -24,33 +24,19 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from .checkpoint import load_model, read_config
-from .config import ModelConfig
-from .embed import Embedder, Stream, normalize_pool, stack_results
-from .errors import InputError
-from .model import MambaDNA
-from .tokenizer import MASK, TokenizationError, encode
+from mambadna.components.checkpoint import load_model, read_config
+from mambadna.model.config import ModelConfig
+from mambadna.inference.engine import Embedder, Stream, stack_results
+from mambadna.inference.pooling import normalize_pool
+from mambadna.components.device import resolve_device
+from mambadna.errors import InputError
+from mambadna.model.encoder import MambaDNA
+from mambadna.tokenizer import MASK, TokenizationError, encode
 
 PathLike = Union[str, os.PathLike]
 INDEX_COLUMNS = ("name", "contig", "start", "end", "strand", "allele")
 
 
-def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is an InputError."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(None, f"unknown device {device!r} (use auto, cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "device 'cuda' requested but no CUDA device is available")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(None, f"unsupported device {device!r} (use auto, cpu or cuda)")
-    return dev
-
-
-# --------------------------------------------------------------------------- records
 @dataclass
 class Record:
     """One sequence to embed: token ids (L,) and its index row."""
@@ -75,7 +61,7 @@ def _encode(seq: Union[str, bytes], name: str, src: Optional[str] = None) -> np.
 
 
 def _genome(genome) -> Any:
-    from .genome import Genome
+    from mambadna.io.fasta import Genome
 
     if genome is None:
         return None
@@ -108,7 +94,7 @@ def interval_records(genome, intervals: Iterable) -> Iterator[Record]:
 
 def fasta_records(path: PathLike) -> Iterator[Record]:
     """Records of a FASTA file (plain or gzip), streamed."""
-    from .labeled import read_fasta_records
+    from mambadna.io.labeled import read_fasta_records
 
     for name, seq, _ in read_fasta_records(path):
         yield Record(_encode(seq, name, os.fspath(path)), name, "", 0, len(seq), "+")
@@ -117,7 +103,7 @@ def fasta_records(path: PathLike) -> Iterator[Record]:
 def bam_records(path: PathLike, region: Optional[str] = None, reference: Optional[PathLike] = None,
                 min_mapq: int = 0) -> Iterator[Record]:
     """Records of the reads of a BAM/CRAM (one row per read, stored orientation)."""
-    from .bam import iter_reads
+    from mambadna.io.bam import iter_reads
 
     for r in iter_reads(path, region=region, reference=reference, min_mapq=min_mapq):
         yield _read_record(r, os.fspath(path))
@@ -140,7 +126,7 @@ def _variant_records(w) -> Tuple[Record, Record]:
 def variant_records(vcf: PathLike, genome, window: int = 1024, skip_ref_mismatch: bool = False) -> Iterator[Record]:
     """Two records per ALT allele of a VCF: the reference window and the
     window with the allele applied (allele column "ref" / "alt")."""
-    from .variants import iter_variant_windows
+    from mambadna.io.vcf import iter_variant_windows
 
     for w in iter_variant_windows(vcf, _genome(genome), window=window, skip_ref_mismatch=skip_ref_mismatch):
         yield from _variant_records(w)
@@ -183,7 +169,7 @@ def iter_records(inputs=None, *, genome=None, intervals=None, bed: Optional[Path
     ``intervals`` or ``bed``), ``fasta``, ``bed`` + ``genome``, ``bam`` (+
     ``region``), or ``vcf`` + ``genome`` (+ ``window``).
     """
-    from .genome import Genome
+    from mambadna.io.fasta import Genome
 
     if isinstance(inputs, Genome):
         genome, inputs = inputs, None
@@ -205,7 +191,7 @@ def iter_records(inputs=None, *, genome=None, intervals=None, bed: Optional[Path
     if intervals is not None:
         return interval_records(genome, intervals)
     if bed is not None:
-        from .regions import read_bed
+        from mambadna.io.bed import read_bed
 
         g = _genome(genome)
         return interval_records(g, read_bed(bed, g))
@@ -266,7 +252,7 @@ class Model:
                 f"{self.torch_model.num_parameters():,} parameters, device={self.device})")
 
     def embedder(self, **kw) -> Embedder:
-        """An :class:`~mambadna.embed.Embedder` on this model (same keywords as :meth:`embed`)."""
+        """An :class:`~mambadna.inference.engine.Embedder` on this model (same keywords as :meth:`embed`)."""
         return Embedder(self.torch_model, device=self.device, **kw)
 
     def embed(self, inputs=None, pool: Optional[str] = "mean", layer: int = -1, rc_average: bool = False,
@@ -344,7 +330,7 @@ class Model:
 
     def stream(self, batch_size: int = 1, layer: int = -1) -> Stream:
         """Recurrent token-by-token inference (causal models): returns a
-        :class:`~mambadna.embed.Stream` with ``step(token) -> (batch, d_model)``,
+        :class:`~mambadna.inference.engine.Stream` with ``step(token) -> (batch, d_model)``,
         ``feed(tokens) -> (batch, L, d_model)``, ``next_token_logits()``, ``reset()``."""
         return Stream(self.torch_model, batch_size=batch_size, layer=layer, device=self.device)
 
@@ -517,7 +503,7 @@ def embed_file(cfg: EmbedFileConfig) -> Dict[str, Any]:
 
     Returns a summary: rows, tokens, dim, out, format.
     """
-    from .io_utils import atomic_path
+    from mambadna.io.files import atomic_path
 
     out = Path(cfg.out)
     suffix = out.suffix.lower()

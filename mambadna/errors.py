@@ -24,3 +24,17 @@ class CheckpointError(InputError):
 
 class TrainingError(MambaDNAError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. A BaseException, so that ``except Exception``
+    in library code does not swallow it; training loops turn it into a
+    checkpoint at the next step boundary. ``exit_code`` is 128 + signal."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {self.name}")

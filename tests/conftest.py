@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,34 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MAMBADNA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def __iter__(self):  # code, out, err = run_cli([...])
+        return iter((self.code, self.out, self.err))
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the ``mambadna`` CLI in-process: ``run_cli([args]) -> CliResult(code, out, err)``."""
+    from mambadna.cli.main import main
+
+    def run(args) -> CliResult:
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        cap = capsys.readouterr()
+        return CliResult(code, cap.out, cap.err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,8 +75,8 @@ def device() -> str:
 
 def _tiny_model_dir(tmp_path_factory, bidirectional: bool) -> Path:
     """Pretrain a tiny model for a few steps on the example genome (seconds on CPU)."""
-    from mambadna.config import ModelConfig
-    from mambadna.train import PretrainConfig, pretrain
+    from mambadna.model.config import ModelConfig
+    from mambadna.tasks.pretrain import PretrainConfig, pretrain
 
     d = tmp_path_factory.mktemp("bi" if bidirectional else "causal")
     pretrain(PretrainConfig(genome=str(REPO / "data" / "example_genome.fa"), out=str(d), seq_len=128,

@@ -8,7 +8,7 @@ import stat
 import pysam
 import pytest
 
-from mambadna.bam import iter_reads, parse_region
+from mambadna.io.bam import iter_reads, parse_region
 from mambadna.errors import InputError
 from mambadna.tokenizer import reverse_complement_str
 

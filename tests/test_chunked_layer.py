@@ -8,9 +8,9 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from mambadna.chunked import chunked_block
-from mambadna.config import ModelConfig
-from mambadna.model import MambaDNA
+from mambadna.model.chunked import chunked_block
+from mambadna.model.config import ModelConfig
+from mambadna.model.encoder import MambaDNA
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])

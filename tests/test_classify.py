@@ -17,18 +17,6 @@ WINDOW = 64
 SUBSET = list(range(0, 12)) + [14, 53, 309, 578, 667, 668]
 
 
-def run_cli(args, capsys):
-    from mambadna.cli.main import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 @pytest.fixture(scope="module")
 def brca1(shared_data):
     d = shared_data / "variants_brca1"
@@ -75,14 +63,14 @@ def _expected_alleles(vcf):
     return n
 
 
-def test_vcf_zero_shot_mlm_end_to_end(tiny_model_dir, brca1, subset_vcf, ref_seq, tmp_path, capsys, caplog):
+def test_vcf_zero_shot_mlm_end_to_end(tiny_model_dir, brca1, subset_vcf, ref_seq, tmp_path, capsys, caplog, run_cli):
     import pysam
 
     out, vout = tmp_path / "scores.tsv", tmp_path / "scored.vcf.gz"
     with caplog.at_level(logging.INFO, logger="mambadna"):
         code, so, se = run_cli(["classify", "--model", tiny_model_dir, "--vcf", subset_vcf, "--reference", brca1[1],
                                 "--out", out, "--vcf-out", vout, "--window", WINDOW, "--batch-size", 5,
-                                "--no-progress"], capsys)
+                                "--no-progress"])
     assert code == 0, se
     df = pd.read_csv(out, sep="\t", dtype={"id": str})
     n_exp = _expected_alleles(subset_vcf)
@@ -95,7 +83,7 @@ def test_vcf_zero_shot_mlm_end_to_end(tiny_model_dir, brca1, subset_vcf, ref_seq
 
     # LLR of the first SNV against an independent computation: mask the variant
     # position in the reference window, log P(alt) - log P(ref) over A,C,G,T
-    from mambadna.checkpoint import load_model
+    from mambadna.components.checkpoint import load_model
 
     row = df.iloc[0]
     assert row["kind"] == "SNV"
@@ -127,8 +115,8 @@ def test_vcf_zero_shot_mlm_end_to_end(tiny_model_dir, brca1, subset_vcf, ref_seq
 
 
 def test_vcf_causal_llr_and_max_records(tiny_causal_model_dir, brca1, subset_vcf, ref_seq, tmp_path):
-    from mambadna.checkpoint import load_model
-    from mambadna.classify import ClassifyConfig, classify
+    from mambadna.components.checkpoint import load_model
+    from mambadna.tasks.classify import ClassifyConfig, classify
 
     out = tmp_path / "c.tsv"
     s = classify(ClassifyConfig(model=str(tiny_causal_model_dir), out=str(out), vcf=str(subset_vcf),
@@ -152,8 +140,8 @@ def test_vcf_causal_llr_and_max_records(tiny_causal_model_dir, brca1, subset_vcf
 
 @pytest.fixture(scope="module")
 def classifier_dir(tiny_model_dir, tmp_path_factory):
-    from mambadna.checkpoint import load_model
-    from mambadna.heads import HeadConfig, SequenceClassifier, save_classifier
+    from mambadna.components.checkpoint import load_model
+    from mambadna.model.heads import HeadConfig, SequenceClassifier, save_classifier
 
     torch.manual_seed(3)
     clf = SequenceClassifier(load_model(tiny_model_dir), HeadConfig(classes=["benign", "damaging"], hidden=[8]))
@@ -162,13 +150,13 @@ def classifier_dir(tiny_model_dir, tmp_path_factory):
     return d
 
 
-def test_vcf_with_classifier(classifier_dir, brca1, subset_vcf, ref_seq, tmp_path, capsys):
-    from mambadna.heads import load_classifier
+def test_vcf_with_classifier(classifier_dir, brca1, subset_vcf, ref_seq, tmp_path, capsys, run_cli):
+    from mambadna.model.heads import load_classifier
 
     out, vout = tmp_path / "s.tsv", tmp_path / "s.vcf.gz"
     code, _, se = run_cli(["classify", "--model", classifier_dir, "--vcf", subset_vcf, "--reference", brca1[1],
                            "--out", out, "--vcf-out", vout, "--window", WINDOW, "--max-records", 6,
-                           "--no-progress"], capsys)
+                           "--no-progress"])
     assert code == 0, se
     df = pd.read_csv(out, sep="\t")
     assert "llr" not in df.columns and {"p_ref", "p_alt", "diff"} <= set(df.columns)
@@ -185,11 +173,11 @@ def test_vcf_with_classifier(classifier_dir, brca1, subset_vcf, ref_seq, tmp_pat
     assert len(list(vf)) == 6
 
 
-def test_sequences_fasta_bed_bam(classifier_dir, tiny_model_dir, brca1, shared_data, tmp_path, capsys):
+def test_sequences_fasta_bed_bam(classifier_dir, tiny_model_dir, brca1, shared_data, tmp_path, capsys, run_cli):
     fa = tmp_path / "s.fa"
     fa.write_text(">a\nACGTACGTAC\n>b\nacgtnnACGTAAAC\n>c\nGGGGCCCCAA\n")
     out = tmp_path / "fa.tsv"
-    code, _, se = run_cli(["classify", "--model", classifier_dir, "--fasta", fa, "--out", out, "--no-progress"], capsys)
+    code, _, se = run_cli(["classify", "--model", classifier_dir, "--fasta", fa, "--out", out, "--no-progress"])
     assert code == 0, se
     df = pd.read_csv(out, sep="\t")
     assert list(df["name"]) == ["a", "b", "c"] and list(df["length"]) == [10, 14, 10]
@@ -199,7 +187,7 @@ def test_sequences_fasta_bed_bam(classifier_dir, tiny_model_dir, brca1, shared_d
     bed.write_text("ref_brca1\t100\t140\tr1\t0\t+\nref_brca1\t200\t260\tr2\t0\t-\n")
     out = tmp_path / "bed.tsv"
     code, _, se = run_cli(["classify", "--model", tiny_model_dir, "--bed", bed, "--reference", brca1[1],
-                           "--out", out, "--no-progress"], capsys)
+                           "--out", out, "--no-progress"])
     assert code == 0, se
     df = pd.read_csv(out, sep="\t")
     assert list(df["length"]) == [40, 60] and np.isfinite(df["loglik_per_base"]).all()
@@ -215,7 +203,7 @@ def test_sequences_fasta_bed_bam(classifier_dir, tiny_model_dir, brca1, shared_d
                             or r.is_qcfail) and r.query_sequence)
     out = tmp_path / "bam.tsv"
     code, _, se = run_cli(["classify", "--model", classifier_dir, "--bam", bam, "--region", region,
-                           "--out", out, "--no-progress"], capsys)
+                           "--out", out, "--no-progress"])
     assert code == 0, se
     df = pd.read_csv(out, sep="\t")
     assert len(df) == n_exp > 0 and set(df["contig"]) == {"chr1"}
@@ -232,14 +220,14 @@ def _assert_clean_failure(code, err, tmp_path, outs, *needles):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], list(tmp_path.iterdir())
 
 
-def test_bad_vcf_inputs(tiny_model_dir, brca1, vcf_lines, tmp_path, capsys):
+def test_bad_vcf_inputs(tiny_model_dir, brca1, vcf_lines, tmp_path, capsys, run_cli):
     header, body = vcf_lines
     out, vout = tmp_path / "o.tsv", tmp_path / "o.vcf.gz"
     base = ["classify", "--model", tiny_model_dir, "--reference", brca1[1], "--out", out, "--vcf-out", vout,
             "--window", WINDOW, "--no-progress", "--batch-size", 2]
 
     def run(vcf, *extra):
-        return run_cli(base + ["--vcf", vcf, *extra], capsys)
+        return run_cli(base + ["--vcf", vcf, *extra])
 
     # contig absent from the FASTA (after a few good records: no partial output)
     bad = body[:3] + ["chrZZ" + body[3][len("ref_brca1"):]]
@@ -279,18 +267,18 @@ def test_bad_vcf_inputs(tiny_model_dir, brca1, vcf_lines, tmp_path, capsys):
     nomodel.mkdir()
     (nomodel / "config.json").write_text((Path(tiny_model_dir) / "config.json").read_text())
     code, _, err = run_cli(["classify", "--model", nomodel, "--vcf", brca1[0], "--reference", brca1[1],
-                            "--out", out], capsys)
+                            "--out", out])
     _assert_clean_failure(code, err, tmp_path, [out], "nomodel", "model.safetensors")
 
 
-def test_bad_sequence_inputs(tiny_model_dir, brca1, tmp_path, capsys):
+def test_bad_sequence_inputs(tiny_model_dir, brca1, tmp_path, capsys, run_cli):
     out = tmp_path / "o.tsv"
     bed = tmp_path / "beyond.bed"
     bed.write_text("ref_brca1\t100\t140\nref_brca1\t81000\t81300\n")
     code, _, err = run_cli(["classify", "--model", tiny_model_dir, "--bed", bed, "--reference", brca1[1],
-                            "--out", out], capsys)
+                            "--out", out])
     _assert_clean_failure(code, err, tmp_path, [out], "beyond.bed", "line 2", "beyond the end")
     fa = tmp_path / "bad.fa"
     fa.write_text(">ok\nACGT\n>bad\nACGT-ACGT\n")
-    code, _, err = run_cli(["classify", "--model", tiny_model_dir, "--fasta", fa, "--out", out], capsys)
+    code, _, err = run_cli(["classify", "--model", tiny_model_dir, "--fasta", fa, "--out", out])
     _assert_clean_failure(code, err, tmp_path, [out], "bad.fa", "bad", "'-'")

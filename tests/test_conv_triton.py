@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mambadna.kernels import conv1d_silu, conv1d_silu_ref
-from mambadna.kernels import triton_conv as tc
+from mambadna.kernels.conv import triton as tc
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import mambadna
-from mambadna.config import ModelConfig
-from mambadna.embed import Embedder, Stream, plan_batches
+from mambadna.model.config import ModelConfig
+from mambadna.inference.engine import Embedder, Stream, plan_batches
 from mambadna.errors import InputError
-from mambadna.model import MambaDNA, MambaMixer
+from mambadna.model import MambaDNA
+from mambadna.model.block import MambaMixer
 from mambadna.tokenizer import encode, reverse_complement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +123,7 @@ def test_ragged_batches_exact(model, chunk):
 
 @pytest.mark.parametrize("mode", ["mean", "center", "first", "last", "max"])
 def test_pooled_chunked_equals_pool_of_whole(model, mode):
-    from mambadna.pooling import pool
+    from mambadna.inference.pooling import pool
 
     rng = np.random.default_rng(1)
     seqs = [rng.integers(7, 11, size=n) for n in (25, 28, 28)]
@@ -330,7 +331,7 @@ def test_api_genome_bam_vcf_sources(tiny_model_dir, shared_data):
                       return_index=True)
     assert R.shape[0] == len(ridx) > 0 and set(ridx["contig"]) == {"chr1"}
     vdir = shared_data / "variants_brca1"
-    from mambadna.variants import iter_variant_windows
+    from mambadna.io.vcf import iter_variant_windows
 
     wins = []
     for w in iter_variant_windows(vdir / "brca1_1kgPhase3_variants.vcf", mambadna.Genome(vdir / "ref_brca1.fa"),
@@ -366,25 +367,15 @@ def test_import_is_light():
 
 
 # --------------------------------------------------------------------------- CLI
-def _cli(args, capsys):
-    from mambadna.cli.main import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
-
-
-def test_cli_npz_pooled_and_per_token(tiny_model_dir, shared_data, tmp_path, capsys):
+def test_cli_npz_pooled_and_per_token(tiny_model_dir, shared_data, tmp_path, capsys, run_cli):
     # the first 40 records of a real FASTA (keeps the test fast on 2 cores)
     src = (shared_data / "cnnprom_promoters" / "Bacillus_prom.fa").read_text().split(">")[1:41]
     fa = tmp_path / "bacillus40.fa"
     fa.write_text("".join(">" + r for r in src))
     out = tmp_path / "e.npz"
-    code, cap = _cli(["embed", "--model", str(tiny_model_dir), "--fasta", str(fa), "--out", str(out),
-                      "--device", "cpu", "--no-progress"], capsys)
+    cap = run_cli(["embed", "--model", str(tiny_model_dir), "--fasta", str(fa), "--out", str(out),
+                      "--device", "cpu", "--no-progress"])
+    code = cap.code
     assert code == 0, cap.err
     z = np.load(out, allow_pickle=False)
     assert z["embeddings"].shape == (40, 32) and z["embeddings"].dtype == np.float32
@@ -395,16 +386,17 @@ def test_cli_npz_pooled_and_per_token(tiny_model_dir, shared_data, tmp_path, cap
     bed = tmp_path / "r.bed"
     bed.write_text("chr1\t10\t50\tr1\t0\t+\nchr2\t5\t30\tr2\t0\t-\n")
     out2 = tmp_path / "t.npz"
-    code, cap = _cli(["embed", "--model", str(tiny_model_dir), "--bed", str(bed), "--reference",
+    cap = run_cli(["embed", "--model", str(tiny_model_dir), "--bed", str(bed), "--reference",
                       str(shared_data / "alignments" / "ex1" / "ex1.fa"), "--out", str(out2), "--pool", "none",
-                      "--chunk-size", "16", "--rc-average", "--no-progress"], capsys)
+                      "--chunk-size", "16", "--rc-average", "--no-progress"])
+    code = cap.code
     assert code == 0, cap.err
     z = np.load(out2, allow_pickle=False)
     assert z["offsets"].tolist() == [0, 40, 65] and z["embeddings"].shape == (65, 32)
     assert z["strand"].tolist() == ["+", "-"] and z["name"].tolist() == ["r1", "r2"]
 
 
-def test_cli_parquet(tiny_model_dir, shared_data, tmp_path, capsys):
+def test_cli_parquet(tiny_model_dir, shared_data, tmp_path, capsys, run_cli):
     pq = pytest.importorskip("pyarrow.parquet")
     vdir = shared_data / "variants_brca1"
     vcf = tmp_path / "few.vcf"
@@ -413,8 +405,9 @@ def test_cli_parquet(tiny_model_dir, shared_data, tmp_path, capsys):
     body = [l for l in lines if not l.startswith("#")][:4]
     vcf.write_text("\n".join(head + body) + "\n")
     out = tmp_path / "v.parquet"
-    code, cap = _cli(["embed", "--model", str(tiny_model_dir), "--vcf", str(vcf), "--reference",
-                      str(vdir / "ref_brca1.fa"), "--window", "32", "--out", str(out), "--no-progress"], capsys)
+    cap = run_cli(["embed", "--model", str(tiny_model_dir), "--vcf", str(vcf), "--reference",
+                      str(vdir / "ref_brca1.fa"), "--window", "32", "--out", str(out), "--no-progress"])
+    code = cap.code
     assert code == 0, cap.err
     t = pq.read_table(out)
     assert t.column_names == ["name", "contig", "start", "end", "strand", "allele", "embedding"]
@@ -423,9 +416,10 @@ def test_cli_parquet(tiny_model_dir, shared_data, tmp_path, capsys):
     assert emb.shape == (8, 32) and np.isfinite(emb).all()
 
     out2 = tmp_path / "reads.parquet"
-    code, cap = _cli(["embed", "--model", str(tiny_model_dir), "--bam",
+    cap = run_cli(["embed", "--model", str(tiny_model_dir), "--bam",
                       str(shared_data / "alignments" / "ex1" / "ex1.bam"), "--region", "chr2:100-160",
-                      "--pool", "none", "--out", str(out2), "--no-progress"], capsys)
+                      "--pool", "none", "--out", str(out2), "--no-progress"])
+    code = cap.code
     assert code == 0, cap.err
     t = pq.read_table(out2)
     first = np.asarray(t["embedding"][0].values.flatten()).reshape(-1, 32)
@@ -434,7 +428,7 @@ def test_cli_parquet(tiny_model_dir, shared_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing_fasta", "bad_ext", "bed_no_ref", "bad_chars", "two_sources",
                                   "bad_model", "bad_layer"])
-def test_cli_bad_input(case, tiny_model_dir, shared_data, tmp_path, capsys):
+def test_cli_bad_input(case, tiny_model_dir, shared_data, tmp_path, capsys, run_cli):
     fa = tmp_path / "in.fa"
     fa.write_text(">a\nACGT\n>b\nACXGT\n" if case == "bad_chars" else ">a\nACGTACGT\n")
     out = tmp_path / ("out.txt" if case == "bad_ext" else "out.npz")
@@ -452,7 +446,8 @@ def test_cli_bad_input(case, tiny_model_dir, shared_data, tmp_path, capsys):
         args += ["--fasta", str(fa), "--layer", "9"]
     else:
         args += ["--fasta", str(fa)]
-    code, cap = _cli(args, capsys)
+    cap = run_cli(args)
+    code = cap.code
     assert code == 2
     lines = [l for l in cap.err.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), cap.err

@@ -7,20 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mambadna.finetune import compute_metrics
-
-
-def run_cli(args, capsys):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    from mambadna.cli.main import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+from mambadna.tasks.finetune import compute_metrics
 
 
 def _toy_table(path: Path, n=160, L=32, seed=0):
@@ -46,11 +33,11 @@ def toy(tmp_path_factory):
     return _toy_table(tmp_path_factory.mktemp("toy") / "toy.csv")
 
 
-def test_finetune_learns_motif_task(tiny_model_dir, toy, tmp_path, capsys):
+def test_finetune_learns_motif_task(tiny_model_dir, toy, tmp_path, capsys, run_cli):
     out = tmp_path / "ft"
     code, so, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", toy, "--out", out,
                             "--max-steps", 16, "--batch-size", 16, "--lr", 5e-3, "--head-lr", 5e-3,
-                            "--eval-every", 4, "--seed", 1, "--no-progress"], capsys)
+                            "--eval-every", 4, "--seed", 1, "--no-progress"])
     assert code == 0, se
     m = json.loads((out / "metrics.json").read_text())
     for k in ("accuracy", "mcc", "auroc", "auprc", "sensitivity", "specificity", "val", "n_test", "task"):
@@ -66,7 +53,7 @@ def test_finetune_learns_motif_task(tiny_model_dir, toy, tmp_path, capsys):
     assert cfg["head"]["classes"] == ["motif", "none"] and cfg["head"]["task"] == "binary"
     assert cfg["head"]["pooling"] == "mean"
     # the saved classifier reproduces the reported test predictions
-    from mambadna.heads import load_classifier, predict_proba
+    from mambadna.model.heads import load_classifier, predict_proba
     from mambadna.tokenizer import encode
     import pandas as pd
 
@@ -77,29 +64,29 @@ def test_finetune_learns_motif_task(tiny_model_dir, toy, tmp_path, capsys):
     np.testing.assert_allclose(p[:, 1], pred["p_none"].to_numpy(), atol=1e-4)
 
 
-def test_probe_and_freeze(tiny_model_dir, toy, tmp_path, capsys):
+def test_probe_and_freeze(tiny_model_dir, toy, tmp_path, capsys, run_cli):
     out = tmp_path / "probe"
     code, _, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", toy, "--out", out, "--probe",
-                           "--positive", "motif", "--rc-average", "--no-progress"], capsys)
+                           "--positive", "motif", "--rc-average", "--no-progress"])
     assert code == 0, se
     m = json.loads((out / "metrics.json").read_text())
     assert m["mode"] == "probe" and m["positive"] == "motif" and m["probe_C"]
     assert m["auroc"] >= 0.85, m
-    from mambadna.heads import load_classifier
+    from mambadna.model.heads import load_classifier
 
     clf = load_classifier(out)
     assert clf.head_cfg.hidden == [] and clf.head_cfg.rc_average
     out2 = tmp_path / "freeze"
     code, _, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", toy, "--out", out2, "--freeze",
-                           "--max-steps", 60, "--head-lr", 1e-2, "--pooling", "max", "--no-progress"], capsys)
+                           "--max-steps", 60, "--head-lr", 1e-2, "--pooling", "max", "--no-progress"])
     assert code == 0, se
     m2 = json.loads((out2 / "metrics.json").read_text())
     assert m2["mode"] == "freeze" and m2["val"] is not None and 0 <= m2["auroc"] <= 1
 
 
-def test_class_fastas_real_promoters_with_given_test(tiny_model_dir, shared_data, tmp_path, capsys):
+def test_class_fastas_real_promoters_with_given_test(tiny_model_dir, shared_data, tmp_path, capsys, run_cli):
     """--class NAME=FILE on the real CNNProm FASTAs (subset) with an explicit --test table."""
-    from mambadna.labeled import read_fasta_records
+    from mambadna.io.labeled import read_fasta_records
 
     src = shared_data / "cnnprom_promoters"
     files = {}
@@ -114,7 +101,7 @@ def test_class_fastas_real_promoters_with_given_test(tiny_model_dir, shared_data
     out = tmp_path / "ft"
     code, _, se = run_cli(["finetune", "--model", tiny_model_dir, "--class", f"non={files['non']}",
                            "--class", f"prom={files['prom']}", "--test", tmp_path / "test.csv", "--out", out,
-                           "--freeze", "--max-steps", 4, "--batch-size", 8, "--no-progress"], capsys)
+                           "--freeze", "--max-steps", 4, "--batch-size", 8, "--no-progress"])
     assert code == 0, se
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_test"] == 20 and m["n_train"] + m["n_val"] == 80 and m["classes"] == ["non", "prom"]
@@ -133,7 +120,7 @@ def test_compute_metrics_multiclass_and_multilabel():
     assert mb["sensitivity"] == 0.5 and mb["specificity"] == 0.5 and mb["auroc"] == 0.75
 
 
-def test_multilabel_finetune(tiny_model_dir, tmp_path, capsys):
+def test_multilabel_finetune(tiny_model_dir, tmp_path, capsys, run_cli):
     rng = np.random.default_rng(0)
     rows = ["sequence,label"]
     for i in range(48):
@@ -142,7 +129,7 @@ def test_multilabel_finetune(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "ml.tsv").write_text("\n".join(r.replace(",", "\t") for r in rows) + "\n")
     out = tmp_path / "ml"
     code, _, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", tmp_path / "ml.tsv", "--out", out,
-                           "--freeze", "--max-steps", 5, "--no-progress"], capsys)
+                           "--freeze", "--max-steps", 5, "--no-progress"])
     assert code == 0, se
     m = json.loads((out / "metrics.json").read_text())
     assert m["task"] == "multilabel" and m["classes"] == ["x", "y"] and 0 <= m["accuracy"] <= 1
@@ -156,22 +143,22 @@ def _one_line_error(code, err, *needles):
         assert str(n) in lines[0], lines[0]
 
 
-def test_bad_inputs(tiny_model_dir, toy, tmp_path, capsys):
+def test_bad_inputs(tiny_model_dir, toy, tmp_path, capsys, run_cli):
     out = tmp_path / "out"
     one = tmp_path / "one.csv"
     one.write_text("sequence,label\nACGT,a\nACGA,a\n")
-    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", one, "--out", out], capsys)
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", one, "--out", out])
     _one_line_error(code, err, one, "one class")
     bad = tmp_path / "bad.csv"
     bad.write_text("sequence,label\nACGT,a\nACXT,b\n")
-    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", bad, "--out", out], capsys)
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", bad, "--out", out])
     _one_line_error(code, err, bad, "forbidden character", "line 3")
     empty_model = tmp_path / "nomodel"
     empty_model.mkdir()
     (empty_model / "config.json").write_text((Path(tiny_model_dir) / "config.json").read_text())
-    code, _, err = run_cli(["finetune", "--model", empty_model, "--train", toy, "--out", out], capsys)
+    code, _, err = run_cli(["finetune", "--model", empty_model, "--train", toy, "--out", out])
     _one_line_error(code, err, empty_model, "model.safetensors")
-    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--class", f"a={toy}", "--out", out], capsys)
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--class", f"a={toy}", "--out", out])
     _one_line_error(code, err, "only one class")
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

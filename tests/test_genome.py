@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mambadna.errors import InputError
-from mambadna.genome import Genome, compression_of
+from mambadna.io.fasta import Genome, compression_of
 from mambadna.tokenizer import encode, reverse_complement_str
 
 ECOLI = "genomes/GCF_000005845.2_ASM584v2_genomic.fna.gz"

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from mambadna.config import ModelConfig
-from mambadna.heads import (HeadConfig, SequenceClassifier, iter_length_groups, linear_head_from_logistic,
+from mambadna.model.config import ModelConfig
+from mambadna.model.heads import (HeadConfig, SequenceClassifier, iter_length_groups, linear_head_from_logistic,
                             load_classifier, pooled_embeddings, predict_proba, save_classifier)
-from mambadna.model import MambaDNA
-from mambadna.pooling import POOL_MODES
+from mambadna.model.encoder import MambaDNA
+from mambadna.inference.pooling import POOLED
 from mambadna.tokenizer import reverse_complement
 
 
@@ -45,7 +45,7 @@ def test_rc_equivariant_encoder_per_token_and_pooled():
         h, hr = m.encoder.hidden_states(x), m.encoder.hidden_states(xr)
         # per token: exactly related by reversing positions and channels
         torch.testing.assert_close(hr, h.flip(1).flip(2), atol=1e-5, rtol=1e-5)
-        for mode in POOL_MODES:
+        for mode in POOLED:
             m.head_cfg.pooling = mode
             f, fr = m.features(x), m.features(xr)
             assert f.shape == (3, 8)
@@ -88,7 +88,7 @@ def test_length_groups_never_pad_and_predict_in_input_order():
 
 
 def test_save_load_roundtrip(tmp_path):
-    from mambadna.checkpoint import load_model
+    from mambadna.components.checkpoint import load_model
 
     m = _clf(task="multiclass", classes=["a", "b", "c"], pooling="center")
     m.head_cfg.rc_average = True

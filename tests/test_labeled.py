@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from mambadna.errors import InputError
-from mambadna.genome import Genome
-from mambadna.labeled import load_labeled, read_fasta_records, stratified_split
+from mambadna.io.fasta import Genome
+from mambadna.io.labeled import load_labeled, read_fasta_records, stratified_split
 from mambadna.tokenizer import reverse_complement_str
 
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from mambadna.checkpoint import load_model, save_model
-from mambadna.config import ModelConfig
+from mambadna.components.checkpoint import load_model, save_model
+from mambadna.model.config import ModelConfig
 from mambadna.errors import CheckpointError
 from mambadna.kernels import selective_scan, selective_scan_ref
-from mambadna.kernels.reference import selective_scan_chunked
-from mambadna.model import MambaDNA
+from mambadna.kernels.scan.reference import selective_scan_chunked
+from mambadna.model.encoder import MambaDNA
 from mambadna.tokenizer import reverse_complement
 
 
@@ -152,8 +152,8 @@ def test_inference_path_of_chunked_scan_matches_sequential(reverse, chunk):
 def test_rmsnorm_backward_matches_autograd_of_the_formula(dtype):
     """RMSNorm keeps only x and 1/rms for backward; its output equals the fp32 formula
     bit for bit and its gradients match autograd through the formula."""
-    from mambadna.kernels.reference import _rms_norm_formula
-    from mambadna.model import RMSNorm
+    from mambadna.kernels.norm.reference import _rms_norm_formula
+    from mambadna.model.block import RMSNorm
 
     torch.manual_seed(0)
     norm = RMSNorm(24)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mambadna.kernels import rms_norm, rms_norm_ref
-from mambadna.kernels import triton_norm as tn
+from mambadna.kernels.norm import triton as tn
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
        torch.float16: dict(atol=2e-3, rtol=2e-3)}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mambadna.errors import InputError
-from mambadna.sampler import SamplerConfig, WindowDataset, reads_dataset, split_spans
+from mambadna.components.sampler import SamplerConfig, WindowDataset, reads_dataset, split_spans
 from mambadna.tokenizer import N, PAD, reverse_complement
 
 ECOLI = "genomes/GCF_000005845.2_ASM584v2_genomic.fna.gz"

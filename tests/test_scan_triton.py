@@ -16,8 +16,8 @@ from mambadna.kernels import (  # noqa: E402
     selective_scan,
     selective_state_update,
 )
-from mambadna.kernels import triton_scan as ts  # noqa: E402
-from mambadna.kernels.reference import (  # noqa: E402
+from mambadna.kernels.scan import triton as ts  # noqa: E402
+from mambadna.kernels.scan.reference import (  # noqa: E402
     bidirectional_selective_scan_ref,
     selective_scan_ref,
 )
@@ -424,7 +424,7 @@ def test_gpu_gluon_backward(shape, rev, variant):
     groups, checkpoint blocking, prefetch, reuse of the forward step's decay and rows, states
     refined in shared memory from sparser checkpoints, checkpoints from the backward's own
     pass instead of the forward)."""
-    from mambadna.kernels import gluon_scan_bwd
+    from mambadna.kernels.scan import gluon_bwd as gluon_scan_bwd
 
     if not gluon_scan_bwd.available():
         pytest.skip("this Triton has no Gluon")

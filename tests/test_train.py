@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mambadna.config import ModelConfig
+from mambadna.model.config import ModelConfig
 from mambadna.errors import CheckpointError, InputError
-from mambadna.train import PretrainConfig, mlm_mask, pretrain, seq_len_schedule
+from mambadna.tasks.pretrain import PretrainConfig, mlm_mask, pretrain, seq_len_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example_genome.fa"
@@ -137,7 +137,7 @@ def test_cli_toml_config_and_info(tmp_path):
 
 
 def test_non_finite_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    import mambadna.train as tr
+    import mambadna.tasks.pretrain as tr
     from mambadna.errors import TrainingError
 
     real = tr.F.cross_entropy
@@ -177,7 +177,7 @@ def test_layer_chunk_training_matches_plain_run(tmp_path):
 
 
 def test_layer_chunk_auto_policy():
-    from mambadna.train import resolve_layer_chunk
+    from mambadna.tasks.pretrain import resolve_layer_chunk
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_layer_chunk(-1, cpu, 512) == 256
@@ -202,9 +202,9 @@ def test_scan_state_limit_applies_during_pretraining_only(tmp_path, monkeypatch)
     pytest.importorskip("triton")
     from typer.testing import CliRunner
 
-    import mambadna.train as tr
+    import mambadna.tasks.pretrain as tr
     from mambadna.cli.main import app
-    from mambadna.kernels import triton_scan as ts
+    from mambadna.kernels.scan import triton as ts
 
     seen = {}
     monkeypatch.setattr(tr, "_pretrain", lambda cfg: seen.setdefault("bound", ts.CONFIG["fwd_ckpt_bytes"]))

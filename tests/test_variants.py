@@ -9,9 +9,9 @@ import pysam
 import pytest
 
 from mambadna.errors import InputError
-from mambadna.genome import Genome
+from mambadna.io.fasta import Genome
 from mambadna.tokenizer import decode, encode
-from mambadna.variants import VariantStats, classify_allele, iter_variant_windows
+from mambadna.io.vcf import VariantStats, classify_allele, iter_variant_windows
 
 HDR = ("##fileformat=VCFv4.2\n##contig=<ID=chr1>\n##contig=<ID=chr2>\n"
        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")

@@ -6,7 +6,7 @@ norm needs no cast pass). The forward reads x once and writes y and the per-row
 1/rms (fp32); the backward reads x, the output gradient and 1/rms once and writes dx,
 with per-program partial sums of dweight (summed on the host). In PyTorch ops the
 same norm is ~12 passes over (rows, d) fp32 tensors per forward + backward.
-Reference: :func:`mambadna.kernels.reference.rms_norm_ref`.
+Reference: :func:`mambadna.kernels.norm.reference.rms_norm_ref`.
 """
 from __future__ import annotations
 

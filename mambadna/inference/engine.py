@@ -1,6 +1,6 @@
 """Embedding engine: exact chunked inference for any sequence length.
 
-Everything here works on token ids and a :class:`~mambadna.model.MambaDNA`;
+Everything here works on token ids and a :class:`~mambadna.model.encoder.MambaDNA`;
 input formats (FASTA, BED, BAM, VCF) live in :mod:`mambadna.api`.
 
 Exactness. A Mamba mixer is a causal conv plus a linear recurrence, so one
@@ -40,13 +40,13 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import InputError
-from .model import MambaDNA
-from .tokenizer import PAD, reverse_complement
+from mambadna.errors import InputError
+from mambadna.inference.pooling import normalize_pool, selected
+from mambadna.model.encoder import MambaDNA
+from mambadna.tokenizer import PAD, reverse_complement
 
 Tensor = torch.Tensor
 
-POOL_MODES = ("mean", "center", "first", "last", "max", "none")
 DEFAULT_CHUNK = {"cuda": 1 << 17, "cpu": 1 << 12}
 DEFAULT_MAX_TOKENS = {"cuda": 1 << 20, "cpu": 1 << 14}
 DEFAULT_BATCH_SIZE = 64
@@ -83,15 +83,6 @@ def resolve_layer(model: MambaDNA, layer: int) -> Tuple[int, bool]:
                                f"(use {-n}..{n - 1})")
     stop = layer % n
     return stop, stop == n - 1
-
-
-def normalize_pool(pool: Optional[str]) -> str:
-    mode = "none" if pool is None else str(pool).lower()
-    if mode == "centre":
-        mode = "center"
-    if mode not in POOL_MODES:
-        raise InputError(None, f"pool must be one of {', '.join(POOL_MODES)} (or None), got {pool!r}")
-    return mode
 
 
 def _as_ids(seq) -> np.ndarray:
@@ -153,17 +144,7 @@ class _Sink:
         if self.mode == "max":
             self.acc = torch.maximum(self.acc, hf.masked_fill(~valid[..., None], float("-inf")).amax(1))
             return
-        if self.mode == "mean":
-            w = valid
-        elif self.mode == "first":
-            w = valid & (P == 0)
-        elif self.mode == "last":
-            w = valid & (P == lens - 1)
-        else:  # center: same window as mambadna.pooling.pool
-            centre = lens // 2
-            half = max(self.center_width // 2, 0)
-            lo = centre - half
-            w = valid & (((P >= lo) & (P < lo + max(self.center_width, 1))) | (P == centre))
+        w = valid & selected(self.mode, P, lens, self.center_width)
         wf = w.to(hf.dtype)
         self.acc += torch.einsum("bl,bld->bd", wf, hf)
         self.count += wf.sum(1)
@@ -601,7 +582,7 @@ class Stream:
         self._last: Optional[Tensor] = None
 
     def _ids(self, tokens, single: bool) -> Tensor:
-        from .tokenizer import encode
+        from mambadna.tokenizer import encode
 
         if isinstance(tokens, (str, bytes)):
             tokens = encode(tokens)

@@ -6,9 +6,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import InputError
-from .io_utils import check_input_file
-from .genome import Genome, open_text
+from mambadna.errors import InputError
+from mambadna.io.files import check_input_file
+from mambadna.io.fasta import Genome, open_text
 
 PathLike = Union[str, os.PathLike]
 

@@ -1,8 +1,8 @@
 """The scan's backward kernel in Gluon (Triton's explicit-layout language): the GPU
-default (``triton_scan.CONFIG["bwd_impl"] = "gluon"``; timings against the Triton kernel
+default (``scan.triton.CONFIG["bwd_impl"] = "gluon"``; timings against the Triton kernel
 in benchmarks/README.md).
 
-Same algorithm, arguments and outputs as ``triton_scan._rows_bwd_kernel``, which the
+Same algorithm, arguments and outputs as ``scan.triton._rows_bwd_kernel``, which the
 interpreter runs (CPU tests) and which is the fallback (``DZ``: dz from the recomputed
 output, from the saved pre-gate output ``y_ptr``, or not at all); only the data layout
 differs. In the Triton kernel the compiler
@@ -216,7 +216,7 @@ if _OK:
         PF: gl.constexpr = 0, PFL: gl.constexpr = "L2", REUSE: gl.constexpr = False,
         FINE: gl.constexpr = 0, SAME_L: gl.constexpr = False, SAME_BC: gl.constexpr = False,
     ):
-        """As ``triton_scan._rows_bwd_kernel`` (one warp; BD = 32 channels, a lane per
+        """As ``scan.triton._rows_bwd_kernel`` (one warp; BD = 32 channels, a lane per
         channel holding all NP <= 32 states; SUB 2 or 4). FINE > 0: hfine holds a state every FINE
         positions only; the kernel walks each FINE-position sub-segment forwards from it,
         keeping a state every F positions in shared memory, then runs its blocks from there.

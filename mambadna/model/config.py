@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
-from .errors import CheckpointError
-from .tokenizer import VOCAB_SIZE
+from mambadna.errors import CheckpointError
+from mambadna.tokenizer import VOCAB_SIZE
 
 
 @dataclass

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
-from .errors import InputError
-from .io_utils import check_input_file
-from .genome import _dir_writable, match_contig
-from .tokenizer import reverse_complement_str
+from mambadna.errors import InputError
+from mambadna.io.files import check_input_file
+from mambadna.io.fasta import _dir_writable, match_contig
+from mambadna.tokenizer import reverse_complement_str
 
 PathLike = Union[str, os.PathLike]
 

@@ -11,10 +11,10 @@ from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
-from .io_utils import check_input_file
-from .genome import Genome, open_text
-from .tokenizer import TokenizationError, encode
+from mambadna.errors import InputError
+from mambadna.io.files import check_input_file
+from mambadna.io.fasta import Genome, open_text
+from mambadna.tokenizer import TokenizationError, encode
 
 PathLike = Union[str, os.PathLike]
 
@@ -183,7 +183,7 @@ def _load_table(path: PathLike, sequence_column: str = "sequence", label_column:
 
 
 def _load_bed(bed: PathLike, reference: PathLike, label_column: Optional[str] = None) -> LabeledSet:
-    from .regions import read_bed_table
+    from mambadna.io.bed import read_bed_table
 
     genome = reference if isinstance(reference, Genome) else Genome(reference)
     header, ivs = read_bed_table(bed, genome)

@@ -7,9 +7,9 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .config import ModelConfig
-from .errors import CheckpointError
-from .model import MambaDNA
+from mambadna.model.config import ModelConfig
+from mambadna.errors import CheckpointError
+from mambadna.model.encoder import MambaDNA
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -17,7 +17,7 @@ CONFIG = "config.json"
 
 def save_model(model: MambaDNA, directory: Union[str, Path], extra: Optional[Dict[str, Any]] = None) -> None:
     """Write weights and config into an existing ``directory`` (callers write
-    into a temporary folder and rename it, see :func:`mambadna.io_utils.atomic_dir`)."""
+    into a temporary folder and rename it, see :func:`mambadna.io.files.atomic_dir`)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)

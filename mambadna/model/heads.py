@@ -31,11 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CONFIG, load_model, load_state_dict, read_config, save_model
-from .errors import CheckpointError
-from .model import MambaDNA
-from .pooling import POOL_MODES, pool
-from .tokenizer import reverse_complement
+from mambadna.components.checkpoint import CONFIG, load_model, load_state_dict, read_config, save_model
+from mambadna.errors import CheckpointError
+from mambadna.model.encoder import MambaDNA
+from mambadna.inference.pooling import POOLED, pool
+from mambadna.tokenizer import reverse_complement
 
 TASKS = ("binary", "multiclass", "multilabel")
 HEAD_WEIGHTS = "head.safetensors"
@@ -68,8 +68,8 @@ class HeadConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.pooling not in POOL_MODES:
-            raise ValueError(f"pooling must be one of {POOL_MODES}, got {self.pooling!r}")
+        if self.pooling not in POOLED:
+            raise ValueError(f"pooling must be one of {POOLED}, got {self.pooling!r}")
         self.classes = [str(c) for c in self.classes]
         if self.task == "binary" and len(self.classes) != 2:
             raise ValueError(f"binary task needs exactly 2 classes, got {self.classes}")

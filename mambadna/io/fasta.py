@@ -19,9 +19,9 @@ from typing import Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
-from .errors import InputError
-from .io_utils import atomic_path, check_input_file
-from .tokenizer import TokenizationError, encode, reverse_complement_str
+from mambadna.errors import InputError
+from mambadna.io.files import atomic_path, check_input_file
+from mambadna.tokenizer import TokenizationError, encode, reverse_complement_str
 
 log = logging.getLogger("mambadna")
 

@@ -1,7 +1,7 @@
 """Scoring variants and sequences with a model: ``classify(cfg)``.
 
 Variants (``vcf`` + ``reference``): for every record and ALT allele, the
-reference and alternative windows of :func:`mambadna.variants.iter_variant_windows`
+reference and alternative windows of :func:`mambadna.io.vcf.iter_variant_windows`
 are scored in batches, streaming (memory does not grow with the number of
 variants). One TSV row per scored allele:
 
@@ -47,13 +47,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_model
-from .errors import InputError
-from .heads import HeadConfig, SequenceClassifier, has_head, iter_length_groups, load_classifier
-from .io_utils import atomic_path
-from .model import MambaDNA
-from .pooling import POOL_MODES
-from .tokenizer import A, C, G, MASK, T, TokenizationError, encode
+from mambadna.components.checkpoint import load_model
+from mambadna.components.device import resolve_device
+from mambadna.errors import InputError
+from mambadna.model.heads import HeadConfig, SequenceClassifier, has_head, iter_length_groups, load_classifier
+from mambadna.io.files import atomic_path
+from mambadna.model.encoder import MambaDNA
+from mambadna.inference.pooling import normalize_pool
+from mambadna.tokenizer import A, C, G, MASK, T, TokenizationError, encode
 
 log = logging.getLogger("mambadna")
 
@@ -118,8 +119,8 @@ class ClassifyConfig:
             raise InputError(None, f"--window must be >= 1, got {self.window}")
         if self.batch_size < 1:
             raise InputError(None, f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.pooling is not None and self.pooling not in POOL_MODES:
-            raise InputError(None, f"--pooling must be one of {', '.join(POOL_MODES)}, got {self.pooling!r}")
+        if self.pooling is not None:
+            self.pooling = normalize_pool(self.pooling, pooled_only=True)
         if self.max_records is not None and self.max_records < 1:
             raise InputError(None, f"--max-records must be >= 1, got {self.max_records}")
 
@@ -366,8 +367,8 @@ class _VcfAnnotator:
 
 
 def _classify_vcf(cfg: ClassifyConfig, scorer: Scorer, tsv_tmp: Path, vcf_tmp: Optional[Path]) -> Dict[str, Any]:
-    from .genome import Genome
-    from .variants import VariantStats, iter_variant_windows
+    from mambadna.io.fasta import Genome
+    from mambadna.io.vcf import VariantStats, iter_variant_windows
 
     genome = Genome(cfg.reference)
     stats = VariantStats()
@@ -438,13 +439,13 @@ class _Seq:
 
 def _iter_sequences(cfg: ClassifyConfig) -> Iterator[_Seq]:
     if cfg.fasta:
-        from .labeled import read_fasta_records
+        from mambadna.io.labeled import read_fasta_records
 
         for name, seq, _ in read_fasta_records(cfg.fasta):
             yield _Seq(name, ".", 0, len(seq), "+", encode(seq))
     elif cfg.bed:
-        from .genome import Genome
-        from .regions import read_bed
+        from mambadna.io.fasta import Genome
+        from mambadna.io.bed import read_bed
 
         genome = Genome(cfg.reference)
         for iv in read_bed(cfg.bed, genome):
@@ -453,7 +454,7 @@ def _iter_sequences(cfg: ClassifyConfig) -> Iterator[_Seq]:
             name = iv.name if iv.name not in (None, "", ".") else f"{iv.contig}:{iv.start}-{iv.end}"
             yield _Seq(name, iv.contig, iv.start, iv.end, iv.strand, ids)
     else:
-        from .bam import iter_reads
+        from mambadna.io.bam import iter_reads
 
         for r in iter_reads(cfg.bam, region=cfg.region, reference=cfg.reference, min_mapq=cfg.min_mapq):
             try:
@@ -526,7 +527,6 @@ def classify(cfg: ClassifyConfig) -> Dict[str, Any]:
     """Score variants (VCF) or sequences (FASTA/BED/BAM) and write ``cfg.out``
     (TSV) and optionally ``cfg.vcf_out``; see the module doc. Returns a summary
     dict (rows written, records, skipped counts by reason, seconds)."""
-    from .train import resolve_device
 
     device = resolve_device(cfg.device)
     scorer = Scorer(cfg.model, device, pooling=cfg.pooling, center_width=cfg.center_width, layer=cfg.layer,

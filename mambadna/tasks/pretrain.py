@@ -21,13 +21,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CONFIG, WEIGHTS, load_state_dict, read_config, save_model
-from .config import ModelConfig
-from .errors import CheckpointError, InputError, TrainingError
-from .io_utils import atomic_dir, atomic_path
-from .kernels import scan_saved_state_limit
-from .model import MambaDNA
-from .tokenizer import A, MASK, T
+from mambadna.components.checkpoint import CONFIG, WEIGHTS, load_state_dict, read_config, save_model
+from mambadna.model.config import ModelConfig
+from mambadna.components.device import resolve_device
+from mambadna.components.schedule import warmup_cosine
+from mambadna.errors import CheckpointError, InputError, TrainingError
+from mambadna.io.files import atomic_dir, atomic_path
+from mambadna.kernels import scan_saved_state_limit
+from mambadna.model.encoder import MambaDNA
+from mambadna.tokenizer import A, MASK, T
 
 log = logging.getLogger("mambadna")
 
@@ -200,11 +202,7 @@ class ObjectiveDataset(torch.utils.data.Dataset):
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up to cfg.lr, cosine decay to cfg.lr * min_lr_ratio at max_steps."""
-    w = cfg.warmup
-    if step < w:
-        return cfg.lr * (step + 1) / w
-    frac = min(1.0, (step - w) / max(1, cfg.max_steps - w))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return cfg.lr * warmup_cosine(step, cfg.max_steps, cfg.warmup, cfg.min_lr_ratio)
 
 
 def seq_len_schedule(cfg: PretrainConfig) -> List[Tuple[int, int]]:
@@ -267,15 +265,6 @@ def resolve_layer_chunk(opt: int, device: torch.device, seq_len: int) -> int:
     if opt >= 0:
         return opt
     return CPU_LAYER_CHUNK if device.type == "cpu" and seq_len > CPU_LAYER_CHUNK else 0
-
-
-def resolve_device(opt: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
-    if opt == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if opt.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda requested but no CUDA device is available")
-    return torch.device(opt)
 
 
 def _all_reduce(t: torch.Tensor, dist_info: _Dist) -> torch.Tensor:
@@ -359,12 +348,12 @@ def _jsonable(d):
 # ---------------------------------------------------------------------------
 def _make_datasets(cfg: PretrainConfig, seq_len: int, num_train: int):
     if cfg.bam is not None:
-        from .sampler import ReadsDataset
+        from mambadna.components.sampler import ReadsDataset
 
         train = ReadsDataset(cfg.bam, seq_len=seq_len, region=cfg.bam_region, min_mapq=cfg.min_mapq,
                              seed=cfg.seed)
         return train, None
-    from .sampler import SamplerConfig, WindowDataset
+    from mambadna.components.sampler import SamplerConfig, WindowDataset
 
     scfg = SamplerConfig(seq_len=seq_len, seed=cfg.seed, max_n_frac=cfg.max_n_frac,
                          regions=cfg.regions, val_contigs=tuple(cfg.val_contigs),
@@ -637,7 +626,7 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> None:
 def model_info(directory: str) -> str:
     """Human-readable summary of a model directory: config, parameter count,
     training state."""
-    from .checkpoint import load_model
+    from mambadna.components.checkpoint import load_model
 
     d = Path(directory)
     cfg = read_config(d)

@@ -13,11 +13,11 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import InputError
-from .genome import Genome
-from .regions import Spans, intersect_spans, merge_spans, read_bed, spans_from_intervals, subtract_spans
-from .tokenizer import N as N_ID
-from .tokenizer import PAD, encode, reverse_complement
+from mambadna.errors import InputError
+from mambadna.io.fasta import Genome
+from mambadna.io.bed import Spans, intersect_spans, merge_spans, read_bed, spans_from_intervals, subtract_spans
+from mambadna.tokenizer import N as N_ID
+from mambadna.tokenizer import PAD, encode, reverse_complement
 
 PathLike = Union[str, os.PathLike]
 
@@ -191,7 +191,7 @@ class ReadsDataset(torch.utils.data.Dataset):
     def __init__(self, bam_path: PathLike, seq_len: int, seed: int = 0, region: Optional[str] = None,
                  reference: Optional[PathLike] = None, min_mapq: int = 0, max_reads: Optional[int] = None,
                  rc_augment: bool = False, original_orientation: bool = False, **filters):
-        from .bam import iter_reads
+        from mambadna.io.bam import iter_reads
 
         self.path = os.fspath(bam_path)
         self.seq_len = int(seq_len)

@@ -58,7 +58,7 @@ CONFIG = {
                          # thread's state over channels and states, not one channel)
     "vec_bwd": False,    # as vec, for the backward kernel alone
     "bwd_maxnreg": 0,    # register cap for the backward kernel (0: the compiler's choice)
-    "bwd_impl": "gluon",  # the explicit-layout backward kernel (gluon_scan_bwd.py) on the GPU
+    "bwd_impl": "gluon",  # the explicit-layout backward kernel (gluon_bwd.py) on the GPU
                           # (one warp, block_d_bwd a multiple of 32); "triton": _rows_bwd_kernel,
                           # which the interpreter (CPU) always runs
     "gluon_mask_bc": False,  # Gluon backward: mask the B/C loads past the end (else clamped rows)
@@ -895,7 +895,7 @@ def _bwd_kernel(geom, fine=None):
     when selected and usable (FINE: fine, else bwd_fine, where valid), else Triton's."""
     if CONFIG["bwd_impl"] == "gluon" and not _interpret() and geom.warps == 1 and geom.BD % 32 == 0 \
             and geom.NP <= 32 and min(CONFIG["sub"], geom.F) >= 2:
-        from . import gluon_scan_bwd
+        from . import gluon_bwd as gluon_scan_bwd
 
         if gluon_scan_bwd.available():
             bd = 32  # a lane per channel; divides BD, so a block still never straddles two groups

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .model import MambaBlock, _autocast_dtype
+from mambadna.model.block import MambaBlock, _autocast_dtype
 
 
 def _dir_order(n: int, reverse: bool):

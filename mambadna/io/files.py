@@ -58,7 +58,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
 def check_input_file(path: PathLike, what: str) -> None:
     """Raise InputError naming ``path`` unless it is an existing, non-empty,
     readable file; ``what`` names the expected kind ("FASTA file", ...)."""
-    from .errors import InputError
+    from mambadna.errors import InputError
 
     p = Path(path)
     if not p.exists():

@@ -37,15 +37,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .checkpoint import load_model, read_config
-from .errors import InputError, TrainingError
-from .heads import (HeadConfig, SequenceClassifier, linear_head_from_logistic, logits_to_proba,
+from mambadna.components.checkpoint import load_model, read_config
+from mambadna.components.device import resolve_device
+from mambadna.components.schedule import warmup_cosine
+from mambadna.errors import InputError, TrainingError
+from mambadna.model.heads import (HeadConfig, SequenceClassifier, linear_head_from_logistic, logits_to_proba,
                     pooled_embeddings, predict_proba, save_classifier)
-from .classify import publish_mode
-from .io_utils import atomic_dir
-from .labeled import LabeledSet, load_labeled, stratified_split
-from .pooling import POOL_MODES
-from .tokenizer import encode, reverse_complement
+from mambadna.tasks.classify import publish_mode
+from mambadna.io.files import atomic_dir
+from mambadna.io.labeled import LabeledSet, load_labeled, stratified_split
+from mambadna.inference.pooling import normalize_pool
+from mambadna.tokenizer import encode, reverse_complement
 
 log = logging.getLogger("mambadna")
 
@@ -115,8 +117,7 @@ class FinetuneConfig:
             raise InputError(None, f"--max-steps must be >= 1, got {self.max_steps}")
         if self.epochs is not None and self.epochs <= 0:
             raise InputError(None, f"--epochs must be > 0, got {self.epochs}")
-        if self.pooling not in POOL_MODES:
-            raise InputError(None, f"--pooling must be one of {', '.join(POOL_MODES)}, got {self.pooling!r}")
+        self.pooling = normalize_pool(self.pooling, pooled_only=True)
         if self.freeze and self.probe:
             raise InputError(None, "--freeze and --probe are exclusive (the probe is always frozen)")
         if self.batch_size < 1:
@@ -323,13 +324,6 @@ def save_plots(task: str, y_true: np.ndarray, proba: np.ndarray, classes: Sequen
 
 
 # --------------------------------------------------------------------------- training helpers
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / max(warmup, 1)
-    t = (step - warmup) / max(total - warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
 def _batches(n: int, batch_size: int, rng: np.random.Generator):
     """Endless shuffled batches of indices (reshuffled every epoch)."""
     while True:
@@ -420,7 +414,6 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     specificity for binary), plus ``val`` (best validation metrics), ``task``,
     ``classes``, ``mode``, sizes, steps and timing.
     """
-    from .train import resolve_device
 
     t0 = time.time()
     torch.manual_seed(cfg.seed)
@@ -436,7 +429,7 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
 
     genome = None
     if cfg.reference is not None:
-        from .genome import Genome
+        from mambadna.io.fasta import Genome
 
         genome = Genome(cfg.reference)
 
@@ -586,7 +579,7 @@ def _train_full(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr, s
         while step < total:
             model.train()
             idx = next(batches)
-            f = _lr_factor(step, total, warmup)
+            f = warmup_cosine(step, total, max(warmup, 1), 0.1)
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * f
             opt.zero_grad(set_to_none=True)
@@ -654,7 +647,7 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, seqs_tr, y_tr,
                 flip = torch.as_tensor(rng.random(len(idx)) < 0.5, device=device)
                 x = torch.where(flip[:, None], F_tr_rc[idx], x)
             for g in opt.param_groups:
-                g["lr"] = cfg.head_lr * _lr_factor(step, total, warmup)
+                g["lr"] = cfg.head_lr * warmup_cosine(step, total, max(warmup, 1), 0.1)
             opt.zero_grad(set_to_none=True)
             loss = model.loss(model.head(x), Y_tr[idx])
             loss.backward()

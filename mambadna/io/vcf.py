@@ -20,10 +20,10 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
-from .io_utils import check_input_file
-from .genome import Genome, compression_of, open_text
-from .tokenizer import TokenizationError, encode
+from mambadna.errors import InputError
+from mambadna.io.files import check_input_file
+from mambadna.io.fasta import Genome, compression_of, open_text
+from mambadna.tokenizer import TokenizationError, encode
 
 log = logging.getLogger("mambadna")
 

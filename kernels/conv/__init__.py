@@ -1,0 +1,1 @@
+"""Depthwise conv + SiLU: Triton kernel and PyTorch reference."""

@@ -1,0 +1,1 @@
+"""RMSNorm: Triton kernel and PyTorch reference."""

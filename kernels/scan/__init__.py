@@ -1,0 +1,1 @@
+"""The selective scan (S6): fused Triton forward/backward, Gluon backward, PyTorch reference."""

@@ -1,0 +1,1 @@
+"""Pieces shared by the tasks: device, checkpoints, schedules, data sampling."""

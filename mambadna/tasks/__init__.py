@@ -1,0 +1,1 @@
+"""User-facing jobs: each module holds its config and one entry function."""
