@@ -1,4 +1,4 @@
-"""`mambadna embed`: argument parsing only; the work is mambadna.api.embed_file."""
+"""`mambadna embed`: argument parsing only; the work is mambadna.tasks.embed.embed_file."""
 from __future__ import annotations
 
 from typing import Optional
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         and one array per index column; np.load(..., allow_pickle=False) reads it.
         .parquet: index columns and an 'embedding' list column, one row per sequence.
         """
-        from mambadna.api import EmbedFileConfig, embed_file
+        from mambadna.tasks.embed import EmbedFileConfig, embed_file
 
         cfg = EmbedFileConfig(model=model, out=out, fasta=fasta, bed=bed, bam=bam, vcf=vcf,
                               reference=reference, region=region, window=window, min_mapq=min_mapq,

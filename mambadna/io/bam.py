@@ -2,18 +2,17 @@
 and mapping-quality filters."""
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple
 
 from mambadna.errors import InputError
 from mambadna.io.files import check_input_file
 from mambadna.io.fasta import _dir_writable, match_contig
 from mambadna.tokenizer import reverse_complement_str
+from mambadna.io.files import PathLike
 
-PathLike = Union[str, os.PathLike]
 
 
 @dataclass(frozen=True)

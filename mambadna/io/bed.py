@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from mambadna.errors import InputError
 from mambadna.io.files import check_input_file
 from mambadna.io.fasta import Genome, open_text
+from mambadna.io.files import PathLike
 
-PathLike = Union[str, os.PathLike]
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,17 @@ import os
 import shutil
 import zlib
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
 from mambadna.errors import InputError
 from mambadna.io.files import atomic_path, check_input_file
 from mambadna.tokenizer import TokenizationError, encode, reverse_complement_str
+from mambadna.io.files import PathLike
 
 log = logging.getLogger("mambadna")
 
-PathLike = Union[str, os.PathLike]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _MITO = ("chrM", "MT", "M", "chrMT", "mt", "mito", "MtDNA")

@@ -15,8 +15,8 @@ from mambadna.errors import InputError
 from mambadna.io.files import check_input_file
 from mambadna.io.fasta import Genome, open_text
 from mambadna.tokenizer import TokenizationError, encode
+from mambadna.io.files import PathLike
 
-PathLike = Union[str, os.PathLike]
 
 MULTILABEL_SEP = ";"
 

@@ -16,7 +16,7 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -24,10 +24,10 @@ from mambadna.errors import InputError
 from mambadna.io.files import check_input_file
 from mambadna.io.fasta import Genome, compression_of, open_text
 from mambadna.tokenizer import TokenizationError, encode
+from mambadna.io.files import PathLike
 
 log = logging.getLogger("mambadna")
 
-PathLike = Union[str, os.PathLike]
 
 _ALLELE_RE = re.compile(r"^[ACGTNRYKMSWBDHVacgtnrykmswbdhv]+$")
 
