@@ -1,4 +1,4 @@
-"""`mambadna classify`: argument parsing only."""
+"""`mambadna classify`: argument parsing only; defaults live in ClassifyConfig."""
 from __future__ import annotations
 
 from typing import Optional
@@ -17,27 +17,25 @@ def register(app: typer.Typer) -> None:
         bed: Optional[str] = typer.Option(None, "--bed", help="Score BED intervals of --reference."),
         bam: Optional[str] = typer.Option(None, "--bam", help="Score the reads of a BAM/CRAM."),
         region: Optional[str] = typer.Option(None, "--region", help="BAM region, e.g. chr1:100-200."),
-        min_mapq: int = typer.Option(0, "--min-mapq", help="Minimum mapping quality of BAM reads."),
+        min_mapq: Optional[int] = typer.Option(None, "--min-mapq", help="Minimum mapping quality of BAM reads [0]."),
         vcf_out: Optional[str] = typer.Option(None, "--vcf-out", help="Annotated VCF (.vcf.gz, bgzip + tabix)."),
-        window: int = typer.Option(1024, "--window", help="Bases per variant window."),
-        skip_ref_mismatch: bool = typer.Option(False, "--skip-ref-mismatch", help="Count and skip REF mismatches instead of failing."),
-        batch_size: int = typer.Option(32, "--batch-size", help="Alleles or sequences per forward pass."),
-        device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
+        window: Optional[int] = typer.Option(None, "--window", help="Bases per variant window [1024]."),
+        skip_ref_mismatch: Optional[bool] = typer.Option(None, "--skip-ref-mismatch", help="Count and skip REF mismatches instead of failing."),
+        scores: Optional[str] = typer.Option(None, "--scores", help="Comma-separated subset of llr, cosine, classifier; only their forwards run [classifier or llr, and cosine]."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows or sequences per forward pass [from the token budget]."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto|cpu|cuda [auto]."),
+        precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (autocast on CUDA) [fp32]."),
         pooling: Optional[str] = typer.Option(None, "--pooling", help="Embedding pooling for cosine distance [head's, else mean]."),
-        center_width: int = typer.Option(64, "--center-width"),
-        layer: int = typer.Option(-1, "--layer"),
-        llr: Optional[bool] = typer.Option(None, "--llr/--no-llr", help="Zero-shot LLR [on when the model has no head]."),
-        rc_average: Optional[bool] = typer.Option(None, "--rc-average/--no-rc-average", help="Average over x and its reverse complement [head's setting]."),
+        center_width: Optional[int] = typer.Option(None, "--center-width", help="Window of 'center' pooling [64]."),
+        layer: Optional[int] = typer.Option(None, "--layer", help="Block read for embeddings [-1]."),
+        llr: Optional[bool] = typer.Option(None, "--llr/--no-llr", help="Add or drop the zero-shot LLR from the default scores."),
+        rc_average: Optional[bool] = typer.Option(None, "--rc-average/--no-rc-average", help="Average scores over x and its reverse complement (zero-shot LLR and classifier) [head's setting; off zero-shot]."),
         max_records: Optional[int] = typer.Option(None, "--max-records", help="Stop after N VCF records (or sequences)."),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
     ) -> None:
         """Score variants (ref/alt windows) or sequences with a classifier or zero-shot."""
         from mambadna.tasks.classify import ClassifyConfig, classify
 
-        cfg = ClassifyConfig(model=model, out=out, vcf=vcf, reference=reference, fasta=fasta, bed=bed, bam=bam,
-                             region=region, min_mapq=min_mapq, vcf_out=vcf_out, window=window,
-                             skip_ref_mismatch=skip_ref_mismatch, batch_size=batch_size, device=device,
-                             pooling=pooling, center_width=center_width, layer=layer, llr=llr,
-                             rc_average=rc_average, max_records=max_records, progress=progress)
-        s = classify(cfg)
+        given = {k: v for k, v in locals().items() if v is not None and k != "ClassifyConfig" and k != "classify"}
+        s = classify(ClassifyConfig(**given))
         typer.echo(f"wrote {s['rows']} rows to {out}" + (f" and {vcf_out}" if vcf_out else ""))

@@ -19,18 +19,19 @@ def register(app: typer.Typer) -> None:
         reference: Optional[str] = typer.Option(None, "--reference", help="Reference FASTA for --bed / --vcf "
                                                                           "(and CRAM)."),
         region: Optional[str] = typer.Option(None, "--region", help="BAM region, e.g. chr1:1000-2000."),
-        window: int = typer.Option(1024, "--window", help="Variant window length (--vcf)."),
-        min_mapq: int = typer.Option(0, "--min-mapq", help="Minimum mapping quality (--bam)."),
-        pool: str = typer.Option("mean", "--pool", help="mean | center | first | last | max | none "
-                                                       "(none = per-token arrays)."),
-        layer: int = typer.Option(-1, "--layer", help="Block to read out (negative counts from the end)."),
-        rc_average: bool = typer.Option(False, "--rc-average", help="Average with the reverse complement."),
+        window: Optional[int] = typer.Option(None, "--window", help="Variant window length (--vcf) [1024]."),
+        min_mapq: Optional[int] = typer.Option(None, "--min-mapq", help="Minimum mapping quality (--bam) [0]."),
+        pool: Optional[str] = typer.Option(None, "--pool", help="mean | center | first | last | max | none "
+                                                                "(none = per-token arrays) [mean]."),
+        layer: Optional[int] = typer.Option(None, "--layer", help="Block to read out (negative counts from the end) [-1]."),
+        rc_average: Optional[bool] = typer.Option(None, "--rc-average", help="Average with the reverse complement."),
         chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Positions per device step for "
                                                                            "long sequences (exact either way)."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per batch."),
-        center_width: int = typer.Option(64, "--center-width", help="Window of --pool center."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+        center_width: Optional[int] = typer.Option(None, "--center-width", help="Window of --pool center [64]."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [auto]."),
+        precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (autocast on CUDA) [fp32]."),
+        progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
     ) -> None:
         """Write embeddings plus an index table (name, contig, start, end, strand, allele).
 
@@ -40,10 +41,7 @@ def register(app: typer.Typer) -> None:
         """
         from mambadna.tasks.embed import EmbedFileConfig, embed_file
 
-        cfg = EmbedFileConfig(model=model, out=out, fasta=fasta, bed=bed, bam=bam, vcf=vcf,
-                              reference=reference, region=region, window=window, min_mapq=min_mapq,
-                              pool=pool, layer=layer, rc_average=rc_average, chunk_size=chunk_size,
-                              batch_size=batch_size, center_width=center_width, device=device,
-                              progress=progress)
+        given = {k: v for k, v in locals().items() if v is not None and k not in ("EmbedFileConfig", "embed_file")}
+        cfg = EmbedFileConfig(**given)
         res = embed_file(cfg)
         typer.echo(f"wrote {res['rows']} rows x {res['dim']} ({res['pool']}) to {res['out']}", err=True)

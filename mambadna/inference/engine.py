@@ -357,6 +357,58 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: int,
     return batches
 
 
+_END = object()
+
+
+def prefetch(items: Iterable, depth: int = 64) -> Iterator:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead, so that
+    input preparation (file reading, tokenising, window making) overlaps the
+    device work of the consumer. Exceptions reach the consumer; closing the
+    returned generator stops the thread."""
+    import queue
+    import threading
+
+    q: "queue.Queue" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        it = iter(items)
+        try:
+            for x in it:
+                if not put((True, x)):
+                    break
+            put((True, _END))
+        except BaseException as e:  # handed to the consumer
+            put((False, e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    t = threading.Thread(target=work, name="mambadna-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, x = q.get()
+            if not ok:
+                raise x
+            if x is _END:
+                return
+            yield x
+    finally:
+        stop.set()
+        t.join()
+
+
 class _Progress:
     def __init__(self, total: Optional[int], enabled: Optional[bool], desc: str = "embedding"):
         if enabled is None:
@@ -439,6 +491,15 @@ class Embedder:
         import contextlib
 
         return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def hidden(self, ids: Tensor, layer: int = -1) -> Tensor:
+        """Hidden states of equal-length ids (batch, L) on the device, in the
+        engine's precision: (batch, L, d_model) after block ``layer`` (the last
+        block is followed by the final norm). No host copy, no synchronisation."""
+        stop, fnorm = resolve_layer(self.model, layer)
+        with self._autocast():
+            return self.model.hidden_states(ids.to(self.device, non_blocking=True), layer=stop, final_norm=fnorm)
 
     def _run_one(self, ids: Tensor, lengths: Tensor, sink: _Sink, advance) -> None:
         L = ids.shape[1]

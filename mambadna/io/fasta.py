@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from mambadna.errors import InputError
-from mambadna.io.files import atomic_path, check_input_file
+from mambadna.io.files import atomic_path, check_input_file, publish_mode
 from mambadna.tokenizer import TokenizationError, encode, reverse_complement_str
 from mambadna.io.files import PathLike
 
@@ -78,16 +78,6 @@ def _dir_writable(d: Path) -> bool:
     except OSError:
         return False
     return bool(mode & 0o222) and os.access(d, os.W_OK | os.X_OK)
-
-
-def _publish_mode(path: Path) -> None:
-    """Give a file written through mkstemp (0600) the usual 0644 & ~umask."""
-    um = os.umask(0)
-    os.umask(um)
-    try:
-        os.chmod(path, 0o644 & ~um)
-    except OSError:
-        pass
 
 
 def match_contig(name: str, names: Iterable[str]) -> Optional[str]:
@@ -249,7 +239,7 @@ class Genome:
             if tmp_fai.stat().st_size == 0:
                 raise InputError(self.path, "FASTA has no sequences")
             for p in args[2::2]:
-                _publish_mode(Path(p))
+                publish_mode(Path(p))
 
     def _decompress_to_cache(self) -> Path:
         key = _cache_key(self.path)
@@ -263,7 +253,7 @@ class Genome:
             with atomic_path(out) as tmp, gzip.open(self.path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
                 dst.flush()
-                _publish_mode(tmp)
+                publish_mode(tmp)
         except (OSError, EOFError, zlib.error) as e:
             raise InputError(self.path, f"cannot decompress gzip FASTA: {e}") from None
         return out

@@ -69,3 +69,12 @@ def check_input_file(path: PathLike, what: str) -> None:
         raise InputError(path, "empty file")
     if not os.access(p, os.R_OK):
         raise InputError(path, "file is not readable (permission denied)")
+
+
+def publish_mode(path: PathLike, mode: int = 0o644) -> None:
+    """Give a temporary output (mkstemp/mkdtemp: 0600/0700) the usual
+    ``mode & ~umask`` before it is renamed into place."""
+    um = os.umask(0)
+    os.umask(um)
+    with contextlib.suppress(OSError):
+        os.chmod(path, mode & ~um)

@@ -11,12 +11,14 @@ Positions beyond the contig ends are N.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -274,14 +276,33 @@ def iter_variant_windows(vcf_path: PathLike, genome: Genome, window: int = 1024,
     file, no variant records, malformed line, contig absent from the FASTA,
     REF mismatch (unless ``skip_ref_mismatch``: counted and skipped).
     """
+    for _, _, windows in iter_variant_records(vcf_path, genome, window, skip_ref_mismatch, stats):
+        yield from windows
+
+
+def iter_variant_records(vcf_path: PathLike, genome: Genome, window: int = 1024,
+                         skip_ref_mismatch: bool = False, stats: Optional[VariantStats] = None,
+                         on_header: Optional[Callable] = None) -> Iterator[Tuple[int, Any, List[VariantWindow]]]:
+    """The one VCF reader: ``(record index, record, windows of its ALT alleles)``
+    for every record, in file order (windows may be empty: skipped alleles).
+
+    ``record`` is the pysam ``VariantRecord`` (None for a headerless list), so
+    an annotator can write the very record that was scored;
+    ``on_header(header)`` is called once, before the first record (with None
+    for a headerless list). Errors as :func:`iter_variant_windows`.
+    """
     import pysam
 
     path = os.fspath(vcf_path)
     check_input_file(path, "VCF/BCF file")
     stats = stats if stats is not None else VariantStats()
     first = _first_line(path)
+    maker = _WindowMaker(path, genome, window, skip_ref_mismatch, stats)
     if first != "BCF" and _looks_headerless(first):
-        yield from iter_headerless_variant_windows(path, genome, window, skip_ref_mismatch, stats)
+        if on_header is not None:
+            on_header(None)
+        for idx, (chrom, pos, vid, ref, alts, lineno) in enumerate(read_headerless_variants(path)):
+            yield idx, None, list(maker.make(chrom, pos, vid, ref, alts, idx, f"line {lineno} ({chrom}:{pos})"))
         return
     if first != "BCF" and not first.startswith("##fileformat=VCF") and not first.startswith("#CHROM"):
         raise InputError(path, "not a VCF/BCF file (no '##fileformat=VCF' header line)")
@@ -289,10 +310,11 @@ def iter_variant_windows(vcf_path: PathLike, genome: Genome, window: int = 1024,
         vf = pysam.VariantFile(path)
     except (ValueError, OSError) as e:
         raise InputError(path, f"not a readable VCF/BCF file ({e})") from None
-    maker = _WindowMaker(path, genome, window, skip_ref_mismatch, stats)
     n_header = _count_header_lines(path) if first != "BCF" else 0
     idx = -1
     try:
+        if on_header is not None:
+            on_header(vf.header)
         it = iter(vf)
         while True:
             try:
@@ -311,11 +333,61 @@ def iter_variant_windows(vcf_path: PathLike, genome: Genome, window: int = 1024,
             idx += 1
             where = f"record {rec.chrom}:{rec.pos}" + (f" (line {n_header + idx + 1})" if n_header else
                                                          f" (record {idx + 1})")
-            yield from maker.make(rec.chrom, rec.pos, rec.id, rec.ref, rec.alts, idx, where)
+            yield idx, rec, list(maker.make(rec.chrom, rec.pos, rec.id, rec.ref, rec.alts, idx, where))
     finally:
         vf.close()
     if idx < 0:
         raise InputError(path, "no variant records")
+
+
+class VcfAnnotator:
+    """Writes scored records as bgzip VCF with INFO fields (Number=A, Float),
+    one value per ALT allele (missing where an allele was not scored).
+
+    fields: (score column, INFO id, description). :meth:`attach` takes the
+    reader's header (pass it as ``on_header`` of :func:`iter_variant_records`);
+    :meth:`write` writes one record with its per-allele scores.
+    """
+
+    def __init__(self, src: PathLike, tmp_out: Path, fields: List[Tuple[str, str, str]]):
+        self.src, self.tmp_out, self.fields = os.fspath(src), tmp_out, fields
+        self.writer = None
+
+    def attach(self, header) -> None:
+        import pysam
+
+        if header is None:
+            raise InputError(self.src, "--vcf-out needs a VCF/BCF with a header")
+        for _, key, desc in self.fields:
+            if key in header.info:
+                raise InputError(self.src, f"INFO field {key} already present; refusing to overwrite it")
+            header.info.add(key, "A", "Float", desc)
+        self.writer = pysam.VariantFile(str(self.tmp_out), "wz", header=header)
+
+    def write(self, rec, scores: Dict[int, Dict[str, float]]) -> None:
+        """``scores``: ALT allele index (1-based) -> {column: value}."""
+        n_alt = len(rec.alts or ())
+        if scores and n_alt:
+            for col, key, _ in self.fields:
+                vals = [scores.get(ai, {}).get(col) for ai in range(1, n_alt + 1)]
+                vals = [None if v is None or not math.isfinite(v) else round(v, 6) for v in vals]
+                if any(v is not None for v in vals):
+                    rec.info[key] = tuple(vals)
+        self.writer.write(rec)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def tabix_index(path: Path, final: PathLike) -> None:
+    """tabix-index a bgzipped VCF in place (``path.tbi``); ``final`` names the output in errors."""
+    import pysam
+
+    try:
+        pysam.tabix_index(str(path), preset="vcf", force=True, keep_original=True)
+    except (OSError, ValueError) as e:
+        raise InputError(final, f"cannot tabix-index the annotated VCF (is the input sorted by position?): {e}") from None
 
 
 def read_headerless_variants(path: PathLike) -> Iterator[Tuple[str, int, Optional[str], str, Tuple[str, ...], int]]:
@@ -347,14 +419,3 @@ def read_headerless_variants(path: PathLike) -> Iterator[Tuple[str, int, Optiona
         raise InputError(path, f"cannot read: {e}") from None
     if n == 0:
         raise InputError(path, "no variant records")
-
-
-def iter_headerless_variant_windows(path: PathLike, genome: Genome, window: int = 1024,
-                                   skip_ref_mismatch: bool = False,
-                                   stats: Optional[VariantStats] = None) -> Iterator[VariantWindow]:
-    """Like :func:`iter_variant_windows` for a headerless 5-column variant list."""
-    stats = stats if stats is not None else VariantStats()
-    maker = _WindowMaker(path, genome, window, skip_ref_mismatch, stats)
-    for idx, (chrom, pos, vid, ref, alts, lineno) in enumerate(read_headerless_variants(path)):
-        where = f"line {lineno} ({chrom}:{pos})"
-        yield from maker.make(chrom, pos, vid, ref, alts, idx, where)

@@ -35,6 +35,7 @@ class EmbedFileConfig:
     batch_size: Optional[int] = None
     center_width: int = 64
     device: str = "auto"
+    precision: str = "fp32"
     progress: Optional[bool] = True
 
 
@@ -66,7 +67,8 @@ def embed_file(cfg: EmbedFileConfig) -> Dict[str, Any]:
         genome = as_genome(cfg.reference)
     model = load(cfg.model, cfg.device)
     emb = model.embedder(pool=pool, layer=cfg.layer, rc_average=cfg.rc_average, batch_size=cfg.batch_size,
-                         chunk_size=cfg.chunk_size, center_width=cfg.center_width, progress=cfg.progress)
+                         chunk_size=cfg.chunk_size, center_width=cfg.center_width, precision=cfg.precision,
+                         progress=cfg.progress)
     kw: Dict[str, Any] = {src: path}
     if src == "bam":
         kw.update(region=cfg.region, min_mapq=cfg.min_mapq, genome=cfg.reference)
