@@ -49,7 +49,7 @@ Tensor = torch.Tensor
 
 DEFAULT_CHUNK = {"cuda": 1 << 17, "cpu": 1 << 12}
 DEFAULT_MAX_TOKENS = {"cuda": 1 << 20, "cpu": 1 << 14}
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = {"cuda": 256, "cpu": 64}  # a cap; the token budget usually binds first
 PAD_FACTOR = 1.25  # a ragged batch may hold at most 25% padding
 
 
@@ -459,7 +459,7 @@ class Embedder:
         self.pool = normalize_pool(pool)
         self.stop, self.fnorm = resolve_layer(model, layer)
         self.rc_average = bool(rc_average)
-        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE[device_kind(self.device)])
         self.max_tokens = int(max_tokens or default_max_tokens(self.device))
         self.chunk = int(chunk_size or default_chunk_size(self.device))
         if self.batch_size < 1 or self.max_tokens < 1 or self.chunk < 1:
@@ -517,18 +517,20 @@ class Embedder:
                 _run_bidirectional_chunked(self.model, ids, self.stop, self.fnorm, self.chunk,
                                            self.device, sink, post, advance, buf)
 
-    def embed_batch(self, seqs: Sequence[np.ndarray], advance: Optional[Callable[[float], None]] = None) -> List[np.ndarray]:
-        """Embed one batch of id arrays (any lengths the batch plan allows).
-
-        Returns one array per sequence: pooled (D,) or per-token (L_i, D),
-        float32 (D = d_model, or vocab_size for logits)."""
+    def _launch(self, seqs: Sequence[np.ndarray], advance: Optional[Callable[[float], None]] = None):
+        """Start one batch on the device; :meth:`_finish` turns the handle into arrays.
+        Pooled results are copied to pinned host memory asynchronously."""
         lens = [len(s) for s in seqs]
         if min(lens) == 0:
             raise InputError(None, "cannot embed an empty sequence")
         B, L = len(seqs), max(lens)
-        ids = torch.full((B, L), PAD, dtype=torch.long)
+        cuda = self.device.type == "cuda"
+        host = np.full((B, L), PAD, dtype=np.int64)
         for b, s in enumerate(seqs):
-            ids[b, : lens[b]] = torch.from_numpy(np.ascontiguousarray(s).astype(np.int64))
+            host[b, : lens[b]] = s
+        ids = torch.from_numpy(host)
+        if cuda:
+            ids = ids.pin_memory()
         lengths = torch.tensor(lens, dtype=torch.long)
         total_frac = 2.0 if self.rc_average else 1.0
         bases = float(sum(lens))
@@ -537,23 +539,42 @@ class Embedder:
         sink = _Sink(self.pool, lengths, L, self.out_dim, self.device, self.center_width, weight=w)
         self._run_one(ids, lengths, sink, adv)
         if self.rc_average:
-            rc = torch.full((B, L), PAD, dtype=torch.long)
+            rc = torch.from_numpy(np.ascontiguousarray(host.copy()))
             for b, s in enumerate(seqs):
                 rc[b, : lens[b]] = torch.from_numpy(reverse_complement(np.asarray(s)).astype(np.int64))
+            if cuda:
+                rc = rc.pin_memory()
             out = sink.out if self.pool == "none" else None
             sink_rc = _Sink(self.pool, lengths, L, self.out_dim, self.device, self.center_width,
                             mirror=True, weight=w, out=out)
             self._run_one(rc, lengths, sink_rc, adv)
-            if self.pool == "none":
-                res = sink.out
-            else:
-                res = (sink.result() + sink_rc.result()) / 2
+            res = sink.out if self.pool == "none" else (sink.result() + sink_rc.result()) / 2
         else:
             res = sink.result()
-        res = res.float().cpu().numpy()
+        event = None
+        if res.is_cuda:
+            pinned = torch.empty(res.shape, dtype=torch.float32, pin_memory=True)
+            pinned.copy_(res, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            res = pinned
+        return lens, res, event
+
+    def _finish(self, handle) -> List[np.ndarray]:
+        lens, res, event = handle
+        if event is not None:
+            event.synchronize()
+        res = res.float().numpy()
         if self.pool == "none":
-            return [res[b, : lens[b]] for b in range(B)]
-        return [res[b] for b in range(B)]
+            return [res[b, : n] for b, n in enumerate(lens)]
+        return [res[b] for b in range(len(lens))]
+
+    def embed_batch(self, seqs: Sequence[np.ndarray], advance: Optional[Callable[[float], None]] = None) -> List[np.ndarray]:
+        """Embed one batch of id arrays (any lengths the batch plan allows).
+
+        Returns one array per sequence: pooled (D,) or per-token (L_i, D),
+        float32 (D = d_model, or vocab_size for logits)."""
+        return self._finish(self._launch(seqs, advance))
 
     # -- many sequences ----------------------------------------------------
     def iter_embed(self, seqs: Iterable, block_tokens: Optional[int] = None,
@@ -569,7 +590,7 @@ class Embedder:
         try:
             block: List[np.ndarray] = []
             ntok = 0
-            for s in seqs:
+            for s in prefetch(seqs):
                 s = _as_ids(s)
                 block.append(s)
                 ntok += len(s)
@@ -584,9 +605,15 @@ class Embedder:
     def _block(self, block: List[np.ndarray], bar: _Progress) -> Iterator[np.ndarray]:
         lens = [len(s) for s in block]
         out: List[Optional[np.ndarray]] = [None] * len(block)
+        pending = None  # the device runs batch k+1 while batch k's results come back
         for idx in plan_batches(lens, self.batch_size, self.max_tokens, self._needs_equal):
-            res = self.embed_batch([block[k] for k in idx], bar.update)
-            for k, r in zip(idx, res):
+            handle = (idx, self._launch([block[k] for k in idx], bar.update))
+            if pending is not None:
+                for k, r in zip(pending[0], self._finish(pending[1])):
+                    out[k] = r
+            pending = handle
+        if pending is not None:
+            for k, r in zip(pending[0], self._finish(pending[1])):
                 out[k] = r
         yield from out
 
