@@ -177,18 +177,16 @@ def _layer_forward_dual(model: MambaDNA, i: int, h: Tensor, shift: Tensor) -> Te
     """One bidirectional block on a right-padded ragged batch, exactly: the
     reverse direction runs on a left-aligned copy. shift: (batch,) L - length."""
     blk = model.layers[i]
-    mix = blk.mixer
     B, L, D = h.shape
     ar = torch.arange(L, device=h.device)[None, :]
     to_left = (ar - shift[:, None]) % L
     back = (ar + shift[:, None]) % L
-    hn = blk.norm(h)
-    yf, _, _ = mix.forward_direction(hn, False)
+    hn = blk.norm_in(h)
+    yf, _, _ = blk.direction(hn, False)
     hn_l = torch.gather(hn, 1, to_left[..., None].expand(-1, -1, D))
-    yr_l, _, _ = mix.forward_direction(hn_l, True)
+    yr_l, _, _ = blk.direction(hn_l, True)
     yr = torch.gather(yr_l, 1, back[..., None].expand(-1, -1, yr_l.shape[-1]))
-    y = (yf.float() + yr.float()).to(yf.dtype)
-    return h + mix.project_out(y).to(h.dtype)
+    return blk.residual(h, (yf.float() + yr.float()).to(yf.dtype))
 
 
 @torch.no_grad()
@@ -215,24 +213,6 @@ def _chunks(L: int, chunk: int) -> List[Tuple[int, int]]:
     return [(s, min(L, s + chunk)) for s in range(0, L, chunk)]
 
 
-def _own(t: Optional[Tensor]) -> Optional[Tensor]:
-    """``t`` with storage of its own size. A carried conv context or SSM state
-    that is a view into a chunk-sized buffer would keep that whole buffer alive
-    on the device for as long as the state is kept (pass 1 keeps one state per
-    chunk boundary: device memory would then grow with the sequence length)."""
-    if t is None or t.untyped_storage().nbytes() <= t.numel() * t.element_size():
-        return t
-    return t.clone()
-
-
-def _direction(mixer, hn: Tensor, reverse: bool, ctx: Optional[Tensor], state: Optional[Tensor]):
-    """:meth:`MambaMixer.forward_direction` over one chunk; the returned conv
-    context and SSM state own their (small) storage, so keeping them across
-    chunks keeps nothing chunk-sized alive."""
-    y, ctx, state = mixer.forward_direction(hn, reverse, ctx, state)
-    return y, _own(ctx), _own(state)
-
-
 @torch.no_grad()
 def _run_causal_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: bool, chunk: int,
                         device, sink: Callable, post: Optional[Callable] = None,
@@ -248,13 +228,11 @@ def _run_causal_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: bool, ch
     for s, e in _chunks(L, chunk):
         h = model.embed_tokens(ids[:, s:e].to(device))
         for i in range(stop + 1):
-            blk = model.layers[i]
-            y, ctx[i], st[i] = _direction(blk.mixer, blk.norm(h), False, ctx[i], st[i])
-            h = h + blk.mixer.project_out(y).to(h.dtype)
+            h, ctx[i], st[i] = model.layers[i].step(h, ctx[i], st[i])
         if fnorm:
             h = model.final_norm(h)
         sink(s, e, post(h) if post else h)
-        del h, y  # free this chunk before the next one is allocated
+        del h  # free this chunk before the next one is allocated
         if advance:
             advance((e - s) / L)
 
@@ -291,15 +269,14 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
     steps = (stop + 1) * 3 * len(chunks)  # pass 1 ~ 1 unit, pass 2 ~ 2 units per chunk
     for i in range(stop + 1):
         blk = model.layers[i]
-        mix = blk.mixer
         last = i == stop
         # pass 1: forward direction, keep the state entering each chunk
         saved: List[Tuple[Optional[Tensor], Optional[Tensor]]] = []
         ctx = state = None
         for s, e in chunks:
             saved.append((ctx, state))
-            hn = blk.norm(H[:, s:e].to(device, non_blocking=True))
-            y, ctx, state = _direction(mix, hn, False, ctx, state)
+            hn = blk.norm_in(H[:, s:e].to(device, non_blocking=True))
+            y, ctx, state = blk.direction(hn, False, ctx, state)
             del hn, y  # only the boundary state is kept
             if advance:
                 advance(1 / steps)
@@ -308,12 +285,12 @@ def _run_bidirectional_chunked(model: MambaDNA, ids: Tensor, stop: int, fnorm: b
         for c in range(len(chunks) - 1, -1, -1):
             s, e = chunks[c]
             x = H[:, s:e].to(device, non_blocking=True)
-            hn = blk.norm(x)
-            yr, rctx, rstate = _direction(mix, hn, True, rctx, rstate)
-            yf, _, _ = mix.forward_direction(hn, False, *saved[c])
+            hn = blk.norm_in(x)
+            yr, rctx, rstate = blk.direction(hn, True, rctx, rstate)
+            yf, _, _ = blk.direction(hn, False, *saved[c])
             saved[c] = (None, None)
             y = (yf.float() + yr.float()).to(yf.dtype)
-            out = x + mix.project_out(y).to(x.dtype)
+            out = blk.residual(x, y)
             if last:
                 if fnorm:
                     out = model.final_norm(out)
@@ -690,10 +667,7 @@ class Stream:
         m = self.model
         h = m.embed_tokens(ids)
         for i in range(self.stop + 1):
-            blk = m.layers[i]
-            y, self._ctx[i], self._state[i] = blk.mixer.forward_direction(
-                blk.norm(h), False, self._ctx[i], self._state[i])
-            h = h + blk.mixer.project_out(y).to(h.dtype)
+            h, self._ctx[i], self._state[i] = m.layers[i].step(h, self._ctx[i], self._state[i])
         if self.fnorm:
             h = m.final_norm(h)
         self.position += ids.shape[1]

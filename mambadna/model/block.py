@@ -129,7 +129,9 @@ class MambaMixer(nn.Module):
         return delta, A, B, C
 
     # -- whole sequence ---------------------------------------------------
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, project: bool = True) -> Tensor:
+        """Normed h (batch, L, d) -> (batch, L, d); with ``project=False`` the
+        gated (batch, L, d_inner) output before the output projection."""
         x, z = self._in_proj(h)
         xf, _ = self._conv(x, self.fwd, False, None)
         df, Af, Bf, Cf = self._ssm_inputs(xf, self.fwd)
@@ -144,7 +146,7 @@ class MambaMixer(nn.Module):
                 D_f=self.fwd.D.float(), D_r=self.rev.D.float(), z=z,
                 delta_bias_f=self.fwd.dt_proj.bias.float(),
                 delta_bias_r=self.rev.dt_proj.bias.float(), delta_softplus=True)
-        return self.out_proj(y)
+        return self.out_proj(y) if project else y
 
     # -- one direction over a chunk, with carried state -------------------
     def forward_direction(
@@ -193,5 +195,38 @@ class MambaBlock(nn.Module):
         self.mixer = MambaMixer(cfg, cfg.bidirectional)
 
     def forward(self, h: Tensor) -> Tensor:
-        # the norm writes the autocast dtype directly: the in_proj would cast to it anyway
-        return h + self.mixer(self.norm(h, _autocast_dtype(h))).to(h.dtype)
+        return self.residual(h, self.mixer(self.norm_in(h), project=False))
+
+    # -- the block over a chunk with carried state (chunked training, inference) --
+    def norm_in(self, h: Tensor) -> Tensor:
+        """The pre-norm; writes the autocast dtype directly (the in_proj would cast to it anyway)."""
+        return self.norm(h, _autocast_dtype(h))
+
+    def direction(self, hn: Tensor, reverse: bool = False, conv_context: Optional[Tensor] = None,
+                  ssm_state: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """One mixer direction over a chunk of the normed input hn (batch, L, d):
+        (y_gated (batch, L, d_inner), conv context, SSM state) — see
+        :meth:`MambaMixer.forward_direction`; the carried states own their storage."""
+        y, ctx, state = self.mixer.forward_direction(hn, reverse, conv_context, ssm_state)
+        return y, compact(ctx), compact(state)
+
+    def residual(self, h: Tensor, y: Tensor) -> Tensor:
+        """The residual step ``h + out_proj(y)``, y the sum of the directions' gated
+        outputs: the one place that knows the block's residual form."""
+        return h + self.mixer.project_out(y).to(h.dtype)
+
+    def step(self, h: Tensor, conv_context: Optional[Tensor] = None,
+             ssm_state: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Causal block over a chunk of h (batch, L, d) with carried conv context and
+        SSM state: (block output, conv context, SSM state) for the next chunk."""
+        y, ctx, state = self.direction(self.norm_in(h), False, conv_context, ssm_state)
+        return self.residual(h, y), ctx, state
+
+
+def compact(t: Optional[Tensor]) -> Optional[Tensor]:
+    """t, or a copy owning only its own elements when t is a view into a larger
+    buffer: a carried conv context or SSM state kept across chunks must not keep
+    the whole chunk-sized buffer it was sliced from alive."""
+    if t is None or t.untyped_storage().nbytes() <= t.numel() * t.element_size():
+        return t
+    return t.clone()

@@ -19,22 +19,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mambadna.model.block import MambaBlock, _autocast_dtype
+from mambadna.model.block import MambaBlock, compact
 
 
 def _dir_order(n: int, reverse: bool):
     return range(n - 1, -1, -1) if reverse else range(n)
-
-
-def _compact(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """t, or a copy owning only its own elements when t is a view into a larger
-    buffer. The conv context is a (batch, d_conv-1, d_inner) slice of the
-    chunk's (batch, chunk+d_conv-1, d_inner) conv input: keeping the slice for
-    backward would keep every chunk's conv input alive, i.e. a whole-length
-    (batch, L, d_inner) tensor per direction per layer."""
-    if t is None or t.untyped_storage().nbytes() <= t.numel() * t.element_size():
-        return t
-    return t.clone()
 
 
 class _ChunkedBlock(torch.autograd.Function):
@@ -52,7 +41,7 @@ class _ChunkedBlock(torch.autograd.Function):
         def keep(t: Optional[torch.Tensor]) -> int:
             if t is None:
                 return -1
-            boundary.append(_compact(t))
+            boundary.append(compact(t))
             return len(boundary) - 1
 
         with torch.no_grad():
@@ -62,9 +51,8 @@ class _ChunkedBlock(torch.autograd.Function):
                 for c in _dir_order(len(bounds), rev):
                     s, e = bounds[c]
                     where[(rev, c)] = (keep(conv_ctx), keep(state))
-                    y, conv_ctx, state = mixer.forward_direction(
-                        block.norm(h[:, s:e], _autocast_dtype(h)), rev, conv_ctx, state)
-                    out[:, s:e] += mixer.project_out(y).to(out.dtype)
+                    y, conv_ctx, state = block.direction(block.norm_in(h[:, s:e]), rev, conv_ctx, state)
+                    out[:, s:e] = block.residual(out[:, s:e], y)
                     del y
         ctx.block, ctx.bounds, ctx.where, ctx.dirs = block, bounds, where, dirs
         ctx.device_type = h.device.type
@@ -100,8 +88,7 @@ class _ChunkedBlock(torch.autograd.Function):
                     if state_in is not None:
                         state_in = state_in.detach().requires_grad_(True)
                         leaves.append(state_in)
-                    y, conv_out, state_out = mixer.forward_direction(
-                        block.norm(hc, _autocast_dtype(hc)), rev, conv_in, state_in)
+                    y, conv_out, state_out = mixer.forward_direction(block.norm_in(hc), rev, conv_in, state_in)
                     o = mixer.project_out(y).to(g_out.dtype)
                     outs, grads = [o], [g_out[:, s:e]]
                     if g_conv is not None:
