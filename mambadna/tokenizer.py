@@ -85,6 +85,17 @@ def encode(
     return ids
 
 
+def encode_input(seq, src, name: str = "sequence", **kw) -> np.ndarray:
+    """:func:`encode`, with a byte outside the alphabet reported as an
+    ``InputError`` naming ``src`` (the file the sequence came from)."""
+    from mambadna.errors import InputError
+
+    try:
+        return encode(seq, name=name, **kw)
+    except TokenizationError as e:
+        raise InputError(src, str(e)) from None
+
+
 def decode(ids: np.ndarray, *, keep_special: bool = False) -> str:
     """Token ids (L,) -> nucleotide string; special tokens become '?' unless
     ``keep_special`` renders them as their names."""

@@ -8,6 +8,7 @@ cannot seek in it) is decompressed once into the cache.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -15,13 +16,13 @@ import os
 import shutil
 import zlib
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from mambadna.errors import InputError
-from mambadna.io.files import atomic_path, check_input_file, publish_mode
-from mambadna.tokenizer import TokenizationError, encode, reverse_complement_str
+from mambadna.io.files import atomic_path, check_input_file, publish_mode, quiet_htslib
+from mambadna.tokenizer import encode_input, reverse_complement_str
 from mambadna.io.files import PathLike
 
 log = logging.getLogger("mambadna")
@@ -142,7 +143,142 @@ def _diagnose_fasta(path: Path, opener=None) -> str:
     return "faidx could not index it (duplicate names or blank lines inside a record?)"
 
 
+# --------------------------------------------------------------------------- up-front validation
+# Bytes a sequence line may hold: what the tokenizer encodes (ACGTUN and the
+# IUPAC codes RYKMSWBDHV, either case) plus line ends and blanks (which faidx
+# skips). Anything else ('@', '#', '-', '*', digits, ...) would stop training
+# at the first window that samples it, so it is an error before any work.
+_SEQ_BYTES = b"ACGTUNRYKMSWBDHVacgtunrykmswbdhv"
+_SKIP_BYTES = b"\r\n \t"
+_SCAN_VERSION = 1
+
+
+def scan_fasta(path: PathLike, opener=None, chunk: int = 1 << 24) -> List[Tuple[str, int, int, int, int]]:
+    """Read a FASTA once (plain, gzip or bgzip) and return its faidx rows
+    ``(name, length, offset, linebases, linewidth)``, checking on the way that
+    every sequence byte is one the tokenizer accepts and that record names are
+    unique. Raises InputError naming the file, line and record otherwise."""
+    path = Path(path)
+    opener = opener or (lambda p: open(p, "rb") if compression_of(p) == "none" else gzip.open(p, "rb"))
+    rows: List[list] = []
+    seen: Dict[str, int] = {}
+    cur: Optional[list] = None  # [name, length, offset, linebases, linewidth, header_line]
+    lineno = 0  # lines before the current buffer
+    pos = 0  # uncompressed offset of the current buffer
+    carry = b""
+
+    def bad_char(seg: bytes, seg_start_line: int, rec: str) -> None:
+        rest = seg.translate(None, _SEQ_BYTES + _SKIP_BYTES)
+        ch = rest[:1]
+        off = seg.index(ch)
+        line = seg_start_line + seg.count(b"\n", 0, off)
+        raise InputError(path, f"line {line}: invalid character {ch.decode('latin-1')!r} in record {rec!r} "
+                               f"(accepted: A C G T U N and IUPAC codes R Y K M S W B D H V, either case)")
+
+    def seq_part(seg: bytes, seg_line: int, seg_pos: int) -> None:
+        if cur is None:
+            if seg.strip():
+                raise InputError(path, f"line {seg_line}: sequence before the first '>' header")
+            return
+        if seg.translate(None, _SEQ_BYTES + _SKIP_BYTES):
+            bad_char(seg, seg_line, cur[0])
+        n = len(seg.translate(None, _SKIP_BYTES))
+        if cur[3] < 0 and n:  # first sequence line of the record: faidx's linebases / linewidth
+            lead = len(seg) - len(seg.lstrip(b"\r\n"))
+            cur[2] = seg_pos + lead
+            nl = seg.find(b"\n", lead)
+            first = seg[lead:] if nl < 0 else seg[lead:nl + 1]
+            cur[3] = len(first.translate(None, _SKIP_BYTES))
+            cur[4] = len(first)
+        cur[1] += n
+
+    try:
+        with opener(path) as fh:
+            while True:
+                block = fh.read(chunk)
+                data = carry + block
+                if block:
+                    cut = data.rfind(b"\n") + 1
+                    if cut == 0:
+                        carry = data
+                        continue
+                    data, carry = data[:cut], data[cut:]
+                else:
+                    carry = b""
+                if not data:
+                    break
+                i = 0
+                while i < len(data):
+                    h = 0 if (i == 0 and data.startswith(b">")) else data.find(b"\n>", i)
+                    if h < 0:
+                        seq_part(data[i:], lineno + 1 + data.count(b"\n", 0, i), pos + i)
+                        break
+                    if h != 0 or i != 0:
+                        h += 1  # the '>' after the newline
+                    if h > i:
+                        seq_part(data[i:h], lineno + 1 + data.count(b"\n", 0, i), pos + i)
+                    e = data.find(b"\n", h)
+                    e = len(data) if e < 0 else e
+                    hl = lineno + 1 + data.count(b"\n", 0, h)
+                    words = data[h + 1:e].decode("latin-1").split()
+                    name = words[0] if words else ""
+                    if not name:
+                        raise InputError(path, f"line {hl}: header without a name")
+                    if name in seen:
+                        raise InputError(path, f"line {hl}: duplicate record name {name!r} (first at line "
+                                               f"{seen[name]}); record names must be unique")
+                    seen[name] = hl
+                    if cur is not None:
+                        rows.append(cur)
+                    cur = [name, 0, pos + e + 1, -1, -1]
+                    i = e + 1
+                lineno += data.count(b"\n")
+                pos += len(data)
+                if not block:
+                    break
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(path, f"cannot read: {e}") from None
+    if cur is not None:
+        rows.append(cur)
+    return [(r[0], r[1], r[2], max(r[3], 0), max(r[4], 0)) for r in rows]
+
+
+def read_fai(fai: PathLike) -> Optional[List[Tuple[str, int, int, int, int]]]:
+    """Rows of a .fai, or None when it cannot be parsed."""
+    try:
+        rows = []
+        for line in Path(fai).read_text().splitlines():
+            if line.strip():
+                c = line.split("\t")
+                rows.append((c[0], int(c[1]), int(c[2]), int(c[3]), int(c[4])))
+        return rows
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _fai_matches(fai_rows, scanned) -> bool:
+    if fai_rows is None or len(fai_rows) != len(scanned):
+        return False
+    for a, b in zip(fai_rows, scanned):
+        if a[0] != b[0] or a[1] != b[1]:
+            return False
+        if b[1] and (a[2], a[3], a[4]) != (b[2], b[3], b[4]):
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------- Genome
+def fasta_path_of(genome) -> PathLike:
+    """The FASTA path behind a path or an open ``pyfaidx.Fasta`` (accepted wherever a genome is)."""
+    try:
+        import pyfaidx
+    except ImportError:  # pragma: no cover - a declared dependency
+        return genome
+    if isinstance(genome, pyfaidx.Fasta):
+        return genome.filename
+    return genome
+
+
 class Genome:
     """Random access to a reference FASTA.
 
@@ -157,6 +293,7 @@ class Genome:
     """
 
     def __init__(self, path: PathLike, cache_dir: Optional[PathLike] = None):
+        path = fasta_path_of(path)
         self.path = Path(path)
         self._cache_dir = None if cache_dir is None else Path(cache_dir)
         self._fasta_path: Path  # file pysam opens
@@ -208,24 +345,65 @@ class Genome:
         gzi = Path(str(src) + ".gzi") if comp == "bgzf" else None
         if fai.exists() and (gzi is None or gzi.exists()) and fai.stat().st_mtime >= src.stat().st_mtime - 1:
             self._fai, self._gzi = fai, gzi
-            return
-        if _dir_writable(src.parent):
+        elif _dir_writable(src.parent):
             self._build_index(src, fai, gzi)
             self._fai, self._gzi = fai, gzi
-            return
+        else:
+            self._fai, self._gzi = self._cached_index(src, comp, rebuild=False)
+        self._validate(comp)
+
+    def _cached_index(self, src: Path, comp: str, rebuild: bool):
         key = _cache_key(src)
         d = self._cache()
         cfai = d / f"{src.name}.{key}.fai"
         cgzi = d / f"{src.name}.{key}.gzi" if comp == "bgzf" else None
-        if not (cfai.exists() and (cgzi is None or cgzi.exists())):
+        if rebuild or not (cfai.exists() and (cgzi is None or cgzi.exists())):
             self._build_index(src, cfai, cgzi)
-        self._fai, self._gzi = cfai, cgzi
+        return cfai, cgzi
+
+    def _validate(self, comp: str) -> None:
+        """Check every sequence byte and name once (cached per file version), and
+        that the index describes this very file; a stale index is rebuilt."""
+        import json
+
+        src = self._fasta_path
+        stamp = None
+        with contextlib.suppress(OSError):
+            stamp = cache_root(self._cache_dir) / "validated" / f"{src.name}.{_cache_key(src)}.v{_SCAN_VERSION}.json"
+        rows = None
+        if stamp is not None and stamp.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                rows = [tuple(r) for r in json.loads(stamp.read_text())]
+        if rows is None:
+            try:
+                rows = scan_fasta(src)
+            except InputError as e:
+                raise InputError(self.path, e.problem) from None
+            if stamp is not None:
+                with contextlib.suppress(OSError):
+                    stamp.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(stamp) as tmp:
+                        tmp.write_text(json.dumps(rows))
+        if _fai_matches(read_fai(self._fai), rows):
+            return
+        log.warning("%s does not describe %s (stale index from an earlier version of the file); rebuilding it",
+                    self._fai, self.path)
+        beside = Path(str(src) + ".fai")
+        if self._fai == beside and _dir_writable(src.parent):
+            gzi = Path(str(src) + ".gzi") if comp == "bgzf" else None
+            self._build_index(src, beside, gzi)
+            self._fai, self._gzi = beside, gzi
+        else:
+            self._fai, self._gzi = self._cached_index(src, comp, rebuild=True)
+        if not _fai_matches(read_fai(self._fai), rows):
+            raise InputError(self.path, f"faidx index {self._fai} does not match the file even after rebuilding")
 
     def _build_index(self, src: Path, fai: Path, gzi: Optional[Path]) -> None:
         import contextlib
 
         import pysam
 
+        quiet_htslib()
         with contextlib.ExitStack() as stack:
             tmp_fai = stack.enter_context(atomic_path(fai))
             args = [str(src), "--fai-idx", str(tmp_fai)]
@@ -263,6 +441,7 @@ class Genome:
         if self._fh is None or self._pid != os.getpid():
             import pysam
 
+            quiet_htslib()
             try:
                 self._fh = pysam.FastaFile(
                     str(self._fasta_path),
@@ -361,10 +540,7 @@ class Genome:
     def fetch_ids(self, contig: str, start: int, end: int, strand: str = "+", pad: bool = True) -> np.ndarray:
         """Token ids (end-start,) uint8 of the interval (see :meth:`fetch`)."""
         seq = self.fetch(contig, start, end, strand=strand, pad=pad)
-        try:
-            return encode(seq, name=f"{contig}:{start}-{end}")
-        except TokenizationError as e:
-            raise InputError(self.path, str(e)) from None
+        return encode_input(seq, self.path, name=f"{contig}:{start}-{end}")
 
 
 _RC_TABLE = str.maketrans("ACGTNacgtnRYKMSWBDHVrykmswbdhvUu", "TGCANtgcanYRMKSWVHDByrmkswvhdbAa")

@@ -11,7 +11,7 @@ import torch
 
 from mambadna.errors import InputError
 from mambadna.io.files import PathLike
-from mambadna.tokenizer import TokenizationError, encode
+from mambadna.tokenizer import encode_input
 
 INDEX_COLUMNS = ("name", "contig", "start", "end", "strand", "allele")
 
@@ -33,18 +33,28 @@ class Record:
 
 
 def _encode(seq: Union[str, bytes], name: str, src: Optional[str] = None) -> np.ndarray:
-    try:
-        return encode(seq, name=name)
-    except TokenizationError as e:
-        raise InputError(src, str(e)) from None
+    return encode_input(seq, src, name=name)
 
 
 def as_genome(genome) -> Any:
+    """A :class:`~mambadna.io.fasta.Genome` from a Genome, a path or a ``pyfaidx.Fasta``."""
     from mambadna.io.fasta import Genome
 
     if genome is None:
         return None
     return genome if isinstance(genome, Genome) else Genome(genome)
+
+
+def _is_seqrecord(x) -> bool:
+    from Bio.SeqRecord import SeqRecord
+
+    return isinstance(x, SeqRecord)
+
+
+def _is_faidx_sequence(x) -> bool:
+    import pyfaidx
+
+    return isinstance(x, pyfaidx.Sequence)
 
 
 def _interval_parts(iv) -> Tuple[str, int, int, str, Optional[str]]:
@@ -71,12 +81,48 @@ def interval_records(genome, intervals: Iterable) -> Iterator[Record]:
                      start, end, strand)
 
 
+GENBANK_SUFFIXES = {".gb": "genbank", ".gbk": "genbank", ".genbank": "genbank", ".gbff": "genbank",
+                    ".embl": "embl", ".emb": "embl"}
+
+
+def seq_format(path: PathLike) -> str:
+    """"fasta", or "genbank" / "embl" by the file name (a trailing .gz ignored)."""
+    name = os.fspath(path).lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return GENBANK_SUFFIXES.get(os.path.splitext(name)[1], "fasta")
+
+
 def fasta_records(path: PathLike) -> Iterator[Record]:
-    """Records of a FASTA file (plain or gzip), streamed."""
+    """Records of a FASTA file (plain or gzip), streamed; GenBank and EMBL
+    flat files (by extension) are read with Biopython's ``Bio.SeqIO``."""
+    fmt = seq_format(path)
+    if fmt != "fasta":
+        for rec in _seqio_records(path, fmt):
+            yield _seqrecord(rec, os.fspath(path))
+        return
     from mambadna.io.labeled import read_fasta_records
 
     for name, seq, _ in read_fasta_records(path):
         yield Record(_encode(seq, name, os.fspath(path)), name, "", 0, len(seq), "+")
+
+
+def _seqio_records(path: PathLike, fmt: str):
+    from Bio import SeqIO
+
+    from mambadna.io.fasta import open_text
+
+    try:
+        with open_text(path) as fh:
+            yield from SeqIO.parse(fh, fmt)
+    except ValueError as e:  # Biopython's parse errors
+        raise InputError(path, f"not a readable {fmt} file ({e})") from None
+
+
+def _seqrecord(rec, src: Optional[str] = None) -> Record:
+    """A Biopython ``SeqRecord`` as a Record."""
+    seq = str(rec.seq)
+    return Record(_encode(seq, rec.id, src), rec.id, "", 0, len(seq), "+")
 
 
 def bam_records(path: PathLike, region: Optional[str] = None, reference: Optional[PathLike] = None,
@@ -124,6 +170,12 @@ def _object_records(items: Iterable, genome) -> Iterator[Record]:
             if ids.ndim != 1:
                 raise InputError(None, f"item {i}: token array must be 1-D, got shape {ids.shape}")
             yield Record(ids, f"seq{i}", "", 0, len(ids))
+        elif _is_seqrecord(x):
+            yield _seqrecord(x)
+        elif _is_faidx_sequence(x):
+            ids = _encode(x.seq, x.fancy_name or x.name)
+            start = int(x.start or 1) - 1
+            yield Record(ids, x.fancy_name or x.name, x.name, start, start + len(ids), "-" if x.comp else "+")
         elif hasattr(x, "ref_ids") and hasattr(x, "alt_ids"):
             yield from _variant_records(x)
         elif hasattr(x, "sequence") and hasattr(x, "name"):

@@ -23,9 +23,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from mambadna.errors import InputError
-from mambadna.io.files import check_input_file
+from mambadna.io.files import check_input_file, quiet_htslib
 from mambadna.io.fasta import Genome, compression_of, open_text
-from mambadna.tokenizer import TokenizationError, encode
+from mambadna.tokenizer import encode_input
 from mambadna.io.files import PathLike
 
 log = logging.getLogger("mambadna")
@@ -172,7 +172,14 @@ class _WindowMaker:
             if r is not None:
                 st.skip(r)
         L = self.genome.lengths[contig]
-        if start0 + len(ref) > L or not _ref_compatible(ref.upper(), fasta_ref):
+        if start0 + len(ref) > L:  # a coordinate problem (another assembly?), not a REF mismatch
+            if self.skip_ref_mismatch:
+                st.skip("beyond_contig", len(usable))
+                return
+            what = f"POS {pos}" if start0 >= L else f"REF {ref!r} at POS {pos} (ending at {start0 + len(ref)})"
+            raise InputError(self.src, f"{where}: {what} is beyond the end of contig {contig} (length {L}) in "
+                                       f"the reference {self.genome.path}: is it the same assembly as the VCF?")
+        if not _ref_compatible(ref.upper(), fasta_ref):
             if self.skip_ref_mismatch:
                 st.skip("ref_mismatch", len(usable))
                 return
@@ -204,10 +211,7 @@ def _ref_compatible(vcf_ref: str, fasta_ref: str) -> bool:
 
 
 def _enc(s: str, src: str, where: str) -> np.ndarray:
-    try:
-        return encode(s, name=where)
-    except TokenizationError as e:
-        raise InputError(src, str(e)) from None
+    return encode_input(s, src, name=where)
 
 
 
@@ -263,6 +267,31 @@ def _text_line(path: str, lineno: int) -> Optional[str]:
     return None
 
 
+def _plain_copy(path: str) -> str:
+    """A decompressed copy of a plain-gzip VCF in the cache folder (made once per file version)."""
+    import gzip
+    import hashlib
+    import shutil
+
+    from mambadna.io.fasta import cache_root
+    from mambadna.io.files import atomic_path
+
+    p = Path(path)
+    st = p.stat()
+    key = hashlib.sha1(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    name = p.name[:-3] if p.name.endswith(".gz") else p.name
+    out = cache_root() / f"{key}-{name}"
+    if out.exists():
+        return str(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp, gzip.open(p, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(path, f"cannot decompress gzip VCF: {e}") from None
+    return str(out)
+
+
 def iter_variant_windows(vcf_path: PathLike, genome: Genome, window: int = 1024,
                          skip_ref_mismatch: bool = False,
                          stats: Optional[VariantStats] = None) -> Iterator[VariantWindow]:
@@ -293,6 +322,7 @@ def iter_variant_records(vcf_path: PathLike, genome: Genome, window: int = 1024,
     """
     import pysam
 
+    quiet_htslib()
     path = os.fspath(vcf_path)
     check_input_file(path, "VCF/BCF file")
     stats = stats if stats is not None else VariantStats()
@@ -307,7 +337,8 @@ def iter_variant_records(vcf_path: PathLike, genome: Genome, window: int = 1024,
     if first != "BCF" and not first.startswith("##fileformat=VCF") and not first.startswith("#CHROM"):
         raise InputError(path, "not a VCF/BCF file (no '##fileformat=VCF' header line)")
     try:
-        vf = pysam.VariantFile(path)
+        # htslib cannot read plain gzip (only bgzip): read a decompressed copy (cached)
+        vf = pysam.VariantFile(_plain_copy(path) if compression_of(path) == "gzip" else path)
     except (ValueError, OSError) as e:
         raise InputError(path, f"not a readable VCF/BCF file ({e})") from None
     n_header = _count_header_lines(path) if first != "BCF" else 0

@@ -55,10 +55,10 @@ from mambadna.components.device import resolve_device
 from mambadna.errors import InputError
 from mambadna.inference.pooling import normalize_pool
 from mambadna.inference.scoring import Scorer, VariantScorer, parse_scores
-from mambadna.io.files import atomic_path, publish_mode
+from mambadna.io.files import atomic_path, prepare_output, publish_mode
 from mambadna.io.vcf import tabix_index
 from mambadna.model.heads import iter_length_groups
-from mambadna.tokenizer import TokenizationError, encode
+from mambadna.tokenizer import encode, encode_input
 
 log = logging.getLogger("mambadna")
 
@@ -104,6 +104,7 @@ class ClassifyConfig:
     rc_average: Optional[bool] = None
     max_records: Optional[int] = None
     progress: bool = True
+    overwrite: bool = False  # replace an existing --out / --vcf-out that is not an earlier classify output
 
     def __post_init__(self) -> None:
         given = [k for k in ("vcf", "fasta", "bed", "bam") if getattr(self, k) is not None]
@@ -247,10 +248,7 @@ def _iter_sequences(cfg: ClassifyConfig) -> Iterator[_Seq]:
         from mambadna.io.bam import iter_reads
 
         for r in iter_reads(cfg.bam, region=cfg.region, reference=cfg.reference, min_mapq=cfg.min_mapq):
-            try:
-                ids = encode(r.sequence, name=r.name, lenient=False)
-            except TokenizationError as e:
-                raise InputError(cfg.bam, str(e)) from None
+            ids = encode_input(r.sequence, cfg.bam, name=r.name, lenient=False)
             yield _Seq(r.name, r.contig or "*", r.start, r.end, r.strand, ids)
 
 
@@ -332,6 +330,10 @@ def classify(cfg: ClassifyConfig) -> Dict[str, Any]:
     device = resolve_device(cfg.device)
     if cfg.vcf_out and os.path.abspath(cfg.vcf_out) == os.path.abspath(cfg.vcf):
         raise InputError(cfg.vcf_out, "--vcf-out would overwrite the input VCF")
+    ins = [cfg.model, cfg.vcf, cfg.reference, cfg.fasta, cfg.bed, cfg.bam]
+    for o, flag in ((cfg.out, "--out"), (cfg.vcf_out, "--vcf-out")):
+        if o:  # before any work: not an input, not someone else's file, locked against a second run
+            prepare_output(o, "file", overwrite=cfg.overwrite, inputs=ins, command="classify", what=flag)
     encoder, clf = _load(cfg, device)
     hc = clf.head_cfg if clf is not None else None
     pooling = cfg.pooling or (hc.pooling if hc else "mean")

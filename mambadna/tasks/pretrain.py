@@ -25,8 +25,8 @@ from mambadna.components.checkpoint import CONFIG, WEIGHTS, load_state_dict, rea
 from mambadna.model.config import ModelConfig
 from mambadna.components.device import resolve_device
 from mambadna.components.schedule import warmup_cosine
-from mambadna.errors import CheckpointError, InputError, TrainingError
-from mambadna.io.files import atomic_dir, atomic_path
+from mambadna.errors import CheckpointError, InputError, Interrupted, TrainingError
+from mambadna.io.files import atomic_dir, atomic_path, output_lock, publish_mode, jsonable
 from mambadna.kernels import scan_saved_state_limit
 from mambadna.model.encoder import MambaDNA
 from mambadna.tokenizer import A, MASK, T
@@ -48,7 +48,8 @@ class PretrainConfig:
     by gradient accumulation.
     """
 
-    genome: Optional[str] = None
+    genome: Optional[Any] = None  # one FASTA, a list of FASTAs, or a list file (.txt/.list/.tsv)
+    genome_weights: Optional[Any] = None  # several genomes: None/"length" (by usable length), "equal", or one weight each
     bam: Optional[str] = None
     bam_region: Optional[str] = None
     min_mapq: int = 0
@@ -91,6 +92,7 @@ class PretrainConfig:
     scan_state_gib: float = -1.0  # GPU memory the scans' forwards may keep for their backwards; -1: 1/8 of
                                   # the device; 0: none (recomputed in backward: less memory, slower)
     stop_after: int = 0  # stop (with a checkpoint) after this step, to resume later; 0 = run to max_steps
+    overwrite: bool = False  # a fresh run may replace an earlier run's checkpoints and model in ``out``
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -99,12 +101,23 @@ class PretrainConfig:
         self.betas = tuple(self.betas)
         if self.genome is None and self.bam is None:
             raise InputError(None, "pretrain needs a genome FASTA (or --bam)")
+        if isinstance(self.genome, (list, tuple)):
+            self.genome = [str(g) for g in self.genome] if len(self.genome) != 1 else str(self.genome[0])
+        if isinstance(self.genome_weights, str) and self.genome_weights not in ("length", "equal"):
+            try:
+                self.genome_weights = [float(w) for w in self.genome_weights.split(",")]
+            except ValueError:
+                raise InputError(None, f"--genome-weights must be 'length', 'equal' or numbers separated by "
+                                       f"commas, got {self.genome_weights!r}") from None
+        elif isinstance(self.genome_weights, (list, tuple)):
+            self.genome_weights = [float(w) for w in self.genome_weights]
         if self.seq_len < 2:
             raise InputError(None, f"--seq-len must be at least 2, got {self.seq_len}")
         if self.batch_size < 1 or self.max_steps < 1:
             raise InputError(None, "--batch-size and --max-steps must be positive")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(None, f"--device must be auto, cpu or cuda, got {self.device!r}")
+        _validate_options(self)
 
     @property
     def warmup(self) -> int:
@@ -136,7 +149,10 @@ class PretrainConfig:
     def from_mapping(cls, d: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None,
                      source: Optional[str] = None) -> "PretrainConfig":
         d = dict(d)
-        model = dict(d.pop("model", {}) or {})
+        model = d.pop("model", {}) or {}
+        if not isinstance(model, dict):
+            raise InputError(source, f"'model' must be a table ([model] section), got {model!r}")
+        model = dict(model)
         mnames = {f.name for f in dataclasses.fields(ModelConfig)}
         tnames = {f.name for f in dataclasses.fields(cls)} - {"model"}
         for k, v in (overrides or {}).items():
@@ -149,12 +165,106 @@ class PretrainConfig:
         unknown = set(d) - tnames
         if unknown:
             raise InputError(source, f"unknown option(s): {', '.join(sorted(unknown))}")
+        _check_option_types(cls, d, source)
+        _check_option_types(ModelConfig, model, source, section="[model] ")
         try:
             return cls(model=ModelConfig.from_dict(model), **d)
         except (TypeError, ValueError) as e:
             if isinstance(e, InputError):
                 raise
             raise InputError(source, str(e)) from None
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _check_value(tp, v) -> Optional[str]:
+    """None when ``v`` fits the annotation ``tp``, else what was expected."""
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        if v is None and type(None) in args:
+            return None
+        errs = [_check_value(a, v) for a in args if a is not type(None)]
+        return None if any(e is None for e in errs) else (errs[0] if errs else None)
+    if origin in (tuple, list):
+        if not isinstance(v, (list, tuple)):
+            return "a list"
+        if origin is tuple and args and args[-1] is not Ellipsis and len(v) != len(args):
+            return f"a list of {len(args)} values"
+        item = args[0] if args else None
+        for x in v:
+            if item is not None and _check_value(item, x) is not None:
+                return f"a list of {_type_name(item).replace('an ', '').replace('a ', '')}s"
+        return None
+    if tp is bool:
+        return None if isinstance(v, bool) else _type_name(bool)
+    if tp is int:
+        return None if isinstance(v, int) and not isinstance(v, bool) else _type_name(int)
+    if tp is float:
+        return None if isinstance(v, (int, float)) and not isinstance(v, bool) else _type_name(float)
+    if tp is str:
+        return None if isinstance(v, str) else _type_name(str)
+    return None  # other annotations (nested configs): checked by their own constructors
+
+
+def _check_option_types(cls, values: Dict[str, Any], source: Optional[str], section: str = "") -> None:
+    """One clear line for a TOML value of the wrong type (``seq_len = "abc"``),
+    instead of Python's own text from deep inside the run."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # pragma: no cover - unresolvable annotations: leave to the constructor
+        return
+    for k, v in values.items():
+        if k in hints and v is not None:
+            want = _check_value(hints[k], v)
+            if want is not None:
+                raise InputError(source, f"{section}option {k!r} must be {want}, got {v!r} "
+                                         f"({type(v).__name__})")
+
+
+def _validate_options(cfg: "PretrainConfig") -> None:
+    """Every numeric option in range, checked where the options are parsed."""
+    def num(name, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, flag=None):
+        if not hasattr(cfg, name):
+            return
+        v = getattr(cfg, name)
+        opt = flag or "--" + name.replace("_", "-")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            raise InputError(None, f"{opt} must be {'an integer' if integer else 'a number'}, got {v!r}")
+        if not math.isfinite(v):
+            raise InputError(None, f"{opt} must be a finite number, got {v}")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise InputError(None, f"{opt} must be {'>' if lo_open else '>='} {lo}, got {v}")
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            raise InputError(None, f"{opt} must be {'<' if hi_open else '<='} {hi}, got {v}")
+
+    num("lr", 0, lo_open=True)
+    num("min_lr_ratio", 0, 1)
+    num("weight_decay", 0)
+    num("grad_clip", 0, lo_open=True)
+    num("mlm_probability", 0, 1, lo_open=True, hi_open=True, flag="mlm_probability")
+    num("val_fraction", 0, 1, hi_open=True)
+    num("max_n_frac", 0, 1)
+    num("scan_state_gib", -1)
+    for name in ("eval_every", "eval_batches", "save_every", "keep_checkpoints", "log_every", "seq_len_warmup_start"):
+        num(name, 1, integer=True)
+    for name in ("micro_batch_size", "num_workers", "seq_len_warmup_steps", "stop_after", "min_mapq", "seed"):
+        num(name, 0, integer=True)
+    num("warmup_steps", -1, integer=True)
+    num("layer_chunk", -1, integer=True)
+    betas = getattr(cfg, "betas", (0.9, 0.95))
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise InputError(None, f"betas must be two numbers in [0, 1), got {betas!r}")
+    if cfg.micro_batch_size > cfg.batch_size:
+        raise InputError(None, f"--micro-batch-size ({cfg.micro_batch_size}) is larger than --batch-size "
+                               f"({cfg.batch_size})")
+    if cfg.seq_len > 1 << 30:
+        raise InputError(None, f"--seq-len {cfg.seq_len} is beyond 2^30")
 
 
 # ---------------------------------------------------------------------------
@@ -331,18 +441,194 @@ def _checkpoints(out: Path) -> List[Path]:
 
 def _write_checkpoint(out: Path, model: MambaDNA, optimizer, step: int, cfg: PretrainConfig,
                       samples_seen: int, val: Optional[Dict[str, float]]) -> Path:
+    """Write ``checkpoint-<step>`` atomically (a full disk or an unwritable
+    folder leaves the earlier checkpoints as they were), then prune old ones."""
     target = out / f"checkpoint-{step:07d}"
-    extra = {"pretrain": _jsonable(cfg.to_dict()), "step": step}
-    with atomic_dir(target) as tmp:
-        save_model(model, tmp, extra=extra)
-        save_trainer_state(tmp, optimizer, step, samples_seen, {"val": val})
+    bad = _first_non_finite(model)
+    if bad is not None:  # never save a diverged model as a "good" checkpoint
+        raise TrainingError(f"parameter {bad!r} is NaN/inf after step {step}: training diverged; not saving it "
+                            f"(the last good checkpoint stays as it was; lower --lr or raise --warmup-steps)")
+    extra = {"pretrain": jsonable(cfg.to_dict()), "step": step}
+    try:
+        with atomic_dir(target, replace=True) as tmp:
+            save_model(model, tmp, extra=extra)
+            save_trainer_state(tmp, optimizer, step, samples_seen, {"val": val})
+            publish_mode(tmp, 0o755)
+    except OSError as e:
+        prev = _checkpoints(out)
+        keep = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint exists"
+        raise TrainingError(f"cannot write checkpoint {target} ({e.strerror or e}); {keep}; "
+                            f"free space or fix the folder, then continue with --resume") from None
     for old in _checkpoints(out)[:-max(1, cfg.keep_checkpoints)]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def _jsonable(d):
-    return json.loads(json.dumps(d, default=str))
+def _first_non_finite(model: torch.nn.Module) -> Optional[str]:
+    for n_, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return n_
+    return None
+
+
+# names a pretraining run writes into its folder (anything else there is the user's)
+_RUN_FILES = (WEIGHTS, CONFIG, METRICS, "loss_curve.png", "launch_config.toml", "README.md")
+# options that may change when resuming (they do not change what is computed, or extend it)
+_RESUMABLE = {"out", "resume", "overwrite", "stop_after", "progress", "device", "num_workers", "save_every",
+              "eval_every", "eval_batches", "log_every", "keep_checkpoints", "max_steps", "gradient_checkpointing",
+              "layer_chunk", "residual_bf16", "scan_state_gib", "bf16", "micro_batch_size"}
+
+
+def _check_run_folder(out: Path, cfg: PretrainConfig) -> None:
+    """Before any work: ``out`` must be a folder this run may write. A fresh run
+    refuses a folder holding another run's checkpoints or foreign files (unless
+    ``overwrite``, which removes only the files a run writes); leftovers of a
+    killed run (``.checkpoint-*.tmp``) are cleared."""
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out exists and is a file, not a folder")
+    for name in ("genome", "bam", "regions", "val_bed"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, str) and v and os.path.realpath(v) == os.path.realpath(out):
+            raise InputError(out, f"--out is the same path as the input {v}")
+    if not out.is_dir():
+        return
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(out, "cannot write --out: folder is not writable (permission denied)")
+    for p in out.iterdir():  # we hold the lock: hidden temporaries are a killed run's leftovers
+        if p.name.startswith(".") and p.name.endswith((".tmp", ".old")) and not p.name.endswith(".lock"):
+            (shutil.rmtree if p.is_dir() else os.unlink)(p)
+    if cfg.resume:
+        return
+    ckpts = _checkpoints(out)
+    ours = [p for p in out.iterdir() if p.name in _RUN_FILES or p in ckpts or p.name.startswith("trainer_state")]
+    foreign = [p.name for p in out.iterdir() if p not in ours and not p.name.startswith(".")]
+    done = [p for p in ours if p.name in (WEIGHTS, "trainer_state.json") or p in ckpts]
+    if not cfg.overwrite:
+        if done:
+            names = ", ".join(sorted(p.name for p in done)[-3:])
+            raise InputError(out, f"holds another run's checkpoints or model ({names}); continue that run with "
+                                  f"--resume, start afresh with --overwrite (deletes them), or choose another --out")
+        if foreign:
+            raise InputError(out, f"--out is not empty and not a pretraining run's folder (holds "
+                                  f"{', '.join(sorted(foreign)[:3])}); choose another --out or pass --overwrite")
+    for p in ours:
+        if p.name == "launch_config.toml":
+            continue  # the torchrun launcher's config for this very run
+        (shutil.rmtree if p.is_dir() else os.unlink)(p)
+
+
+def _check_resumable(ck: Path, saved: Dict[str, Any], cfg: PretrainConfig, step: int) -> None:
+    """The checkpoint must come from this configuration (data, objective,
+    optimisation) and lie before --max-steps."""
+    old = saved.get("pretrain")
+    if isinstance(old, dict):
+        now = jsonable(cfg.to_dict())
+        diff = []
+        for k in sorted(set(old) & set(now)):
+            if k in _RESUMABLE or k == "model" or old[k] == now[k]:
+                continue
+            if k in ("genome", "bam", "regions", "val_bed") and isinstance(old[k], str) and isinstance(now[k], str) \
+                    and os.path.basename(old[k]) == os.path.basename(now[k]):
+                continue  # the same file, perhaps given by another path
+            diff.append(f"{k} (checkpoint {old[k]!r}, now {now[k]!r})")
+        if diff:
+            raise CheckpointError(ck, "was written by another configuration: " + "; ".join(diff[:4])
+                                  + "; resume with the same options, or start afresh with --overwrite")
+        if old.get("max_steps") not in (None, cfg.max_steps):
+            log.warning("--max-steps changed from %s to %s on resume: the learning-rate schedule changes",
+                        old.get("max_steps"), cfg.max_steps)
+    if step > cfg.max_steps:
+        raise CheckpointError(ck, f"is at step {step}, beyond --max-steps {cfg.max_steps}: nothing to resume "
+                                  f"(raise --max-steps to train further)")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metric rows of steps after ``step`` (replayed after a resume)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a row cut by a kill
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(l + "\n" for l in keep))
+        publish_mode(tmp)
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM during training: remembered, acted on at the next step
+    boundary (checkpoint, then :class:`Interrupted`); a second signal stops at once."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._prev: Dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        import signal
+
+        if self.signum is not None:
+            raise Interrupted(signum, "second signal: stopped at once, without a checkpoint")
+        self.signum = signum
+        log.warning("%s received: stopping after the current step with a checkpoint (send it again to stop "
+                    "at once)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "_StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._prev[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, h in self._prev.items():
+            signal.signal(sig, h)
+
+
+def _describe_sample(ds, i: int, L: int) -> str:
+    base = getattr(ds, "base", ds)
+    if hasattr(base, "locate"):
+        try:
+            contig, start, strand, _ = base.locate(i)
+            return f"{contig}:{start}-{start + L} ({strand}) of {base.genome.path}"
+        except Exception:  # pragma: no cover - description only
+            pass
+    if hasattr(base, "path"):
+        return f"read {i} of {base.path}"
+    return f"sample {i}"
+
+
+@torch.no_grad()
+def _locate_non_finite(model, inputs, labels, idx, ds, L, autocast) -> str:
+    """Which windows of a batch give a non-finite loss (recomputed one by one)."""
+    was = model.training
+    model.eval()
+    bad = []
+    try:
+        for j in range(inputs.shape[0]):
+            with autocast():
+                lg = model(inputs[j:j + 1])
+            lj = F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), labels[j:j + 1].reshape(-1),
+                                 ignore_index=-100, reduction="sum")
+            if not bool(torch.isfinite(lj)):
+                bad.append(j)
+    finally:
+        model.train(was)
+    if not bad:
+        return (f"batch of {len(idx)} windows from {_describe_sample(ds, idx[0], L)}; each window alone is finite "
+                f"(the sum overflowed)")
+    if len(bad) == len(idx):
+        return (f"every window of the batch (first: {_describe_sample(ds, idx[0], L)}): the weights diverged "
+                f"(lower --lr or raise --warmup-steps)")
+    return (f"window {_describe_sample(ds, idx[bad[0]], L)} (sample {idx[bad[0]]}"
+            + (f"; {len(bad)} of {len(idx)} windows in the batch" if len(bad) > 1 else "") + ")")
 
 
 # ---------------------------------------------------------------------------
@@ -353,18 +639,30 @@ def _make_datasets(cfg: PretrainConfig, seq_len: int, num_train: int):
         train = ReadsDataset(cfg.bam, seq_len=seq_len, region=cfg.bam_region, min_mapq=cfg.min_mapq,
                              seed=cfg.seed)
         return train, None
-    from mambadna.components.sampler import SamplerConfig, WindowDataset
+    from mambadna.components.sampler import MultiGenomeDataset, SamplerConfig, WindowDataset, expand_genomes
 
     scfg = SamplerConfig(seq_len=seq_len, seed=cfg.seed, max_n_frac=cfg.max_n_frac,
                          regions=cfg.regions, val_contigs=tuple(cfg.val_contigs),
                          val_bed=cfg.val_bed, val_fraction=cfg.val_fraction,
                          rc_augment=cfg.rc_augment)
-    train = WindowDataset(cfg.genome, scfg, split="train", num_samples=num_train)
+    genomes = expand_genomes(cfg.genome)
     has_val = bool(cfg.val_contigs or cfg.val_bed or cfg.val_fraction > 0)
+    n_val = max(1, cfg.eval_batches * cfg.batch_size)
+    if len(genomes) > 1:  # windows drawn across genomes; each holds out its own validation part
+        weights = cfg.genome_weights
+        if weights in (None, "length"):
+            weights = None
+        elif weights == "equal":
+            weights = [1.0] * len(genomes)
+        train = MultiGenomeDataset(genomes, scfg, split="train", num_samples=num_train, weights=weights)
+        val = MultiGenomeDataset(genomes, scfg, split="val", num_samples=n_val, weights=weights) if has_val else None
+        log.info("pretraining on %d genomes: %s", len(train.parts),
+                 ", ".join(f"{n} ({w:.1%})" for n, w in zip(train.names, train.weights)))
+        return train, val
+    train = WindowDataset(genomes[0], scfg, split="train", num_samples=num_train)
     val = None
     if has_val:
-        val = WindowDataset(cfg.genome, scfg, split="val",
-                            num_samples=max(1, cfg.eval_batches * cfg.batch_size))
+        val = WindowDataset(genomes[0], scfg, split="val", num_samples=n_val)
     return train, val
 
 
@@ -401,6 +699,14 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
 def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     dist_info, device = _init_distributed(cfg.device)
     out = Path(cfg.out)
+    with contextlib.ExitStack() as stack:
+        if dist_info.main:  # one writer per run folder: a second run gets a clear error
+            stack.enter_context(output_lock(out, command="pretrain"))
+            _check_run_folder(out, cfg)
+        return _train(cfg, dist_info, device, out)
+
+
+def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: Path) -> Dict[str, Any]:
     torch.manual_seed(cfg.seed)
     objective = cfg.model.objective
     model = MambaDNA(cfg.model)
@@ -415,6 +721,7 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
         lr=cfg.lr, betas=cfg.betas, eps=1e-8)
 
     start_step, samples_seen = 0, 0
+    resumed_from: Optional[Path] = None
     if cfg.resume:
         ckpts = _checkpoints(out) if out.is_dir() else []
         if not ckpts:
@@ -426,14 +733,19 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
         except (TypeError, ValueError) as e:
             raise CheckpointError(ck / CONFIG, f"invalid model config ({e})") from None
         if saved_model != cfg.model:
-            raise CheckpointError(ck, "model shape in checkpoint differs from the requested one")
+            diff = [f"{k} {v!r} (now {getattr(cfg.model, k)!r})" for k, v in saved_model.to_dict().items()
+                    if getattr(cfg.model, k) != v]
+            raise CheckpointError(ck, "model shape in checkpoint differs from the requested one: "
+                                      + ", ".join(diff[:4]))
+        _check_resumable(ck, saved, cfg, int(saved.get("step", 0) or 0))
         state = load_state_dict(ck / WEIGHTS)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(ck / WEIGHTS, f"weights do not match the model ({str(e)[:200]})") from None
+        from mambadna.components.checkpoint import check_state_dict
+
+        check_state_dict(state, model.state_dict(), ck / WEIGHTS)
+        model.load_state_dict(state)
         meta = load_trainer_state(ck, optimizer)
         start_step, samples_seen = meta["step"], meta["samples_seen"]
+        resumed_from = ck
         if dist_info.main:
             log.info(f"resuming from {ck} at step {start_step}")
     model.to(device)
@@ -479,6 +791,8 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and (out / METRICS).exists():
             (out / METRICS).unlink()
+        if cfg.resume:
+            _trim_metrics(out / METRICS, start_step)  # no duplicate rows for replayed steps
         log.info(f"pretraining {objective} model: {model.num_parameters():,} parameters, "
                  f"{cfg.model.n_layers} layers x d_model {cfg.model.d_model}, "
                  f"{'bidirectional' if cfg.model.bidirectional else 'causal'}; seq_len {cfg.seq_len}, "
@@ -492,8 +806,9 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     metrics_f = open(out / METRICS, "a") if dist_info.main else None
     last_loss, last_val = float("nan"), None
     t_last, tok_acc = time.perf_counter(), 0
-    last_ckpt = None
+    last_ckpt = resumed_from
     model.train()
+    stop = _StopRequest().__enter__()  # SIGINT/SIGTERM: checkpoint at the next step boundary
     try:
         end_step = min(cfg.max_steps, cfg.stop_after) if cfg.stop_after > 0 else cfg.max_steps
         for step in range(start_step, end_step):
@@ -540,10 +855,16 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
                 loss_sum += loss.detach().double()
             loss_sum = _all_reduce(loss_sum, dist_info)
             step_loss = (loss_sum / max(n_tok, 1.0)).item()
-            if not math.isfinite(step_loss):
-                where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
-                raise TrainingError(f"non-finite loss ({step_loss}) at step {step + 1}; stopping{where}")
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            gnorm = None
+            if math.isfinite(step_loss):
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if not math.isfinite(step_loss) or not math.isfinite(float(gnorm)):
+                what = (f"non-finite loss ({step_loss})" if not math.isfinite(step_loss)
+                        else f"non-finite gradient norm ({float(gnorm)}; loss {step_loss:.4g})")
+                batch = _locate_non_finite(model, inp_all.to(device), lab_all.to(device), idx, train_ds, L, autocast)
+                where = (f"last good checkpoint: {last_ckpt} (continue from it with --resume and a lower --lr)"
+                         if last_ckpt else "no checkpoint was written yet")
+                raise TrainingError(f"{what} at step {step + 1}, batch {batch}; stopping; {where}")
             optimizer.step()
             samples_seen += B
             last_loss = step_loss
@@ -571,12 +892,29 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
             pbar.update(1)
             if (done % cfg.save_every == 0 or done == end_step) and dist_info.main:
                 last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val)
+            if _stop_requested(stop, dist_info, device):
+                if dist_info.main and (last_ckpt is None or last_ckpt.name != f"checkpoint-{done:07d}"):
+                    last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val)
+                if dist_info.world > 1:
+                    import torch.distributed as dist
+
+                    dist.barrier()
+                raise Interrupted(stop.signum or 15, f"stopped after step {done} of {cfg.max_steps}; checkpoint "
+                                  f"{last_ckpt}; continue with the same command plus --resume")
     finally:
+        stop.__exit__(None, None, None)
         pbar.close()
         if metrics_f:
             metrics_f.close()
     if dist_info.main and end_step == cfg.max_steps:
-        _write_final(out, model, cfg, last_val)
+        try:
+            _write_final(out, model, cfg, last_val)
+        except OSError as e:
+            raise TrainingError(f"cannot write the final model into {out} ({e.strerror or e}); the checkpoint "
+                                f"{last_ckpt} is intact: free space, then run again with --resume") from None
+        if math.isfinite(last_loss) and end_step >= 100 and last_loss > math.log(4) + 0.05:
+            log.warning("final training loss %.3f is no better than guessing (ln 4 = 1.386): the run may have "
+                        "collapsed (check --lr and the data)", last_loss)
     if dist_info.world > 1:
         import torch.distributed as dist
 
@@ -584,14 +922,27 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     return {"step": end_step, "loss": last_loss, "val": last_val, "out": str(out)}
 
 
+def _stop_requested(stop: _StopRequest, dist_info: _Dist, device: torch.device) -> bool:
+    """True on every rank when any rank got SIGINT/SIGTERM."""
+    if dist_info.world <= 1:
+        return stop.signum is not None
+    flag = torch.tensor([0 if stop.signum is None else stop.signum], dtype=torch.int64, device=device)
+    import torch.distributed as dist
+
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and stop.signum is None:
+        stop.signum = int(flag.item())
+    return bool(flag.item())
+
+
 def _write_final(out: Path, model: MambaDNA, cfg: PretrainConfig, val) -> None:
     """Final model files in ``out`` (each written atomically) and the loss-curve PNG."""
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        save_model(model, tmp, extra={"pretrain": _jsonable(cfg.to_dict()), "step": cfg.max_steps,
+        save_model(model, tmp, extra={"pretrain": jsonable(cfg.to_dict()), "step": cfg.max_steps,
                                       "val": val})
-        for name in (WEIGHTS, CONFIG):
+        for name in (WEIGHTS, CONFIG, "README.md"):  # README.md: the model card save_model writes
             os.replace(Path(tmp) / name, out / name)
     try:
         plot_loss_curve(out / METRICS, out / "loss_curve.png")
@@ -623,28 +974,6 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def model_info(directory: str) -> str:
-    """Human-readable summary of a model directory: config, parameter count,
-    training state."""
-    from mambadna.components.checkpoint import load_model
-
-    d = Path(directory)
-    cfg = read_config(d)
-    model = load_model(d)
-    lines = [f"model: {d}", f"parameters: {model.num_parameters():,}", "config:"]
-    lines += [f"  {k}: {v}" for k, v in cfg["model"].items()]
-    if "step" in cfg:
-        lines.append(f"trained steps: {cfg['step']}")
-    if cfg.get("val"):
-        lines.append("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in cfg["val"].items()))
-    if "head" in cfg:
-        lines.append(f"head: {json.dumps(cfg['head'])}")
-    ck = _checkpoints(d)
-    if ck:
-        lines.append(f"checkpoints: {', '.join(p.name for p in ck)}")
-    return "\n".join(lines)
-
-
 def launch_or_pretrain(cfg: PretrainConfig, gpus: Optional[int] = None) -> Dict[str, Any]:
     """Run :func:`pretrain` here, or with ``gpus`` > 1 re-launch this command
     under ``torchrun --nproc-per-node gpus`` (NVLink multicast kept off in the
@@ -660,7 +989,26 @@ def launch_or_pretrain(cfg: PretrainConfig, gpus: Optional[int] = None) -> Dict[
         final = Path(cfg.out) / "launch_config.toml"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
            "-m", "mambadna.cli", "pretrain", "--config", str(final)]
-    rc = subprocess.call(cmd, env=env)
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env)
+    prev = {}
+
+    def forward(signum, frame):  # torchrun passes it on; the workers checkpoint at the next step
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread
+            prev[sig] = signal.signal(sig, forward)
+    try:
+        rc = proc.wait()
+    finally:
+        for sig, h in prev.items():
+            signal.signal(sig, h)
+    if rc in (130, 143, -2, -15):
+        raise Interrupted(signal.SIGINT if rc in (130, -2) else signal.SIGTERM,
+                          f"the workers stopped with a checkpoint in {cfg.out}; continue with --resume")
     if rc != 0:
         raise TrainingError(f"torchrun exited with status {rc}")
     return {"out": cfg.out}
