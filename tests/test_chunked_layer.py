@@ -4,6 +4,8 @@ import gc
 
 import pytest
 import torch
+
+from mambadna.model.config import MemoryConfig
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -42,7 +44,7 @@ def test_model_with_layer_chunk_matches_plain_training_step():
     m(ids).logsumexp(-1).mean().backward()
     ref = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
-    m.layer_chunk = 7
+    m.set_memory(MemoryConfig(layer_chunk=7))
     m(ids).logsumexp(-1).mean().backward()
     for n, p in m.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=n)
@@ -85,8 +87,7 @@ def test_chunked_training_keeps_only_block_inputs_for_backward(residual_dtype):
     cfg = ModelConfig(d_model=16, n_layers=3, d_state=4)
     b, L, chunk = 2, 256, 32
     m = MambaDNA(cfg).train()
-    m.layer_chunk = chunk
-    m.residual_dtype = residual_dtype
+    m.set_memory(MemoryConfig(layer_chunk=chunk, residual_bf16=residual_dtype is not None))
     ids = torch.randint(7, 11, (b, L))
     packed = []
 

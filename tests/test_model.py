@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from mambadna.model.config import MemoryConfig
+
 from mambadna.components.checkpoint import load_model, save_model
 from mambadna.model.config import ModelConfig
 from mambadna.errors import CheckpointError
@@ -70,7 +72,7 @@ def test_gradient_checkpointing_matches_plain():
     m(x).square().mean().backward()
     g1 = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
-    m.gradient_checkpointing = True
+    m.set_memory(MemoryConfig(checkpoint_layers=True))
     m(x).square().mean().backward()
     for n, p in m.named_parameters():
         torch.testing.assert_close(p.grad, g1[n], atol=1e-6, rtol=1e-5)

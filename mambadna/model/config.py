@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Optional
 from typing import Any, Dict
 
-from mambadna.errors import CheckpointError
 from mambadna.tokenizer import VOCAB_SIZE
 
 
@@ -78,18 +76,23 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
 
-    def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-    @classmethod
-    def load(cls, path) -> "ModelConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(path, "missing model config (config.json)")
-        try:
-            d = json.loads(path.read_text())
-            if "model" in d and isinstance(d["model"], dict):
-                d = d["model"]
-            return cls.from_dict(d)
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(path, f"invalid model config: {e}") from None
+@dataclass(frozen=True)
+class MemoryConfig:
+    """How training trades compute for activation memory; results are unchanged.
+
+    checkpoint_layers: keep only each block's input, recompute the block in backward.
+    layer_chunk: > 0: train each block in exact length chunks of this many positions
+    (carried scan state and conv context; :mod:`mambadna.model.chunked`), bounding
+    activation memory by one chunk; 0: off.
+    residual_bf16: keep the residual stream between blocks in bf16 (halves the
+    stored block inputs at long lengths; used under CUDA autocast).
+    """
+
+    checkpoint_layers: bool = False
+    layer_chunk: int = 0
+    residual_bf16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layer_chunk < 0:
+            raise ValueError(f"MemoryConfig.layer_chunk must be >= 0, got {self.layer_chunk}")

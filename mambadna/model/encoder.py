@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mambadna.model.block import MambaBlock, RMSNorm
 from mambadna.model.chunked import chunked_block, chunked_rows
-from mambadna.model.config import ModelConfig
+from mambadna.model.config import MemoryConfig, ModelConfig
 from mambadna.tokenizer import A as TOK_A, C as TOK_C, G as TOK_G, T as TOK_T
 
 Tensor = torch.Tensor
@@ -39,20 +39,22 @@ class MambaDNA(nn.Module):
     input_ids: (batch, length) int64 -> logits (batch, length, vocab_size).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, memory: Optional[MemoryConfig] = None):
         super().__init__()
         self.config = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.mixer_width)
         self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layers))
         self.norm_f = RMSNorm(cfg.mixer_width, cfg.norm_eps)
-        self.gradient_checkpointing = False
-        # dtype of the residual stream between blocks (None: as the embedding gives it, fp32);
-        # bf16 halves the activations kept per checkpointed layer at long lengths
-        self.residual_dtype: Optional[torch.dtype] = None
-        # > 0: train each block in length chunks of this size, exactly (mambadna.model.chunked)
-        self.layer_chunk: int = 0
+        self.memory = MemoryConfig()
         self.register_buffer("complement", _complement_perm(cfg.vocab_size), persistent=False)
         self._init_weights()
+        if memory is not None:
+            self.set_memory(memory)
+
+    def set_memory(self, memory: MemoryConfig) -> "MambaDNA":
+        """Training-memory options (:class:`MemoryConfig`); returns self."""
+        self.memory = memory
+        return self
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.embedding.weight, std=self.config.initializer_range)
@@ -81,6 +83,16 @@ class MambaDNA(nn.Module):
             e = torch.cat([e, e_rc], dim=-1)
         return e
 
+    def embed_onehot(self, x: Tensor) -> Tensor:
+        """As :meth:`embed_tokens` for a (batch, length, vocab_size) float
+        input written as one-hot @ embedding weights, so that gradients reach
+        the bases (attributions); a one-hot of ids gives embed_tokens(ids)."""
+        W = self.embedding.weight
+        e = x.to(W.dtype) @ W
+        if self.config.rc_equivariant:  # onehot(complement[ids]) == onehot(ids)[..., complement]
+            e = torch.cat([e, (x[..., self.complement].to(W.dtype) @ W).flip(-1)], dim=-1)
+        return e
+
     def run_layer(self, i: int, h: Tensor) -> Tensor:
         """Apply block ``i``: (batch, length, d_model) -> same."""
         return self._apply_shared(self.layers[i], h)
@@ -105,12 +117,12 @@ class MambaDNA(nn.Module):
         n = self.config.n_layers
         stop = layer % n if n else 0
         h = self.embed_tokens(input_ids)
-        if self.residual_dtype is not None:
-            h = h.to(self.residual_dtype)
+        if self.memory.residual_bf16:
+            h = h.to(torch.bfloat16)
         for i in range(stop + 1):
             if self._layer_chunked():
-                h = self._apply_shared(lambda x, i=i: chunked_block(self.layers[i], x, self.layer_chunk), h)
-            elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = self._apply_shared(lambda x, i=i: chunked_block(self.layers[i], x, self.memory.layer_chunk), h)
+            elif self.memory.checkpoint_layers and self.training and torch.is_grad_enabled():
                 h = checkpoint(self.run_layer, i, h, use_reentrant=False)
             else:
                 h = self.run_layer(i, h)
@@ -119,7 +131,7 @@ class MambaDNA(nn.Module):
         return h
 
     def _layer_chunked(self) -> bool:
-        return self.layer_chunk > 0 and self.training and torch.is_grad_enabled()
+        return self.memory.layer_chunk > 0 and self.training and torch.is_grad_enabled()
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """input_ids (batch, L) int64 -> logits (batch, L, vocab_size)."""
@@ -128,8 +140,21 @@ class MambaDNA(nn.Module):
             # backward, not the norm's whole-length fp32 copies and the head's input
             h = self.hidden_states(input_ids, final_norm=False)
             params = [p for p in (self.norm_f.weight, self.embedding.weight) if p.requires_grad]
-            return chunked_rows(lambda x: self.lm_logits(self.final_norm(x)), h, self.layer_chunk, params)
+            return chunked_rows(lambda x: self.lm_logits(self.final_norm(x)), h, self.memory.layer_chunk, params)
         return self.lm_logits(self.hidden_states(input_ids))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory, extra=None):
+        """Write a hub-style model folder: config.json, model.safetensors, README.md."""
+        from mambadna.components.hub import save_pretrained
+
+        return save_pretrained(self, directory, extra)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id, device="cpu", **hub_kw) -> "MambaDNA":
+        """Load a model folder (mambadna's or Caduceus') or a hub repo id (needs huggingface_hub)."""
+        from mambadna.components.hub import from_pretrained
+
+        return from_pretrained(path_or_repo_id, device, **hub_kw)

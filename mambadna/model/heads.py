@@ -1,7 +1,10 @@
 """Sequence classification on top of a Mamba encoder: pooling + MLP head.
 
 Tasks: ``binary`` (one logit, sigmoid), ``multiclass`` (one logit per class,
-softmax) and ``multilabel`` (one logit per label, independent sigmoids).
+softmax), ``multilabel`` (one logit per label, independent sigmoids),
+``regression`` (one output, trained on standardised targets, returned in the
+target's units) and ``token`` (per-base classification: one softmax per
+position, no pooling).
 
 Reverse-complement handling
 ---------------------------
@@ -14,6 +17,11 @@ Reverse-complement handling
   states and of their RC image (positions reversed, channels reversed) and
   keeps the first half of the (now mirror-symmetric) channels. The features,
   and so the predictions, of x and RC(x) are equal without any averaging.
+
+For ``token`` heads the per-position features of an RC-equivariant encoder
+are made RC-invariant the same way (the mirror-symmetric half of each
+position's channels), and ``rc_average`` averages the prediction at position
+t of x with the one at position L-1-t of RC(x).
 
 Inference never pads: :func:`predict_proba` and :func:`pooled_embeddings`
 run each batch in groups of equal length, so bidirectional encoders see
@@ -37,7 +45,7 @@ from mambadna.model.encoder import MambaDNA
 from mambadna.inference.pooling import POOLED, pool
 from mambadna.tokenizer import reverse_complement
 
-TASKS = ("binary", "multiclass", "multilabel")
+TASKS = ("binary", "multiclass", "multilabel", "regression", "token")
 HEAD_WEIGHTS = "head.safetensors"
 
 Tensor = torch.Tensor
@@ -47,13 +55,18 @@ Tensor = torch.Tensor
 class HeadConfig:
     """Classification head settings, saved under ``head`` in config.json.
 
-    classes: class names (binary: [negative, positive]; multilabel: labels).
-    task: 'binary' | 'multiclass' | 'multilabel'.
+    classes: class names (binary: [negative, positive]; multilabel: labels;
+    regression: [target name]; token: per-base classes, background first).
+    task: 'binary' | 'multiclass' | 'multilabel' | 'regression' | 'token'.
     pooling: one of mean/max/first/last/center; center_width for 'center'.
     layer: encoder layer whose output is pooled (-1 = last, final-normed).
     hidden: widths of the MLP hidden layers ([] = a linear head).
     dropout: dropout before each linear layer (training only).
     rc_average: average forward and reverse-complement predictions at inference.
+    threshold: decision threshold on P(positive) of a binary task (fine-tuning
+    chooses it on the validation split).
+    target_mean, target_std: regression targets are standardised with these
+    for training; predictions come back in the target's units.
     """
 
     classes: List[str]
@@ -64,6 +77,9 @@ class HeadConfig:
     hidden: List[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
     rc_average: bool = False
+    threshold: float = 0.5
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -77,12 +93,22 @@ class HeadConfig:
             raise ValueError(f"multiclass task needs at least 2 classes, got {self.classes}")
         if self.task == "multilabel" and len(self.classes) < 1:
             raise ValueError("multilabel task needs at least 1 label")
+        if self.task == "regression" and len(self.classes) != 1:
+            raise ValueError(f"regression task needs exactly 1 target name, got {self.classes}")
+        if self.task == "token" and len(self.classes) < 2:
+            raise ValueError(f"token task needs at least 2 classes, got {self.classes}")
+        if not self.target_std > 0:
+            raise ValueError(f"target_std must be > 0, got {self.target_std}")
         self.hidden = [int(h) for h in self.hidden]
 
     @property
     def n_outputs(self) -> int:
-        """Number of logits: 1 for binary, else one per class/label."""
-        return 1 if self.task == "binary" else len(self.classes)
+        """Number of logits: 1 for binary and regression, else one per class/label."""
+        return 1 if self.task in ("binary", "regression") else len(self.classes)
+
+    @property
+    def per_token(self) -> bool:
+        return self.task == "token"
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)
@@ -99,11 +125,68 @@ def rc_hidden_valid(h: Tensor) -> Tensor:
     return h.flip(1).flip(2)
 
 
-class SequenceClassifier(nn.Module):
+class Predictor(nn.Module):
+    """What every model with a head shares (the fine-tuned classifier and the
+    CNN baselines): ``head_cfg``, ``forward(ids) -> logits``, and from them
+    probabilities, RC-averaged predictions and the training loss.
+    Subclasses set ``head_cfg`` and implement ``forward``."""
+
+    head_cfg: HeadConfig
+
+    @property
+    def rc_equivariant(self) -> bool:
+        return False
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """logits (batch, n_outputs) -> probabilities (batch, n_classes):
+        binary gives [1-p, p]; multiclass softmax; multilabel sigmoids;
+        regression the prediction in the target's units (batch, 1); token
+        (batch, L, n_classes) softmax per position."""
+        hc = self.head_cfg
+        if hc.task == "regression":
+            return logits[:, :1].float() * hc.target_std + hc.target_mean
+        return logits_to_proba(logits, hc.task)
+
+    @torch.no_grad()
+    def predict_batch(self, ids: Tensor, rc_average: Optional[bool] = None) -> Tensor:
+        """Probabilities (batch, n_classes) for equal-length ids (batch, L).
+
+        With ``rc_average`` (default: the head's setting) the probabilities
+        of x and of its reverse complement are averaged (Caduceus-Ph).
+        """
+        rc = self.head_cfg.rc_average if rc_average is None else rc_average
+        p = self.probabilities(self(ids).float())
+        if rc and not self.rc_equivariant:
+            p_rc = self.probabilities(self(reverse_complement(ids)).float())
+            p = 0.5 * (p + (p_rc.flip(1) if self.head_cfg.per_token else p_rc))
+        return p
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Training loss. targets: binary (batch,) {0,1}; multiclass (batch,)
+        class index; multilabel (batch, n_labels) {0,1}; regression (batch,)
+        values in the target's units (MSE on standardised values); token
+        (batch, L) class index per position (-100: no loss there)."""
+        hc = self.head_cfg
+        task = hc.task
+        if task == "regression":
+            z = (targets.float() - hc.target_mean) / hc.target_std
+            return F.mse_loss(logits[:, 0].float(), z)
+        if task == "token":
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.long().reshape(-1),
+                                   ignore_index=-100)
+        if task == "binary":
+            return F.binary_cross_entropy_with_logits(logits[:, 0].float(), targets.float())
+        if task == "multiclass":
+            return F.cross_entropy(logits.float(), targets.long())
+        return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+class SequenceClassifier(Predictor):
     """Encoder + pooling + MLP head.
 
-    forward(ids (batch, L) int64) -> logits (batch, n_outputs). Sequences in a
-    batch share one length (no padding; see :func:`iter_length_groups`).
+    forward(ids (batch, L) int64) -> logits (batch, n_outputs), or
+    (batch, L, n_outputs) for a ``token`` head. Sequences in a batch share one
+    length (no padding; see :func:`iter_length_groups`).
     """
 
     def __init__(self, encoder: MambaDNA, head_cfg: HeadConfig):
@@ -129,13 +212,22 @@ class SequenceClassifier(nn.Module):
         return bool(self.encoder.config.rc_equivariant)
 
     def features(self, ids: Tensor) -> Tensor:
-        """Pooled encoder features: ids (batch, L) -> (batch, feature_dim) fp32.
+        """Pooled encoder features: ids (batch, L) -> (batch, feature_dim) fp32
+        ((batch, L, feature_dim) for a token head).
 
         For an RC-equivariant encoder the features are RC-invariant exactly:
-        features(RC x) == features(x).
+        features(RC x) == features(x) (per token: position t of x and L-1-t of RC x).
         """
+        return self.pool_hidden(self.encoder.hidden_states(ids, layer=self.head_cfg.layer))
+
+    def pool_hidden(self, h: Tensor) -> Tensor:
+        """:meth:`features` from the encoder's hidden states of the head's layer
+        (batch, L, d_model) (attributions run the encoder from one-hot inputs)."""
         cfg = self.head_cfg
-        h = self.encoder.hidden_states(ids, layer=cfg.layer)
+        if cfg.per_token:
+            if self.rc_equivariant:
+                h = (0.5 * (h + h.flip(2)))[..., : self.feature_dim]
+            return h
         p = pool(h, cfg.pooling, None, cfg.center_width)
         if self.rc_equivariant:
             p_rc = pool(rc_hidden_valid(h), cfg.pooling, None, cfg.center_width)
@@ -144,36 +236,8 @@ class SequenceClassifier(nn.Module):
         return p
 
     def forward(self, ids: Tensor) -> Tensor:
-        """ids (batch, L) -> logits (batch, n_outputs)."""
+        """ids (batch, L) -> logits (batch, n_outputs) ((batch, L, n_outputs) per token)."""
         return self.head(self.features(ids).to(self.head[-1].weight.dtype))
-
-    def probabilities(self, logits: Tensor) -> Tensor:
-        """logits (batch, n_outputs) -> probabilities (batch, n_classes):
-        binary gives [1-p, p]; multiclass softmax; multilabel sigmoids."""
-        return logits_to_proba(logits, self.head_cfg.task)
-
-    @torch.no_grad()
-    def predict_batch(self, ids: Tensor, rc_average: Optional[bool] = None) -> Tensor:
-        """Probabilities (batch, n_classes) for equal-length ids (batch, L).
-
-        With ``rc_average`` (default: the head's setting) the probabilities
-        of x and of its reverse complement are averaged (Caduceus-Ph).
-        """
-        rc = self.head_cfg.rc_average if rc_average is None else rc_average
-        p = self.probabilities(self(ids).float())
-        if rc and not self.rc_equivariant:
-            p = 0.5 * (p + self.probabilities(self(reverse_complement(ids)).float()))
-        return p
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Training loss. targets: binary (batch,) {0,1}; multiclass (batch,)
-        class index; multilabel (batch, n_labels) {0,1}."""
-        task = self.head_cfg.task
-        if task == "binary":
-            return F.binary_cross_entropy_with_logits(logits[:, 0].float(), targets.float())
-        if task == "multiclass":
-            return F.cross_entropy(logits.float(), targets.long())
-        return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
 
 
 def logits_to_proba(logits: Tensor, task: str) -> Tensor:
@@ -181,9 +245,25 @@ def logits_to_proba(logits: Tensor, task: str) -> Tensor:
     if task == "binary":
         p = torch.sigmoid(logits[:, 0])
         return torch.stack([1 - p, p], dim=1)
-    if task == "multiclass":
+    if task in ("multiclass", "token"):
         return torch.softmax(logits, dim=-1)
+    if task == "regression":
+        return logits[..., :1]
     return torch.sigmoid(logits)
+
+
+def predicted_labels(proba: np.ndarray, head_cfg: HeadConfig) -> List[str]:
+    """Decisions from probabilities (n, n_classes) as the head makes them:
+    binary at ``head_cfg.threshold``, multiclass argmax, multilabel >= 0.5
+    (';'-joined, '.' for none)."""
+    classes, task = head_cfg.classes, head_cfg.task
+    if task == "binary":
+        return [classes[int(p >= head_cfg.threshold)] for p in proba[:, 1]]
+    if task == "multilabel":
+        return [";".join(c for c, v in zip(classes, row) if v >= 0.5) or "." for row in proba]
+    if task == "regression":
+        return [f"{v:.6g}" for v in proba[:, 0]]
+    return [classes[int(i)] for i in np.asarray(proba).argmax(-1)]
 
 
 # --------------------------------------------------------------------------- batching
@@ -201,10 +281,13 @@ def iter_length_groups(seqs: Sequence[np.ndarray], batch_size: int) -> Iterator[
 
 
 @torch.no_grad()
-def predict_proba(model: SequenceClassifier, seqs: Sequence[np.ndarray], batch_size: int = 64,
+def predict_proba(model: Predictor, seqs: Sequence[np.ndarray], batch_size: int = 64,
                   device: Union[str, torch.device] = "cpu", rc_average: Optional[bool] = None,
                   progress=None) -> np.ndarray:
-    """Class probabilities (n, n_classes) for token-id sequences of any lengths."""
+    """Class probabilities (n, n_classes) for token-id sequences of any lengths
+    (regression: the predicted values (n, 1); token heads: use :func:`predict_tokens`)."""
+    if model.head_cfg.per_token:
+        raise ValueError("predict_proba: a token head predicts per position; use predict_tokens")
     model.eval()
     out = np.zeros((len(seqs), len(model.head_cfg.classes)), dtype=np.float32)
     for sel, ids in iter_length_groups(seqs, batch_size):
@@ -213,6 +296,20 @@ def predict_proba(model: SequenceClassifier, seqs: Sequence[np.ndarray], batch_s
         if progress is not None:
             progress.update(len(sel))
     return out
+
+
+@torch.no_grad()
+def predict_tokens(model: Predictor, seqs: Sequence[np.ndarray], batch_size: int = 64,
+                   device: Union[str, torch.device] = "cpu", rc_average: Optional[bool] = None) -> List[np.ndarray]:
+    """Per-position class probabilities of a token head: one (L_i, n_classes)
+    float32 array per sequence, in input order."""
+    model.eval()
+    out: List[Optional[np.ndarray]] = [None] * len(seqs)
+    for sel, ids in iter_length_groups(seqs, batch_size):
+        p = model.predict_batch(torch.as_tensor(ids, device=device), rc_average=rc_average).float().cpu().numpy()
+        for k, i in enumerate(sel):
+            out[i] = p[k]
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()

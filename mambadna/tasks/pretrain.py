@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from mambadna.components.checkpoint import CONFIG, WEIGHTS, load_state_dict, read_config, save_model
-from mambadna.model.config import ModelConfig
+from mambadna.model.config import MemoryConfig, ModelConfig
 from mambadna.components.device import resolve_device
+from mambadna.components.distributed import Dist, init_distributed, torchrun_command, torchrun_env
 from mambadna.components.schedule import warmup_cosine
 from mambadna.errors import CheckpointError, InputError, Interrupted, TrainingError
 from mambadna.io.files import atomic_dir, atomic_path, output_lock, publish_mode, jsonable
@@ -332,37 +333,12 @@ def seq_len_schedule(cfg: PretrainConfig) -> List[Tuple[int, int]]:
 
 # ---------------------------------------------------------------------------
 # distributed helpers
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+# the set-up is shared with sharded inference (mambadna.components.distributed)
+_Dist = Dist
 
 
 def _init_distributed(device_opt: str) -> Tuple[_Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        # NVLink multicast stays off (NVLS can take shared GPUs out of service)
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-        os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
-        import torch.distributed as dist
-
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and device_opt != "cpu"
-        if use_cuda:
-            torch.cuda.set_device(local)
-            device = torch.device("cuda", local)
-        else:
-            device = torch.device("cpu")
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-        return _Dist(rank, world, local), device
-    return _Dist(), resolve_device(device_opt)
+    return init_distributed(device_opt)
 
 
 CPU_LAYER_CHUNK = 256
@@ -709,9 +685,11 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
 def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: Path) -> Dict[str, Any]:
     torch.manual_seed(cfg.seed)
     objective = cfg.model.objective
-    model = MambaDNA(cfg.model)
-    model.gradient_checkpointing = cfg.gradient_checkpointing
-    model.layer_chunk = resolve_layer_chunk(cfg.layer_chunk, device, cfg.seq_len)
+    use_amp = device.type == "cuda" and cfg.bf16
+    model = MambaDNA(cfg.model, MemoryConfig(
+        checkpoint_layers=cfg.gradient_checkpointing,
+        layer_chunk=resolve_layer_chunk(cfg.layer_chunk, device, cfg.seq_len),
+        residual_bf16=use_amp and cfg.residual_bf16))
 
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
@@ -760,9 +738,6 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
 
         ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    use_amp = device.type == "cuda" and cfg.bf16
-    if use_amp and cfg.residual_bf16:
-        model.residual_dtype = torch.bfloat16
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else \
         (lambda: torch.autocast("cpu", enabled=False))
 
@@ -982,13 +957,12 @@ def launch_or_pretrain(cfg: PretrainConfig, gpus: Optional[int] = None) -> Dict[
         return pretrain(cfg)
     import subprocess
 
-    env = dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1")
+    env = torchrun_env(gpus)  # NVLink multicast off in every child
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(cfg.out) / "launch_config.toml") as tmp:
         tmp.write_text(_to_toml(cfg.to_dict()))
         final = Path(cfg.out) / "launch_config.toml"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-           "-m", "mambadna.cli", "pretrain", "--config", str(final)]
+    cmd = torchrun_command(gpus, ["pretrain", "--config", str(final)])
     import signal
 
     proc = subprocess.Popen(cmd, env=env)
