@@ -102,6 +102,13 @@ class PretrainConfig:
         self.betas = tuple(self.betas)
         if self.genome is None and self.bam is None:
             raise InputError(None, "pretrain needs a genome FASTA (or --bam)")
+        if self.bam is not None:  # options of genome sampling do nothing for reads: refuse them
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            unused = [n for n in ("genome", "regions", "val_contigs", "val_bed", "val_fraction", "max_n_frac",
+                                  "rc_augment") if getattr(self, n) not in (defaults[n], (), None)]
+            if unused:
+                raise InputError(self.bam, "with --bam, " + ", ".join("--" + n.replace("_", "-") for n in unused)
+                                 + " would be ignored (they apply to genome windows): drop them")
         if isinstance(self.genome, (list, tuple)):
             self.genome = [str(g) for g in self.genome] if len(self.genome) != 1 else str(self.genome[0])
         if isinstance(self.genome_weights, str) and self.genome_weights not in ("length", "equal"):
