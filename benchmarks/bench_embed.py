@@ -6,29 +6,24 @@ one piece), then single sequences of 1, 4 and 10 Mb in chunked exact mode,
 where peak GPU memory stays flat as the sequence grows (host memory holds one
 layer, L x d_model fp32). Also checks chunked == whole on one sequence.
 
-    python benchmarks/bench_embed.py                     # GPU, full table
-    python benchmarks/bench_embed.py --precision bf16    # autocast
-    python benchmarks/bench_embed.py --smoke             # CPU, tiny sizes (CI)
+    python benchmarks/run.py embed                        # GPU, full table
+    python benchmarks/bench_embed.py --precision bf16     # autocast
+    python benchmarks/bench_embed.py --smoke              # = --device cpu --quick (tests/test_embed.py)
 
-Prints a table (and --json FILE writes the rows). Does not import pysam.
+Prints a table (and --json FILE writes the rows). Does not import pysam. The baseline is the
+whole-sequence pass itself: chunked rows are exact (checked) and compared by bases/s and peak memory.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
+import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-
-
-from mambadna.config import ModelConfig  # noqa: E402
-from mambadna.embed import Embedder  # noqa: E402
-from mambadna.model import MambaDNA  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 
 def _ints(s: str):
@@ -36,8 +31,7 @@ def _ints(s: str):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto")
+    p = common.parser(__doc__)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-layers", type=int, default=16)
     p.add_argument("--d-state", type=int, default=16)
@@ -50,10 +44,9 @@ def parse(argv=None):
     p.add_argument("--check-length", type=int, default=131072, help="length of the chunked == whole check")
     p.add_argument("--check-chunk", type=int, default=10000)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--json", default=None)
-    p.add_argument("--smoke", action="store_true", help="CPU, tiny model and sizes (seconds)")
+    p.add_argument("--smoke", action="store_true", help="alias of --device cpu --quick")
     a = p.parse_args(argv)
-    if a.smoke:
+    if a.smoke or a.quick:
         a.device, a.d_model, a.n_layers, a.d_state = "cpu", 32, 2, 8
         a.windows, a.bases, a.batch_tokens = [64, 256], 1024, 1024
         a.chunked, a.chunk_size = [512, 1024, 2048], 256
@@ -62,21 +55,7 @@ def parse(argv=None):
     return a
 
 
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _reset_peak(dev):
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-
-
-def _peak_gib(dev) -> float:
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev) / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB, process peak RSS
+_sync, _reset_peak, _peak_gib = common.sync, common.reset_peak, common.peak_gib
 
 
 def _seqs(rng, n, L):
@@ -84,11 +63,11 @@ def _seqs(rng, n, L):
 
 
 def run_row(model, dev, args, mode, L, batch, n_seqs, chunk, rng):
-    emb = Embedder(model, device=dev, pool="mean", batch_size=batch, max_tokens=max(batch * L, 1),
-                   chunk_size=chunk, precision=args.precision, progress=False)
+    emb = model.embedder(pool="mean", batch_size=batch, max_tokens=max(batch * L, 1), chunk_size=chunk,
+                         precision=args.precision, progress=False)
     warm = min(L, 2 * chunk) if mode == "chunked" else L
-    emb_w = Embedder(model, device=dev, pool="mean", batch_size=batch, max_tokens=max(batch * warm, 1),
-                     chunk_size=chunk, precision=args.precision, progress=False)
+    emb_w = model.embedder(pool="mean", batch_size=batch, max_tokens=max(batch * warm, 1), chunk_size=chunk,
+                           precision=args.precision, progress=False)
     emb_w.embed(_seqs(rng, min(batch, n_seqs), warm))  # compile / autotune, untimed
     seqs = _seqs(rng, n_seqs, L)
     _reset_peak(dev)
@@ -102,7 +81,8 @@ def run_row(model, dev, args, mode, L, batch, n_seqs, chunk, rng):
                     bases_per_s=float("nan"), peak_gib=float("nan"), host_mib=0.0, note="OOM")
     dt = time.perf_counter() - t0
     assert np.isfinite(np.stack(out)).all()
-    host = batch * L * model.config.d_model * 4 / 2 ** 20 if (mode == "chunked" and model.config.bidirectional) else 0.0
+    cfg = model.config
+    host = batch * L * cfg.d_model * 4 / 2 ** 20 if (mode == "chunked" and cfg.bidirectional) else 0.0
     return dict(mode=mode, length=L, batch=batch, seqs=n_seqs, bases=n_seqs * L, seconds=dt,
                 bases_per_s=n_seqs * L / dt, peak_gib=_peak_gib(dev), host_mib=host, note="")
 
@@ -110,24 +90,25 @@ def run_row(model, dev, args, mode, L, batch, n_seqs, chunk, rng):
 def check_exact(model, dev, args, rng) -> float:
     """max |chunked - whole| per token on one sequence (fp32)."""
     ids = _seqs(rng, 1, args.check_length)
-    whole = Embedder(model, device=dev, pool=None, chunk_size=args.check_length, progress=False).embed(ids)[0]
-    chunked = Embedder(model, device=dev, pool=None, chunk_size=args.check_chunk, progress=False).embed(ids)[0]
+    whole = model.embedder(pool=None, chunk_size=args.check_length, progress=False).embed(ids)[0]
+    chunked = model.embedder(pool=None, chunk_size=args.check_chunk, progress=False).embed(ids)[0]
     return float(np.abs(whole - chunked).max())
 
 
 def main(argv=None):
     args = parse(argv)
-    dev = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                       ("cpu" if args.device == "auto" else args.device))
+    import mambadna
+
+    dev = common.device(args.device)
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-                      bidirectional=not args.causal)
-    model = MambaDNA(cfg).to(dev).eval()
+    net = common.build_model(args.d_model, args.n_layers, d_state=args.d_state, bidirectional=not args.causal)
+    model = mambadna.Model(net.to(dev), dev)  # in-memory model, as mambadna.load(dir) returns
+    cfg = model.config
     rng = np.random.default_rng(0)
     name = "GPU" if dev.type == "cuda" else "CPU"
-    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(common.header(dev))
     print(f"# {cfg.n_layers} x {cfg.d_model} {'causal' if args.causal else 'bidirectional'} model, "
-          f"{model.num_parameters():,} parameters, {dev_name}, {args.precision}")
+          f"{net.num_parameters():,} parameters, {args.precision}")
     rows = []
     for L in args.windows:
         batch = max(1, int(args.batch_tokens) // L)
@@ -143,9 +124,8 @@ def main(argv=None):
     print(table(rows, name, args))
     print(f"\nmax |chunked - whole| = {diff:.2e} (per token, fp32, length {args.check_length}, "
           f"chunk {args.check_chunk})")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": dev_name, "precision": args.precision,
-                                               "rows": rows, "max_abs_diff": diff}, indent=2))
+    common.write_json(args.json, rows, dev, benchmark="embed", precision=args.precision, max_abs_diff=diff,
+                      chunk_size=args.chunk_size)
     return rows
 
 

@@ -7,16 +7,16 @@ One run, side by side on one GPU (bf16 autocast, MLM-style loss over all positio
      modules: two mixers per layer, the second on the flipped sequence, in/out
      projections tied, per-layer checkpointing where needed to fit;
   3. a Transformer encoder of the same width (PyTorch SDPA / flash), where it fits;
-and a table of mambadna tokens/s and peak memory against length, with a plot.
+and a table of mambadna tokens/s and peak memory against length (plot beside --json).
+Ratios: mambadna tokens/s over the best mamba_ssm variant's at the same length.
 
-    PYTHONPATH=/tmp/mamba_site python benchmarks/bench_pretrain.py --out $OUT
-    python benchmarks/bench_pretrain.py --smoke      # tiny CPU check of the script itself
+    python benchmarks/run.py pretrain -- --long-chunks 524288,262144   # GPU, mamba_ssm importable
+    python benchmarks/bench_pretrain.py --device cpu --quick           # tiny CPU check of the script
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
+import os
 import statistics
 import sys
 import time
@@ -27,10 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-
-
-from mambadna.config import ModelConfig  # noqa: E402
-from mambadna.model import MambaDNA  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 
 class _Norm(nn.Module):
@@ -102,12 +100,8 @@ class TransformerEncoder(nn.Module):
 
 
 def mambadna_model(d_model, n_layers, ckpt, residual_bf16=False, layer_chunk=0):
-    m = MambaDNA(ModelConfig(d_model=d_model, n_layers=n_layers, d_state=16, bidirectional=True))
-    m.gradient_checkpointing = ckpt
-    m.layer_chunk = layer_chunk
-    if residual_bf16:
-        m.residual_dtype = torch.bfloat16
-    return m
+    return common.build_model(d_model, n_layers, checkpoint=ckpt, layer_chunk=layer_chunk,
+                              residual_bf16=residual_bf16)
 
 
 def time_step(model, B, L, device, reps, amp):
@@ -144,128 +138,137 @@ def run(name, make, B, L, device, reps, amp, rows, note=""):
         rows.append(dict(model=name, batch=B, length=L, ms=s * 1e3, tokens_per_s=B * L / s, peak_gib=peak, note=note))
     except torch.cuda.OutOfMemoryError:
         rows.append(dict(model=name, batch=B, length=L, ms=float("nan"), tokens_per_s=float("nan"),
-                         peak_gib=float("nan"), note="out of memory"))
+                         peak_gib=float("nan"), note=note, status="out of memory"))
     finally:
         model = None  # noqa: F841
         if device.type == "cuda":
             torch.cuda.empty_cache()
     r = rows[-1]
     print(f"  {r['model']:<34} {r['batch']:>4} x {r['length']:>8}: {r['ms']:9.1f} ms  "
-          f"{r['tokens_per_s'] / 1e6:7.3f} M tok/s  {r['peak_gib']:6.2f} GiB  {r['note']}", flush=True)
+          f"{r['tokens_per_s'] / 1e6:7.3f} M tok/s  {r['peak_gib']:6.2f} GiB  {r['note']} {r.get('status', '')}",
+          flush=True)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, no baselines")
+def main(argv=None):
+    ap = common.parser(__doc__)
+    ap.add_argument("--smoke", action="store_true", help="alias of --device cpu --quick")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--long-chunks", default="", help="layer chunks to time at 2^20 (default L/8,L/4)")
     ap.add_argument("--only-long", action="store_true", help="only the 2^20 side-by-side rows")
-    ap.add_argument("--scan-config", default="", help="JSON update of triton_scan.CONFIG")
-    args = ap.parse_args()
+    ap.add_argument("--scan-config", default="", help="JSON update of the Triton scan's CONFIG")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.device, args.quick = "cpu", True
     if args.scan_config:
-        from mambadna.kernels import triton_scan
+        from bench_scan import scan_internals
 
-        triton_scan.CONFIG.update(json.loads(args.scan_config))
-        print(f"# scan CONFIG update {args.scan_config}")
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+        scan_internals().CONFIG.update(json.loads(args.scan_config))
+    device = common.device(args.device)
+    small = args.quick
+    reps = 1 if small else args.reps
     amp = device.type == "cuda"
-    d, n = (256, 16) if not args.smoke else (16, 2)
-    long_len = 2**20 if not args.smoke else 256
-    mid_len = 131072 if not args.smoke else 128
+    d, n = (256, 16) if not small else (16, 2)
+    long_len = 2**20 if not small else 256
+    mid_len = 131072 if not small else 128
     rows: list = []
-    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"# device: {dev_name}; torch {torch.__version__}; model {n} x {d} bidirectional, bf16={amp}")
-
-    print("## side by side, fwd+bwd")
+    print(common.header(device, f"model {n} x {d} bidirectional, bf16 autocast {amp}, median of {reps}"))
     have_mamba = False
-    if not (args.smoke or args.skip_baselines):
+    if not (small or args.skip_baselines) and device.type == "cuda":
         try:
             import mamba_ssm  # noqa: F401
 
             have_mamba = True
-        except Exception as e:  # pragma: no cover
-            print(f"  mamba_ssm not importable ({e}); baseline skipped")
+        except Exception as e:  # noqa: BLE001
+            print(f"# baseline: mamba_ssm not importable ({e}); skipped")
+    if have_mamba:
+        print("# baseline: mamba_ssm Caduceus-style build (two Mamba mixers a layer, tied projections)")
+
+    print("## side by side, fwd+bwd")
     for L in ((long_len,) if args.only_long else (mid_len, long_len)):
-        ck = L >= 2**20
-        run("mambadna", lambda: mambadna_model(d, n, ckpt=ck), 1, L, device, args.reps, amp, rows,
+        ck = L >= long_len
+        run("mambadna", lambda: mambadna_model(d, n, ckpt=ck), 1, L, device, reps, amp, rows,
             "per-layer ckpt" if ck else "")
         if amp:
             run("mambadna (bf16 residual)", lambda: mambadna_model(d, n, ckpt=ck, residual_bf16=True), 1, L,
-                device, args.reps, amp, rows, "per-layer ckpt" if ck else "--residual-bf16")
-        chunks = [int(c) for c in args.long_chunks.split(",")] if args.long_chunks else [L // 8, L // 4]
+                device, reps, amp, rows, "per-layer ckpt" if ck else "--residual-bf16")
+        chunks = [int(c) for c in args.long_chunks.split(",")] if args.long_chunks else \
+            ([L // 4] if small else [L // 8, L // 4])
         for lc in (chunks if ck else (L // 8,)):
             run("mambadna (layer chunk, bf16 residual)",
                 lambda: mambadna_model(d, n, ckpt=False, residual_bf16=amp, layer_chunk=lc), 1, L, device,
-                args.reps, amp, rows, f"--layer-chunk {lc} --residual-bf16")
+                reps, amp, rows, f"--layer-chunk {lc} --residual-bf16")
         if have_mamba:
-            run("mamba_ssm Caduceus-style", lambda: CaduceusStyle(d, n, ckpt=ck), 1, L, device, args.reps, amp,
+            run("mamba_ssm Caduceus-style", lambda: CaduceusStyle(d, n, ckpt=ck), 1, L, device, reps, amp,
                 rows, "per-layer ckpt" if ck else "")
             if not ck:
-                run("mamba_ssm Caduceus-style", lambda: CaduceusStyle(d, n, ckpt=True), 1, L, device, args.reps,
+                run("mamba_ssm Caduceus-style", lambda: CaduceusStyle(d, n, ckpt=True), 1, L, device, reps,
                     amp, rows, "per-layer ckpt")
-    trans_lens = (1024, 8192, 65536, 131072) if not args.smoke else (64,)
-    if args.only_long:
-        trans_lens = ()
+    trans_lens = () if args.only_long else ((1024, 8192, 65536, 131072) if not small else (64,))
+    tokens = 65536 if not small else 128
     for L in trans_lens:
-        B = max(1, (65536 if not args.smoke else 128) // L)
-        run("Transformer SDPA", lambda: TransformerEncoder(d, n, ckpt=L >= 65536), B, L, device, 1 if L > 8192 else args.reps,
-            amp, rows, "per-layer ckpt" if L >= 65536 else "")
-    print("  Transformer SDPA at 2^20: not run (quadratic: ~64x the 131k time per token)")
+        run("Transformer SDPA", lambda: TransformerEncoder(d, n, ckpt=L >= 65536), max(1, tokens // L), L, device,
+            1 if L > 8192 else reps, amp, rows, "per-layer ckpt" if L >= 65536 else "")
+    if trans_lens:
+        print("  Transformer SDPA at 2^20: not run (quadratic: ~64x the 131k time per token)")
 
     print("## mambadna against length (constant tokens per step)")
-    lens = (1024, 8192, 65536, 131072, 2**20) if not args.smoke else (32, 64, 128)
-    if args.only_long:
-        lens = ()
+    lens = () if args.only_long else ((1024, 8192, 65536, 131072, 2**20) if not small else (32, 128))
     scale_rows: list = []
     for L in lens:
-        B = max(1, (65536 if not args.smoke else 128) // L)
-        run("mambadna", lambda: mambadna_model(d, n, ckpt=L >= 2**20), B, L, device, args.reps, amp, scale_rows,
-            "per-layer ckpt" if L >= 2**20 else "")
+        run("mambadna", lambda: mambadna_model(d, n, ckpt=L >= long_len), max(1, tokens // L), L, device, reps,
+            amp, scale_rows, "per-layer ckpt" if L >= long_len else "")
 
     def table(rs):
-        out = ["| model | batch x length | ms / step | M tokens/s | peak GiB | note |", "|---|---|---|---|---|---|"]
-        for r in rs:
-            out.append(f"| {r['model']} | {r['batch']} x {r['length']} | {r['ms']:.1f} | "
-                       f"{r['tokens_per_s'] / 1e6:.3f} | {r['peak_gib']:.2f} | {r['note']} |")
-        return "\n".join(out)
+        return common.md_table(["model", "batch x length", "ms / step", "M tokens/s", "peak GiB", "note"],
+                               [(r["model"], f"{r['batch']} x {r['length']}", f"{r['ms']:.1f}",
+                                 r["tokens_per_s"] / 1e6, f"{r['peak_gib']:.2f}", r["note"]) for r in rs])
 
     print("\n### side by side\n" + table(rows))
     for L in (mid_len, long_len):
-        base = [r for r in rows if r["model"].startswith("mamba_ssm") and r["length"] == L and r["tokens_per_s"] == r["tokens_per_s"]]
+        base = [r for r in rows if r["model"].startswith("mamba_ssm") and r["length"] == L
+                and r["tokens_per_s"] == r["tokens_per_s"]]
         if not base:
             continue
         best = max(base, key=lambda r: r["tokens_per_s"])
         for r in rows:
             if r["model"].startswith("mambadna") and r["length"] == L:
-                print(f"ratio {r['model']} / mamba_ssm Caduceus-style (best of its variants) at {L}: "
-                      f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x  (peak {r['peak_gib']:.1f} vs {best['peak_gib']:.1f} GiB)")
+                r["ratio"] = r["tokens_per_s"] / best["tokens_per_s"]
+                print(f"ratio {r['model']} {r['note']} / mamba_ssm Caduceus-style (best of its variants) at {L}: "
+                      f"{r['ratio']:.2f}x  (peak {r['peak_gib']:.1f} vs {best['peak_gib']:.1f} GiB)")
     print("\n### mambadna against length\n" + table(scale_rows))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_pretrain.json").write_text(json.dumps({"device": dev_name, "side_by_side": rows,
-                                                             "scaling": scale_rows}, indent=1))
-        try:
-            import matplotlib
+    for r in rows:
+        r["table"] = "side by side"
+    for r in scale_rows:
+        r["table"] = "against length"
+    common.write_json(args.json, rows + scale_rows, device, benchmark="pretrain",
+                      baseline="mamba_ssm Caduceus-style" if have_mamba else None)
+    if args.json and scale_rows:
+        plot(scale_rows, common.device_name(device), Path(args.json).with_suffix(".png"))
+    return rows + scale_rows
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
 
-            fig, ax = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
-            xs = [r["length"] for r in scale_rows]
-            ax[0].semilogx(xs, [r["tokens_per_s"] / 1e6 for r in scale_rows], "o-", base=2)
-            ax[0].set_xlabel("length (bases)")
-            ax[0].set_ylabel("M tokens/s (fwd+bwd)")
-            ax[1].loglog(xs, [r["peak_gib"] for r in scale_rows], "o-", base=2)
-            ax[1].set_xlabel("length (bases)")
-            ax[1].set_ylabel("peak GiB")
-            fig.suptitle(f"mambadna 16x256 bidirectional, {dev_name}")
-            fig.tight_layout()
-            fig.savefig(out / "bench_pretrain.png")
-        except Exception as e:
-            print(f"plot failed: {e}")
+def plot(scale_rows, dev_name, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
+        xs = [r["length"] for r in scale_rows]
+        ax[0].semilogx(xs, [r["tokens_per_s"] / 1e6 for r in scale_rows], "o-", base=2)
+        ax[0].set_xlabel("length (bases)")
+        ax[0].set_ylabel("M tokens/s (fwd+bwd)")
+        ax[1].loglog(xs, [r["peak_gib"] for r in scale_rows], "o-", base=2)
+        ax[1].set_xlabel("length (bases)")
+        ax[1].set_ylabel("peak GiB")
+        fig.suptitle(f"mambadna 16x256 bidirectional, {dev_name}")
+        fig.tight_layout()
+        fig.savefig(path)
+        print(f"plot: {path}")
+    except Exception as e:  # noqa: BLE001
+        print(f"plot failed: {e}")
 
 
 if __name__ == "__main__":

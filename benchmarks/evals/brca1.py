@@ -1,39 +1,40 @@
-"""BRCA1 saturation genome editing benchmark (Findlay et al. 2018 SNVs).
+"""BRCA1 saturation genome editing (Findlay et al. 2018 SNVs): zero-shot scores and a probe,
+AUROC of LOF vs FUNC/INT.
 
-The 3893 SNVs of ``Findlay2018_suppTable1.csv`` are mapped onto the
-``ref_brca1`` contig (pos − 41196312, see shared/data/SOURCES.md; REF is
-checked against the FASTA) and written to a temporary VCF, then:
-
-1. zero-shot: ``mambadna classify`` (masked-marginal LLR for masked-LM
-   models, next-token LLR for causal ones); AUROC of LOF vs FUNC/INT for the
-   score −LLR (a damaging variant should be less likely) and for the
-   cosine distance between ref and alt window embeddings;
-2. probe: 5-fold stratified cross-validated AUROC of a logistic regression
-   (standardised features, inner CV of the L2 strength) on pooled
-   [ref, alt, alt − ref] window embeddings.
-
+The 3893 SNVs of Findlay2018_suppTable1.csv are mapped onto the ref_brca1 contig (pos - 41196312,
+see shared/data/SOURCES.md; REF checked against the FASTA) and written to a temporary VCF, then:
+1. zero-shot, through the CLI (`mambadna classify --scores llr,cosine`): AUROC of -LLR (a damaging
+   variant should be less likely) and of the cosine distance between ref and alt window embeddings;
+2. probe: 5-fold stratified cross-validated AUROC of a logistic regression (standardised features,
+   inner CV of the L2 strength) on pooled [ref, alt, alt - ref] window embeddings
+   (`mambadna.load(model).embed(vcf=..., genome=...)`).
 Evaluation only: the Findlay scores are free for non-profit use (SOURCES.md).
 
-Usage:
-    python benchmarks/brca1.py --model runs/model --data ../shared/data/variants_brca1 [--window 256]
+    python benchmarks/evals/brca1.py --model runs/ecoli --window 128 [--subsample 1000] [--out FILE.json]
+
+--data defaults to ../shared/data/variants_brca1 beside the repo (or .data/ in it).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
 OFFSET = 41196312
 
 
-def findlay_vcf(data: Path, dest: Path, subsample=None, seed: int = 0) -> "object":
-    """Write the Findlay SNVs as a sorted VCF on ref_brca1; returns the table."""
+def findlay_vcf(data: Path, dest: Path, subsample=None, seed: int = 0):
+    """Write the Findlay SNVs as a sorted VCF on ref_brca1; returns the table (pandas)."""
     import pandas as pd
 
     df = pd.read_csv(data / "Findlay2018_suppTable1.csv", header=2, encoding="utf-8-sig")
@@ -60,7 +61,7 @@ def auroc(y, s) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="pretrained (masked-LM or causal) model directory")
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "variants_brca1")
+    ap.add_argument("--data", type=Path, default=common.data_dir() / "variants_brca1")
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--pooling", default="center", help="pooling of window embeddings (probe, cosine)")
     ap.add_argument("--center-width", type=int, default=32)
@@ -69,79 +70,62 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--subsample", type=int, default=None, help="random subset of N SNVs (smoke runs)")
     ap.add_argument("--out", type=Path, default=None, help="write results JSON here")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    a = ap.parse_args(argv)
 
     import pandas as pd
-    import torch
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from mambadna.classify import ClassifyConfig, Scorer, classify
-    from mambadna.genome import Genome
-    from mambadna.train import resolve_device
-    from mambadna.variants import iter_variant_windows
+    import mambadna
 
     t0 = time.time()
+    ref = a.data / "ref_brca1.fa"
     with tempfile.TemporaryDirectory() as td:
-        vcf = Path(td) / "findlay.vcf"
-        table = findlay_vcf(args.data, vcf, args.subsample, args.seed)
-        tsv = Path(td) / "scores.tsv"
-        classify(ClassifyConfig(model=str(args.model), out=str(tsv), vcf=str(vcf),
-                                reference=str(args.data / "ref_brca1.fa"), window=args.window,
-                                batch_size=args.batch_size, device=args.device, pooling=args.pooling,
-                                center_width=args.center_width, llr=True, progress=True))
+        vcf, tsv = Path(td) / "findlay.vcf", Path(td) / "scores.tsv"
+        table = findlay_vcf(a.data, vcf, a.subsample, a.seed)
+        subprocess.run([sys.executable, "-m", "mambadna.cli", "classify", "--model", str(a.model), "--out", str(tsv),
+                        "--vcf", str(vcf), "--reference", str(ref), "--window", str(a.window), "--scores",
+                        "llr,cosine", "--batch-size", str(a.batch_size), "--device", a.device, "--pooling",
+                        a.pooling, "--center-width", str(a.center_width), "--no-progress"], check=True)
         scores = pd.read_csv(tsv, sep="\t")
-        # probe features: pooled ref / alt embeddings, streamed in batches
-        device = resolve_device(args.device)
-        scorer = Scorer(str(args.model), device, pooling=args.pooling, center_width=args.center_width)
-        genome = Genome(args.data / "ref_brca1.fa")
-        feats, ids, batch = [], [], []
-
-        def run(b):
-            r = torch.as_tensor(np.stack([w.ref_ids for w in b]).astype(np.int64), device=device)
-            a = torch.as_tensor(np.stack([w.alt_ids for w in b]).astype(np.int64), device=device)
-            er, ea = scorer.embed(r).cpu().numpy(), scorer.embed(a).cpu().numpy()
-            feats.append(np.concatenate([er, ea, ea - er], axis=1))
-            ids.extend(w.id for w in b)
-
-        for w in iter_variant_windows(vcf, genome, window=args.window):
-            batch.append(w)
-            if len(batch) == args.batch_size:
-                run(batch)
-                batch = []
-        if batch:
-            run(batch)
-    X = np.concatenate(feats)
-    feat = pd.DataFrame({"vid": ids}).reset_index().rename(columns={"index": "row"})
-    df = table.merge(scores.rename(columns={"id": "vid"})[["vid", "llr", "cosine_distance"]], on="vid")
-    df = df.merge(feat, on="vid")
+        # probe features: pooled ref / alt window embeddings (rows: ref, alt per ALT allele)
+        model = mambadna.load(a.model, device=a.device)
+        X, index = model.embed(vcf=str(vcf), genome=mambadna.Genome(ref), window=a.window, pool=a.pooling,
+                               center_width=a.center_width, batch_size=a.batch_size, return_index=True,
+                               progress=False)
+    is_ref = (index["allele"] == "ref").to_numpy()
+    er, ea = X[is_ref], X[~is_ref]  # one ref and one alt row per SNV, in the same order
+    vids = index["name"].astype(str).str.split(":").str[0].to_numpy()[~is_ref]  # name is "ID:REF>ALT"
+    feat = pd.DataFrame({"vid": vids, "row": np.arange(len(ea))})
+    id_col = "id" if "id" in scores.columns else scores.columns[0]
+    cos_col = next(c for c in scores.columns if c.startswith("cosine"))
+    df = table.merge(scores.rename(columns={id_col: "vid"})[["vid", "llr", cos_col]], on="vid").merge(feat, on="vid")
     y = (df["func_class"] == "LOF").astype(int).to_numpy()
-    res = {
-        "model": str(args.model), "window": args.window, "n": int(len(df)),
-        "n_lof": int(y.sum()), "n_func_int": int((1 - y).sum()),
-        "zero_shot_auroc_neg_llr": auroc(y, -df["llr"].to_numpy()),
-        "zero_shot_auroc_cosine": auroc(y, df["cosine_distance"].to_numpy()),
-    }
-    Xd = X[df["row"].to_numpy()]
-    cv = StratifiedKFold(5, shuffle=True, random_state=args.seed)
-    import warnings
-
+    res = {"model": str(a.model), "window": a.window, "n": int(len(df)), "n_lof": int(y.sum()),
+           "n_func_int": int((1 - y).sum()), "zero_shot_auroc_neg_llr": auroc(y, -df["llr"].to_numpy()),
+           "zero_shot_auroc_cosine": auroc(y, df[cos_col].to_numpy())}
+    rows = df["row"].to_numpy()
+    Xd = np.concatenate([er[rows], ea[rows], ea[rows] - er[rows]], axis=1)
+    cv = StratifiedKFold(5, shuffle=True, random_state=a.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         probe = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=8, cv=3, max_iter=3000, scoring="roc_auc"))
         p = cross_val_predict(probe, Xd, y, cv=cv, method="predict_proba")[:, 1]
     fold_auc = [auroc(y[te], p[te]) for _, te in cv.split(Xd, y)]
-    res["probe_cv5_auroc"] = auroc(y, p)
-    res["probe_cv5_auroc_folds_mean"] = float(np.mean(fold_auc))
-    res["probe_cv5_auroc_folds_sd"] = float(np.std(fold_auc))
-    res["seconds"] = round(time.time() - t0, 1)
-    print(json.dumps(res, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+    res |= {"probe_cv5_auroc": auroc(y, p), "probe_cv5_auroc_folds_mean": float(np.mean(fold_auc)),
+            "probe_cv5_auroc_folds_sd": float(np.std(fold_auc)), "seconds": round(time.time() - t0, 1)}
+    print(common.md_table(["score", "AUROC (LOF vs FUNC/INT)"], [
+        ("zero-shot -LLR (masked marginal)", f"{res['zero_shot_auroc_neg_llr']:.3f}"),
+        (f"zero-shot cosine distance ref/alt ({a.pooling} pooling)", f"{res['zero_shot_auroc_cosine']:.3f}"),
+        ("probe: logistic regression on [ref, alt, alt-ref], 5-fold CV",
+         f"{res['probe_cv5_auroc']:.3f} (folds {res['probe_cv5_auroc_folds_mean']:.3f} +- "
+         f"{res['probe_cv5_auroc_folds_sd']:.3f})")]))
+    print(f"n = {res['n']} ({res['n_lof']} LOF, {res['n_func_int']} FUNC/INT), window {a.window}")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Compare pretraining runs from their metrics.jsonl: loss side by side and tokens/s.
 
-    python benchmarks/compare_runs.py runs/1gpu runs/2gpu [--skip 3]
+    python benchmarks/evals/compare_runs.py runs/1gpu runs/2gpu [--skip 3]
 
 Prints the per-step loss of each run, the mean absolute difference, and the
 median tokens/s (first --skip logged points dropped as warm-up) with the

@@ -11,18 +11,23 @@ mambadna model's validation loss on the same windows:
 The split is the one ``mambadna pretrain --val-fraction F`` makes: the last F of
 each contig is held out.
 
-    python benchmarks/kmer_baseline.py GENOME.fa --val-fraction 0.02 [--model runs/ecoli]
+    python benchmarks/evals/kmer_baseline.py [GENOME.fa] --val-fraction 0.02 [--model runs/ecoli]
+
+GENOME defaults to the E. coli K-12 assembly under ../shared/data/genomes beside the repo (or .data/).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from mambadna.genome import Genome
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+ECOLI = "genomes/GCF_000005845.2_ASM584v2_genomic.fna.gz"
 
 
 def _codes(ids: np.ndarray) -> np.ndarray:
@@ -67,12 +72,14 @@ def fit_eval(train_parts, val_parts, left, right, alpha=0.5):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("genome")
+    ap.add_argument("genome", nargs="?", default=str(common.data_dir() / ECOLI))
     ap.add_argument("--val-fraction", type=float, default=0.02)
     ap.add_argument("--ks", default="1,2,3,4,6,8")
     ap.add_argument("--model", default=None, help="a pretrained model dir whose config.json holds 'val'")
     args = ap.parse_args()
-    g = Genome(args.genome)
+    import mambadna
+
+    g = mambadna.Genome(args.genome)
     train, val = [], []
     for contig, L in g.lengths.items():
         cut = L - int(round(L * args.val_fraction))
@@ -92,7 +99,9 @@ def main():
             v, _ = fit_eval(train, val, k, k)
             print(f"{f'masked-LM, {k} each side':<36} {v:10.4f}")
     if args.model:
-        cfg = json.loads((Path(args.model) / "config.json").read_text())
+        from mambadna.components.checkpoint import read_config
+
+        cfg = read_config(args.model)  # flat or nested config.json, read back nested
         kind = "masked-LM" if cfg["model"]["bidirectional"] else "next-token"
         val_m = (cfg.get("val") or {}).get("val_loss")
         if val_m is not None:

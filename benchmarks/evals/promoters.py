@@ -1,66 +1,73 @@
-"""CNNProm promoter benchmark: sensitivity, specificity and MCC of mambadna
-classifiers on a seeded, stratified held-out 20% split, with and without
-pretraining.
+"""CNNProm promoter sets: sensitivity, specificity, MCC and AUROC of mambadna classifiers on a
+seeded, stratified held-out 20% split, pretrained against a random initialisation of the same
+config (the baseline, side by side), with the published CNNProm figures alongside.
 
-For each species set, two classifiers with the same architecture are
-fine-tuned with :func:`mambadna.finetune.finetune` on the same split:
-one from a pretrained model directory (``--pretrained``), one from a random
-initialisation of the same config. Results go to a markdown table (stdout)
-and a JSON file. Published CNNProm figures (Umarov & Solovyev 2017) are
-printed alongside.
+Each classifier is trained by the CLI (`mambadna finetune`, its metrics.json read back), so the
+numbers are the ones users get.
 
-Usage:
-    python benchmarks/promoters.py --pretrained runs/ecoli --data ../shared/data/cnnprom_promoters \
-        --sets ecoli bacillus --out runs/promoters [--max-steps 600] [--mode finetune|freeze|probe]
+    python benchmarks/evals/promoters.py --pretrained runs/ecoli --sets ecoli bacillus --epochs 6 \\
+        --lr 2e-3 --head-lr 2e-3 [--mode finetune|freeze|probe] [--out benchmarks/out/promoters]
+    python benchmarks/evals/promoters.py --pretrained runs/tiny --sets ecoli --subsample 40 --max-steps 2 --device cpu
+
+--data defaults to ../shared/data/cnnprom_promoters beside the repo (or .data/ in it).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import random
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# published CNNProm results (sensitivity, specificity, correlation coefficient)
-PUBLISHED = {
-    "ecoli": (0.90, 0.96, 0.84),
-    "bacillus": (0.91, 0.95, 0.86),
-    "arabidopsis_tata": (0.95, 0.97, 0.91),
-    "arabidopsis_nontata": (0.94, 0.94, 0.86),
-    "mouse_tata": (None, None, None),
-}
-SETS = {
-    "ecoli": ("Ecoli_non_prom.fa", "Ecoli_prom.fa"),
-    "bacillus": ("Bacillus_non_prom.fa", "Bacillus_prom.fa"),
-    "arabidopsis_tata": ("Arabidopsis_non_prom.fa", "Arabidopsis_tata.fa"),
-    "arabidopsis_nontata": ("Arabidopsis_non_prom.fa", "Arabidopsis_non_tata.fa"),
-    "mouse_tata": ("Mouse_nonprom.fa", "Mouse_tata.fa"),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+# published CNNProm results (sensitivity, specificity, correlation coefficient), Umarov & Solovyev 2017
+PUBLISHED = {"ecoli": (0.90, 0.96, 0.84), "bacillus": (0.91, 0.95, 0.86), "arabidopsis_tata": (0.95, 0.97, 0.91),
+             "arabidopsis_nontata": (0.94, 0.94, 0.86), "mouse_tata": (None, None, None)}
+SETS = {"ecoli": ("Ecoli_non_prom.fa", "Ecoli_prom.fa"), "bacillus": ("Bacillus_non_prom.fa", "Bacillus_prom.fa"),
+        "arabidopsis_tata": ("Arabidopsis_non_prom.fa", "Arabidopsis_tata.fa"),
+        "arabidopsis_nontata": ("Arabidopsis_non_prom.fa", "Arabidopsis_non_tata.fa"),
+        "mouse_tata": ("Mouse_nonprom.fa", "Mouse_tata.fa")}
 
 
 def random_init_like(model_dir: Path, dest: Path, seed: int) -> Path:
-    """Save a randomly initialised model with the config of ``model_dir``."""
+    """A randomly initialised model with the config of model_dir, saved to dest."""
     import torch
 
-    from mambadna.checkpoint import read_config, save_model
-    from mambadna.config import ModelConfig
+    import mambadna
+    from mambadna.components.checkpoint import save_model  # lazy: library internals
     from mambadna.model import MambaDNA
 
+    cfg = mambadna.load(model_dir, device="cpu").config
     torch.manual_seed(seed)
-    cfg = ModelConfig.from_dict(read_config(model_dir)["model"])
     dest.mkdir(parents=True, exist_ok=True)
     save_model(MambaDNA(cfg), dest)
+    return dest
+
+
+def subsample_fasta(src: Path, dest: Path, n: int, seed: int) -> Path:
+    recs, cur = [], None
+    for line in src.read_text().splitlines():
+        if line.startswith(">"):
+            cur = [line]
+            recs.append(cur)
+        elif cur is not None:
+            cur.append(line)
+    random.Random(seed).shuffle(recs)
+    dest.write_text("\n".join("\n".join(r) for r in recs[:n]) + "\n")
     return dest
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pretrained", required=True, type=Path, help="pretrained model directory (e.g. on E. coli)")
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "cnnprom_promoters")
+    ap.add_argument("--data", type=Path, default=common.data_dir() / "cnnprom_promoters")
     ap.add_argument("--sets", nargs="+", default=["ecoli", "bacillus"], choices=sorted(SETS))
-    ap.add_argument("--out", type=Path, default=Path("runs/promoters"))
+    ap.add_argument("--out", type=Path, default=common.OUT / "promoters")
     ap.add_argument("--mode", choices=["finetune", "freeze", "probe"], default="finetune")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--epochs", type=float, default=None)
@@ -71,39 +78,44 @@ def main(argv=None) -> int:
     ap.add_argument("--rc-average", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    ap.add_argument("--subsample", type=int, default=None, help="N random sequences per class (smoke runs)")
+    a = ap.parse_args(argv)
 
-    from mambadna.finetune import FinetuneConfig, finetune
-
-    args.out.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as td:
-        rand_dir = random_init_like(args.pretrained, Path(td) / "random", args.seed)
-        for name in args.sets:
-            neg, pos = SETS[name]
-            for init, model_dir in (("pretrained", args.pretrained), ("random init", rand_dir)):
+        rand_dir = random_init_like(a.pretrained, Path(td) / "random", a.seed)
+        for name in a.sets:
+            files = [a.data / f for f in SETS[name]]
+            if a.subsample:
+                files = [subsample_fasta(f, Path(td) / f"{name}_{i}.fa", a.subsample, a.seed) for i, f in enumerate(files)]
+            for init, model_dir in (("pretrained", a.pretrained), ("random init", rand_dir)):
+                out = a.out / f"{name}_{init.replace(' ', '_')}"
+                cmd = [sys.executable, "-m", "mambadna.cli", "finetune", "--model", str(model_dir), "--out", str(out),
+                       "--class", f"non_promoter={files[0]}", "--class", f"promoter={files[1]}",
+                       "--positive", "promoter", "--test-fraction", "0.2", "--seed", str(a.seed),
+                       "--device", a.device, "--batch-size", str(a.batch_size), "--lr", str(a.lr),
+                       "--head-lr", str(a.head_lr), "--pooling", a.pooling, "--no-progress"]
+                cmd += ["--freeze"] if a.mode == "freeze" else ["--probe"] if a.mode == "probe" else []
+                cmd += ["--max-steps", str(a.max_steps)] if a.max_steps is not None else []
+                cmd += ["--epochs", str(a.epochs)] if a.epochs is not None else []
+                cmd += ["--rc-average"] if a.rc_average else []
                 t0 = time.time()
-                cfg = FinetuneConfig(
-                    model=str(model_dir), out=str(args.out / f"{name}_{init.replace(' ', '_')}"),
-                    classes=[("non_promoter", str(args.data / neg)), ("promoter", str(args.data / pos))],
-                    positive="promoter", test_fraction=0.2, seed=args.seed, device=args.device,
-                    freeze=args.mode == "freeze", probe=args.mode == "probe", max_steps=args.max_steps,
-                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                    pooling=args.pooling, rc_average=args.rc_average, progress=False)
-                m = finetune(cfg)
-                results.append({"set": name, "init": init, "mode": args.mode, "sensitivity": m["sensitivity"],
-                                "specificity": m["specificity"], "mcc": m["mcc"], "auroc": m["auroc"],
-                                "n_train": m["n_train"], "n_test": m["n_test"], "steps": m.get("steps"),
+                print(f"== {name} / {init}: mambadna {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
+                subprocess.run(cmd, check=True)
+                m = json.loads((out / "metrics.json").read_text())
+                results.append({"set": name, "init": init, "mode": a.mode,
+                                **{k: m.get(k) for k in ("sensitivity", "specificity", "mcc", "auroc", "n_train",
+                                                         "n_test", "steps")},
                                 "seconds": round(time.time() - t0, 1)})
-    (args.out / "promoters.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"| set | init | mode | sensitivity | specificity | MCC | AUROC | n test | CNNProm Sn/Sp/CC |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        pub = PUBLISHED.get(r["set"])
-        pub_s = "/".join("n/a" if v is None else f"{v:.2f}" for v in pub) if pub else "n/a"
-        print(f"| {r['set']} | {r['init']} | {r['mode']} | {r['sensitivity']:.3f} | {r['specificity']:.3f} | "
-              f"{r['mcc']:.3f} | {r['auroc']:.3f} | {r['n_test']} | {pub_s} |")
+    (a.out / "promoters.json").write_text(json.dumps(results, indent=2) + "\n")
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    print(common.md_table(["set", "init", "mode", "sensitivity", "specificity", "MCC", "AUROC", "n test",
+                           "CNNProm Sn / Sp / CC"],
+                          [(r["set"], r["init"], r["mode"], f(r["sensitivity"]), f(r["specificity"]), f(r["mcc"]),
+                            f(r["auroc"]), r["n_test"],
+                            " / ".join("n/a" if v is None else f"{v:.2f}" for v in PUBLISHED.get(r["set"], ())))
+                           for r in results]))
     return 0
 
 

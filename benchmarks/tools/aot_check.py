@@ -1,8 +1,9 @@
 """Compile the scan, conv and norm kernels for sm_90a on a machine without a GPU (Triton's bundled
 ptxas) and print registers, spills and SASS opcode counts per kernel variant.
 
-    python benchmarks/aot_check.py [--config '{"block_d": 16}'] [--kernels bwd,out,state]
-Catches what the interpreter accepts but the compiler rejects, before a device call.
+    python benchmarks/tools/aot_check.py [--config '{"block_d": 16}'] [--kernels bwd,out,state]
+Catches what the interpreter accepts but the compiler rejects, before a device call. AOT_SASS_DIR=DIR
+also writes each job's SASS there. Compile with the device's Triton version (3.6 on the H100 so far).
 """
 import argparse
 import collections
@@ -17,7 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mambadna.kernels import triton_scan as ts
+from mambadna.kernels.scan import triton as ts
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 BF16 = ("u_", "de", "B_", "C_", "z_", "g_", "ou", "du", "dd", "dz", "u2", "B2", "C2")
@@ -104,12 +105,12 @@ def jobs(bd, bd_bwd):
     # batch 1 at 2^20: 32 lanes a program, more chunks a step with combine_tile
     out["combine_b1"] = (ts._chunk_combine_kernel, dict(out["combine"][1], BL=32,
                                                         CB=max(ts.CONFIG["combine_chunks"], ts.CONFIG["combine_tile"] // 32)))
-    from mambadna.kernels import triton_conv as tcv
+    from mambadna.kernels.conv import triton as tcv
     cb = dict(K=4, BL=tcv.CONFIG["block_l"], BD=tcv.CONFIG["block_d"], HAS_CTX=True, HAS_BIAS=True, REV=False,
               ACT=True)
     out["conv_fwd"] = (tcv._conv_fwd_kernel, cb)
     out["conv_bwd"] = (tcv._conv_bwd_kernel, dict(cb, BL=tcv.CONFIG["bwd_block_l"], BD=tcv.CONFIG["bwd_block_d"]))
-    from mambadna.kernels import gluon_scan_bwd as gsb
+    from mambadna.kernels.scan import gluon_bwd as gsb
     if gsb.available():
         out["gbwd"] = (gsb._gluon_bwd_kernel, dict(out["bwd"][1], BD=32,
                                                     MASK_BC=ts.CONFIG["gluon_mask_bc"],
@@ -120,7 +121,7 @@ def jobs(bd, bd_bwd):
         out["gbwd_dz1"] = (gsb._gluon_bwd_kernel, dict(out["gbwd"][1], DZ=1))
         out["gbwd_dz2"] = (gsb._gluon_bwd_kernel, dict(out["gbwd"][1], DZ=2, REV=True))
         out["gbwd_strided"] = (gsb._gluon_bwd_kernel, dict(out["gbwd"][1], SAME_L=False, SAME_BC=False))
-    from mambadna.kernels import triton_norm as tnm
+    from mambadna.kernels.norm import triton as tnm
     nbm, nbd, _ = tnm._geom(1, 256)  # the model's d_model 256
     out["norm_fwd"] = (tnm._rms_fwd_kernel, dict(BM=nbm, BD=nbd))
     out["norm_bwd"] = (tnm._rms_bwd_kernel, dict(BM=nbm, BD=nbd))
@@ -139,8 +140,8 @@ def main():
     args = ap.parse_args()
     if args.config:
         ts.CONFIG.update(json.loads(args.config))
-    from mambadna.kernels import triton_conv as tcv
-    from mambadna.kernels import triton_norm as tnm
+    from mambadna.kernels.conv import triton as tcv
+    from mambadna.kernels.norm import triton as tnm
     sel = args.kernels.split(",") if args.kernels else None
     for name, (k, c) in jobs(ts.CONFIG["block_d"], ts.CONFIG["block_d_bwd"]).items():
         if sel and name not in sel:

@@ -38,7 +38,7 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
-# Tunables (chosen on the H100, see benchmarks/NOTES_scan.md); overridable in tests.
+# Tunables (chosen on the H100; what was tried and lost: benchmarks/README.md); overridable in tests.
 CONFIG = {
     "seg": 128,          # positions per segment
     "seg_long": 256,     # longer segments where they still leave seg_long_programs programs
@@ -70,7 +70,7 @@ CONFIG = {
                                 # processed in groups that fit it)
     "prefetch_bwd": 12,  # Gluon backward: rows and checkpoints prefetched this many positions ahead
                          # of its walk (rounded up to checkpoint blocks; 0: off). The same hint in
-                         # the forward, state and adjoint walks measured slower (benchmarks/NOTES_scan.md)
+                         # the forward, state and adjoint walks measured slower (benchmarks/README.md)
     "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
     "bwd_fine": 16,      # Gluon backward: > ckpt, a multiple of it dividing seg: global checkpoints
                          # every bwd_fine positions only, refined to every ckpt in shared memory
