@@ -32,10 +32,20 @@ def register(app: typer.Typer) -> None:
         rc_average: Optional[bool] = typer.Option(None, "--rc-average/--no-rc-average", help="Average scores over x and its reverse complement (zero-shot LLR and classifier) [head's setting; off zero-shot]."),
         max_records: Optional[int] = typer.Option(None, "--max-records", help="Stop after N VCF records (or sequences)."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+        overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing --out / --vcf-out that is not an earlier classify output."),
+        shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Records per shard: the unit split across processes under torchrun and reused when an interrupted run is started again [from the token budget]."),
+        gpus: Optional[int] = typer.Option(None, "--gpus", help="Run N processes under torchrun, one GPU each (with --device cpu: N CPU processes); the records are split across them and merged into the one output."),
     ) -> None:
         """Score variants (ref/alt windows) or sequences with a classifier or zero-shot."""
         from mambadna.tasks.classify import ClassifyConfig, classify
 
-        given = {k: v for k, v in locals().items() if v is not None and k != "ClassifyConfig" and k != "classify"}
-        s = classify(ClassifyConfig(**given))
-        typer.echo(f"wrote {s['rows']} rows to {out}" + (f" and {vcf_out}" if vcf_out else ""))
+        given = {k: v for k, v in locals().items() if v is not None and k not in ("ClassifyConfig", "classify", "gpus")}
+        from mambadna.cli.invocation import invocation_args
+        from mambadna.components.distributed import is_main_process, launched
+
+        cfg = ClassifyConfig(**given)
+        if launched(gpus, device, invocation_args()):
+            return
+        s = classify(cfg)
+        if is_main_process():
+            typer.echo(f"wrote {s['rows']} rows to {out}" + (f" and {vcf_out}" if vcf_out else ""))

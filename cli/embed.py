@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [auto]."),
         precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (autocast on CUDA) [fp32]."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
+        overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing --out that is not an earlier embed output."),
+        shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Records per shard: the unit split across processes under torchrun and reused when an interrupted run is started again [from the token budget]."),
+        gpus: Optional[int] = typer.Option(None, "--gpus", help="Run N processes under torchrun, one GPU each (with --device cpu: N CPU processes); the records are split across them and merged into the one output."),
     ) -> None:
         """Write embeddings plus an index table (name, contig, start, end, strand, allele).
 
@@ -41,7 +44,13 @@ def register(app: typer.Typer) -> None:
         """
         from mambadna.tasks.embed import EmbedFileConfig, embed_file
 
-        given = {k: v for k, v in locals().items() if v is not None and k not in ("EmbedFileConfig", "embed_file")}
+        given = {k: v for k, v in locals().items() if v is not None and k not in ("EmbedFileConfig", "embed_file", "gpus")}
+        from mambadna.cli.invocation import invocation_args
+        from mambadna.components.distributed import is_main_process, launched
+
         cfg = EmbedFileConfig(**given)
+        if launched(gpus, device, invocation_args()):
+            return
         res = embed_file(cfg)
-        typer.echo(f"wrote {res['rows']} rows x {res['dim']} ({res['pool']}) to {res['out']}", err=True)
+        if is_main_process():
+            typer.echo(f"wrote {res['rows']} rows x {res['dim']} ({res['pool']}) to {res['out']}", err=True)

@@ -311,7 +311,8 @@ def iter_variant_windows(vcf_path: PathLike, genome: Genome, window: int = 1024,
 
 def iter_variant_records(vcf_path: PathLike, genome: Genome, window: int = 1024,
                          skip_ref_mismatch: bool = False, stats: Optional[VariantStats] = None,
-                         on_header: Optional[Callable] = None) -> Iterator[Tuple[int, Any, List[VariantWindow]]]:
+                         on_header: Optional[Callable] = None,
+                         select: Optional[Callable[[int], bool]] = None) -> Iterator[Tuple[int, Any, Optional[List[VariantWindow]]]]:
     """The one VCF reader: ``(record index, record, windows of its ALT alleles)``
     for every record, in file order (windows may be empty: skipped alleles).
 
@@ -319,6 +320,10 @@ def iter_variant_records(vcf_path: PathLike, genome: Genome, window: int = 1024,
     an annotator can write the very record that was scored;
     ``on_header(header)`` is called once, before the first record (with None
     for a headerless list). Errors as :func:`iter_variant_windows`.
+    ``select(index)``: records it rejects are yielded with windows None, without
+    touching the reference (a sharded run makes windows only for its own
+    records; the rank that owns a record reports its errors), and are not
+    counted in ``stats``.
     """
     import pysam
 
@@ -332,6 +337,9 @@ def iter_variant_records(vcf_path: PathLike, genome: Genome, window: int = 1024,
         if on_header is not None:
             on_header(None)
         for idx, (chrom, pos, vid, ref, alts, lineno) in enumerate(read_headerless_variants(path)):
+            if select is not None and not select(idx):
+                yield idx, None, None
+                continue
             yield idx, None, list(maker.make(chrom, pos, vid, ref, alts, idx, f"line {lineno} ({chrom}:{pos})"))
         return
     if first != "BCF" and not first.startswith("##fileformat=VCF") and not first.startswith("#CHROM"):
@@ -362,6 +370,9 @@ def iter_variant_records(vcf_path: PathLike, genome: Genome, window: int = 1024,
                                            f"({e}){snippet}") from None
                 raise InputError(path, f"record {nrec}: malformed BCF record ({e})") from None
             idx += 1
+            if select is not None and not select(idx):
+                yield idx, rec, None
+                continue
             where = f"record {rec.chrom}:{rec.pos}" + (f" (line {n_header + idx + 1})" if n_header else
                                                          f" (record {idx + 1})")
             yield idx, rec, list(maker.make(rec.chrom, rec.pos, rec.id, rec.ref, rec.alts, idx, where))
@@ -380,9 +391,10 @@ class VcfAnnotator:
     :meth:`write` writes one record with its per-allele scores.
     """
 
-    def __init__(self, src: PathLike, tmp_out: Path, fields: List[Tuple[str, str, str]]):
+    def __init__(self, src: PathLike, tmp_out: Optional[Path], fields: List[Tuple[str, str, str]]):
         self.src, self.tmp_out, self.fields = os.fspath(src), tmp_out, fields
         self.writer = None
+        self.header = None
 
     def attach(self, header) -> None:
         import pysam
@@ -393,10 +405,17 @@ class VcfAnnotator:
             if key in header.info:
                 raise InputError(self.src, f"INFO field {key} already present; refusing to overwrite it")
             header.info.add(key, "A", "Float", desc)
-        self.writer = pysam.VariantFile(str(self.tmp_out), "wz", header=header)
+        self.header = header
+        if self.tmp_out is not None:  # None: records are formatted with annotate() + str(rec)
+            self.writer = pysam.VariantFile(str(self.tmp_out), "wz", header=header)
 
     def write(self, rec, scores: Dict[int, Dict[str, float]]) -> None:
         """``scores``: ALT allele index (1-based) -> {column: value}."""
+        self.annotate(rec, scores)
+        self.writer.write(rec)
+
+    def annotate(self, rec, scores: Dict[int, Dict[str, float]]) -> None:
+        """Set the INFO fields of ``rec`` from ``scores`` (``str(rec)`` is then its annotated line)."""
         n_alt = len(rec.alts or ())
         if scores and n_alt:
             for col, key, _ in self.fields:
@@ -404,7 +423,6 @@ class VcfAnnotator:
                 vals = [None if v is None or not math.isfinite(v) else round(v, 6) for v in vals]
                 if any(v is not None for v in vals):
                     rec.info[key] = tuple(vals)
-        self.writer.write(rec)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -163,6 +163,10 @@ class PretrainConfig:
         model = dict(model)
         mnames = {f.name for f in dataclasses.fields(ModelConfig)}
         tnames = {f.name for f in dataclasses.fields(cls)} - {"model"}
+        # the file's own values are checked even where the command line overrides them
+        _check_option_types(cls, {k: v for k, v in d.items() if k in tnames}, source)
+        _check_option_types(ModelConfig, {k: v for k, v in d.items() if k in mnames and k not in tnames}, source)
+        _check_option_types(ModelConfig, model, source, section="[model] ")
         for k, v in (overrides or {}).items():
             if v is None:
                 continue
@@ -173,8 +177,6 @@ class PretrainConfig:
         unknown = set(d) - tnames
         if unknown:
             raise InputError(source, f"unknown option(s): {', '.join(sorted(unknown))}")
-        _check_option_types(cls, d, source)
-        _check_option_types(ModelConfig, model, source, section="[model] ")
         try:
             return cls(model=ModelConfig.from_dict(model), **d)
         except (TypeError, ValueError) as e:
@@ -577,12 +579,15 @@ class _StopRequest:
 
 def _describe_sample(ds, i: int, L: int) -> str:
     base = getattr(ds, "base", ds)
-    if hasattr(base, "locate"):
-        try:
+    try:
+        if hasattr(base, "describe"):  # one genome or several: the file, contig and 0-based offset
+            d = base.describe(i)
+            return f"{d['contig']}:{d['start']}-{d['end']} ({d['strand']}) of {d['genome']}"
+        if hasattr(base, "locate"):
             contig, start, strand, _ = base.locate(i)
             return f"{contig}:{start}-{start + L} ({strand}) of {base.genome.path}"
-        except Exception:  # pragma: no cover - description only
-            pass
+    except Exception:  # pragma: no cover - description only
+        pass
     if hasattr(base, "path"):
         return f"read {i} of {base.path}"
     return f"sample {i}"
@@ -953,6 +958,7 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> None:
     fig.tight_layout()
     with atomic_path(png, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
+        publish_mode(tmp)  # mkstemp makes 0600; the other outputs are 0644
     plt.close(fig)
 
 
