@@ -68,3 +68,20 @@ def test_variant_scoring_notebook(tiny_model_dir, shared_data, monkeypatch):
     })
     assert "240 SNVs" in out
     assert "zero-shot AUROC, LOF vs rest:" in out
+
+
+def test_interpretation_notebook(tiny_model_dir, shared_data, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    out = _run("interpretation.ipynb", {
+        "model_path": str(tiny_model_dir),
+        "data_dir": str(shared_data / "cnnprom_promoters"),
+        "genome_path": str(shared_data / "genomes" / "GCF_000005845.2_ASM584v2_genomic.fna.gz"),
+        "n_train": 60,
+        "window": 128,
+        "ig_steps": 8,
+        "device": "cpu",
+        "num_threads": 1,
+    })
+    assert "lacZp1" in out and "81 positions, 243 substitutions" in out
+    assert "bigWig track: mean_llr" in out and "IG completeness" in out
+    assert "Pearson r (ISM importance, IG)" in out

@@ -358,6 +358,9 @@ def save_classifier(model: SequenceClassifier, directory: Union[str, Path], extr
     save_model(model.encoder, directory, extra=info)
     state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
     save_file(state, str(directory / HEAD_WEIGHTS), metadata={"format": "pt", "library": "mambadna"})
+    from mambadna.io.files import publish_mode
+
+    publish_mode(directory / HEAD_WEIGHTS)
 
 
 def has_head(directory: Union[str, Path]) -> bool:
