@@ -31,10 +31,11 @@ class Interrupted(BaseException):
     in library code does not swallow it; training loops turn it into a
     checkpoint at the next step boundary. ``exit_code`` is 128 + signal."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, detail: str = ""):
         import signal
 
         self.signum = signum
         self.name = signal.Signals(signum).name
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {self.name}")
+        self.detail = detail  # e.g. where the checkpoint is and how to resume
+        super().__init__(f"interrupted by {self.name}" + (f": {detail}" if detail else ""))

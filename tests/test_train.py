@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mambadna.components.checkpoint import read_config
 from mambadna.model.config import ModelConfig
 from mambadna.errors import CheckpointError, InputError
 from mambadna.tasks.pretrain import PretrainConfig, mlm_mask, pretrain, seq_len_schedule
@@ -47,7 +48,7 @@ def test_pretrain_writes_model_metrics_and_curve(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert all("val_loss" in r for r in rows if r["step"] in (3, 6))
     assert res["val"]["val_loss"] == rows[-1]["val_loss"]
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = read_config(out)  # flat hub-style config.json, read back nested
     assert cfg["model"]["d_model"] == 16 and cfg["step"] == 6
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0000004", "checkpoint-0000006"]
 
@@ -126,7 +127,7 @@ def test_cli_toml_config_and_info(tmp_path):
                     f'save_every = 2\n[model]\nd_model = 8\nn_layers = 1\nbidirectional = false\n')
     r = _cli("pretrain", EXAMPLE, "--config", toml, "--max-steps", 3)  # CLI overrides the file
     assert r.returncode == 0, r.stderr
-    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    cfg = read_config(tmp_path / "o")
     assert cfg["step"] == 3 and cfg["model"]["bidirectional"] is False
     info = _cli("info", tmp_path / "o")
     assert info.returncode == 0 and "parameters:" in info.stdout and "trained steps: 3" in info.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple
 
 from mambadna.errors import InputError
-from mambadna.io.files import check_input_file
+from mambadna.io.files import check_input_file, quiet_htslib
 from mambadna.io.fasta import _dir_writable, match_contig
 from mambadna.tokenizer import reverse_complement_str
 from mambadna.io.files import PathLike
@@ -75,6 +75,7 @@ def open_alignments(path: PathLike, reference: Optional[PathLike] = None, need_i
     built (``pysam.index``) when the folder is writable, else InputError."""
     import pysam
 
+    quiet_htslib()
     p = Path(path)
     check_input_file(p, "BAM/CRAM file")
     kw = {}
@@ -86,6 +87,11 @@ def open_alignments(path: PathLike, reference: Optional[PathLike] = None, need_i
         af = pysam.AlignmentFile(str(p), "r", check_sq=False, **kw)
     except (ValueError, OSError) as e:
         raise InputError(p, f"not a readable BAM/CRAM/SAM file ({e})") from None
+    if reference is not None and not af.is_cram:  # never silently ignored
+        kind = "BAM" if af.is_bam else "SAM"
+        af.close()
+        raise InputError(reference, f"--reference applies to CRAM input only: {p} is a {kind} file, whose "
+                                    f"reads carry their own sequences (drop --reference)")
     if need_index and not af.has_index():
         af.close()
         if not _dir_writable(p.parent):

@@ -1,0 +1,280 @@
+"""Faults a run must survive (issue 24): SIGTERM / kill -9 then --resume (bit-identical
+on CPU), a second writer on the same output, stale locks, a non-finite loss, a full
+disk during a checkpoint write. Small models on CPU."""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mambadna.errors import InputError, TrainingError
+from mambadna.model.config import ModelConfig
+from mambadna.tasks.pretrain import PretrainConfig, pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+GENOME = REPO / "data" / "example_genome.fa"
+
+
+def _argv(out, *extra):
+    # max-steps far away: runs are stopped by a signal or --stop-after, the LR schedule stays the same
+    return ["pretrain", GENOME, "--out", out, "--seq-len", 64, "--batch-size", 4, "--max-steps", 100000,
+            "--d-model", 8, "--n-layers", 1, "--d-state", 4, "--seed", 5, "--no-progress", *extra]
+
+
+def _spawn(argv):
+    return subprocess.Popen([sys.executable, "-m", "mambadna.cli", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(cond, proc, timeout=240.0):
+    t0 = time.time()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early ({proc.returncode}): {proc.stderr.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(0.05)
+
+
+def _rows(out: Path):
+    p = out / "metrics.jsonl"
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_sigterm_checkpoints_at_step_boundary_second_writer_refused_resume_bit_identical(tmp_path, run_cli):
+    run = tmp_path / "run"
+    a = _spawn(_argv(run))
+    _wait_for(lambda: len(_rows(run)) >= 2, a)
+    # a second writer on the same --out gets a clear error while the first runs, and touches nothing
+    code, _, err = run_cli(_argv(run))
+    assert code == 2 and f"in use by pid {a.pid}" in err and "lock file" in err, err
+    assert a.poll() is None
+    a.send_signal(signal.SIGTERM)
+    _, err = a.communicate(timeout=120)
+    assert a.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    m = re.search(r"interrupted \(SIGTERM\): stopped after step (\d+) .*checkpoint (\S+);.*--resume", last)
+    assert m, err
+    n = int(m.group(1))
+    assert Path(m.group(2)).name == f"checkpoint-{n:07d}" and (run / f"checkpoint-{n:07d}" / "model.safetensors").is_file()
+    assert not list(tmp_path.glob(".*.lock"))
+
+    code, _, err = run_cli(_argv(run, "--resume", "--stop-after", n + 2))
+    assert code == 0, err
+    ref = tmp_path / "ref"
+    code, _, err = run_cli(_argv(ref, "--stop-after", n + 2))
+    assert code == 0, err
+    _same_weights(run / f"checkpoint-{n + 2:07d}", ref / f"checkpoint-{n + 2:07d}")
+    rows, ref_rows = _rows(run), _rows(ref)
+    assert [r["step"] for r in rows] == list(range(1, n + 3))  # no duplicate rows for replayed steps
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+
+
+def test_kill9_mid_run_then_resume_is_bit_identical(tmp_path, run_cli, caplog):
+    run = tmp_path / "run"
+    a = _spawn(_argv(run, "--save-every", 2))
+    _wait_for(lambda: (run / "checkpoint-0000004" / "trainer_state.json").is_file(), a)
+    a.kill()  # SIGKILL: no handler runs, the lock and perhaps a half-written checkpoint stay
+    a.wait()
+    assert (tmp_path / ".run.lock").is_file()
+    done = max(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
+    target = done + 3
+    with caplog.at_level(logging.WARNING, logger="mambadna"):
+        code, _, err = run_cli(_argv(run, "--save-every", 2, "--resume", "--stop-after", target))
+    assert code == 0, err
+    assert any("stale lock" in r.getMessage() for r in caplog.records)
+    assert not list(run.glob(".*.tmp")) and not list(tmp_path.glob(".*.lock"))
+    ref = tmp_path / "ref"
+    code, _, err = run_cli(_argv(ref, "--save-every", 2, "--stop-after", target))
+    assert code == 0, err
+    _same_weights(run / f"checkpoint-{target:07d}", ref / f"checkpoint-{target:07d}")
+    assert [r["step"] for r in _rows(run)] == list(range(1, target + 1))
+
+
+def _cfg(out, **kw):
+    base = dict(genome=str(GENOME), out=str(out), seq_len=64, batch_size=4, max_steps=6, lr=3e-3,
+                model=ModelConfig(d_model=16, n_layers=1, d_state=4), save_every=2, log_every=1,
+                progress=False, seed=3, eval_every=100)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_layer_chunked_resume_is_bit_identical(tmp_path):
+    kw = dict(layer_chunk=24, max_steps=4, model=ModelConfig(d_model=8, n_layers=1, d_state=4))
+    pretrain(_cfg(tmp_path / "full", **kw))
+    pretrain(_cfg(tmp_path / "part", stop_after=2, **kw))
+    pretrain(_cfg(tmp_path / "part", resume=True, **kw))
+    _same_weights(tmp_path / "full", tmp_path / "part")
+
+
+def test_fresh_run_refuses_old_run_and_resume_checks_configuration(tmp_path):
+    out = tmp_path / "r"
+    pretrain(_cfg(out, max_steps=2))
+    with pytest.raises(InputError, match="holds another run's checkpoints"):
+        pretrain(_cfg(out, max_steps=4))
+    with pytest.raises(InputError, match=r"another configuration: lr \(checkpoint 0.003, now 0.001\)"):
+        pretrain(_cfg(out, max_steps=4, resume=True, lr=1e-3))
+    with pytest.raises(InputError, match="model shape in checkpoint differs.*d_model 16 \\(now 32\\)"):
+        pretrain(_cfg(out, max_steps=4, resume=True, model=ModelConfig(d_model=32, n_layers=1, d_state=4)))
+    (out / "notes.txt").write_text("mine\n")
+    res = pretrain(_cfg(out, max_steps=2, overwrite=True, seed=4))  # afresh: the old run's files go, mine stay
+    assert res["step"] == 2 and (out / "notes.txt").read_text() == "mine\n"
+    assert json.loads((out / "config.json").read_text())["pretrain"]["seed"] == 4
+
+
+def test_resume_beyond_max_steps_is_refused(tmp_path):
+    out = tmp_path / "r"
+    pretrain(_cfg(out, max_steps=4))
+    with pytest.raises(InputError, match="at step 4, beyond --max-steps 2"):
+        pretrain(_cfg(out, max_steps=2, resume=True))
+
+
+def test_non_finite_loss_names_step_and_window_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from mambadna.model.encoder import MambaDNA
+
+    real = MambaDNA.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, *a, **k):  # from step 3 on, windows whose first token is G give NaN
+        out = real(self, x, *a, **k)
+        if self.training:
+            calls["n"] += 1
+        if calls["n"] >= 3:
+            bad = (x[:, 0] == 9).view(-1, *([1] * (out.dim() - 1)))
+            out = torch.where(bad, torch.full_like(out, float("nan")), out)
+        return out
+
+    monkeypatch.setattr(MambaDNA, "forward", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError) as e:
+        pretrain(_cfg(out, max_steps=50))
+    msg = str(e.value)
+    step = int(re.search(r"at step (\d+)", msg).group(1))
+    assert step >= 3 and "non-finite loss (nan)" in msg, msg
+    assert re.search(r"window chr[AB]:\d+-\d+ \([+-]\) of .*example_genome.fa \(sample \d+", msg), msg
+    good = f"checkpoint-{(step - 1) // 2 * 2:07d}"
+    assert f"last good checkpoint: {out / good}" in msg and "--resume" in msg
+    w = load_file(str(out / good / "model.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) for t in w.values())
+    assert not (out / "model.safetensors").exists()
+
+
+def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import mambadna.tasks.pretrain as tr
+
+    real = tr.save_trainer_state
+    calls = {"n": 0}
+
+    def full(directory, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint (step 4) hits a full disk half-way
+            (Path(directory) / "trainer_state.safetensors").write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        return real(directory, *a, **k)
+
+    monkeypatch.setattr(tr, "save_trainer_state", full)
+    out = tmp_path / "full"
+    with pytest.raises(TrainingError, match=r"cannot write checkpoint .*checkpoint-0000004 \(No space left on "
+                                            r"device\); the previous checkpoint .*checkpoint-0000002 is intact"):
+        pretrain(_cfg(out))
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("checkpoint", "."))) == ["checkpoint-0000002"]
+    monkeypatch.setattr(tr, "save_trainer_state", real)
+    res = pretrain(_cfg(out, resume=True))  # the kept checkpoint is whole: the run goes on from it
+    assert res["step"] == 6
+
+
+# --------------------------------------------------------------------------- output checks and locks
+def test_prepare_output_rules(tmp_path):
+    from mambadna.io.files import atomic_dir, prepare_output, release_output_locks
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    try:
+        with pytest.raises(InputError, match="same path as the input"):
+            prepare_output(model, "dir", inputs=[model], command="finetune")
+        with pytest.raises(InputError, match="contains the input"):
+            prepare_output(tmp_path, "dir", inputs=[model], command="finetune")
+        own = tmp_path / "ft"
+        own.mkdir()
+        (own / "config.json").write_text(json.dumps({"model_type": "mambadna", "finetune": {}}))
+        prepare_output(own, "dir", command="finetune")  # its own earlier output: may be replaced
+        with atomic_dir(own) as tmp:
+            (tmp / "x").write_text("new")
+        assert (own / "x").read_text() == "new" and not (own / "config.json").exists()
+        release_output_locks()
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        (foreign / "data.txt").write_text("keep")
+        with pytest.raises(InputError, match="refusing to overwrite"):
+            prepare_output(foreign, "dir", command="finetune")
+        with pytest.raises(InputError, match="refusing to replace a folder this run did not create"):
+            with atomic_dir(foreign):  # the safety net: without prepare_output, nothing is replaced
+                pass
+        assert (foreign / "data.txt").read_text() == "keep"
+        prepare_output(foreign, "dir", overwrite=True, command="finetune")  # --overwrite: allowed
+        tsv = tmp_path / "s.tsv"
+        tsv.write_text("contig\tpos\tid\tref\talt\tallele\tkind\tllr\n")
+        prepare_output(tsv, "file", command="classify")  # an earlier classify TSV
+        tsv.write_text("my,own,table\n")
+        release_output_locks()
+        with pytest.raises(InputError, match="already exists"):
+            prepare_output(tsv, "file", command="classify")
+    finally:
+        release_output_locks()
+    assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_lock_owner_stale_and_live(tmp_path, caplog):
+    from mambadna.io.files import OutputLock, acquire_output_lock, release_output_locks
+
+    target = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = OutputLock(target)
+    lock.path.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    with caplog.at_level(logging.WARNING, logger="mambadna"):
+        acquire_output_lock(target, "embed")  # the owner is gone: taken over
+    assert any("stale lock" in r.getMessage() for r in caplog.records)
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    release_output_locks()
+    assert not lock.path.exists()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.path.write_text(json.dumps({"pid": live.pid, "host": os.uname().nodename, "command": "embed"}))
+        with pytest.raises(InputError, match=f"in use by pid {live.pid} .*mambadna embed"):
+            acquire_output_lock(target, "embed")
+        assert json.loads(lock.path.read_text())["pid"] == live.pid  # the live owner's lock is left alone
+    finally:
+        live.kill()
+        live.wait()
+        lock.path.unlink()
+
+
+def test_check_finite_refuses_nan_outputs(tmp_path):
+    import numpy as np
+
+    from mambadna.io.files import check_finite
+
+    check_finite(np.ones((2, 3), dtype=np.float32), tmp_path / "e.npz")
+    with pytest.raises(TrainingError, match="e.npz: 1 non-finite value"):
+        check_finite(np.array([1.0, np.nan]), tmp_path / "e.npz", "embeddings")
