@@ -150,9 +150,32 @@ class Model:
         ``feed(tokens) -> (batch, L, d_model)``, ``next_token_logits()``, ``reset()``."""
         return Stream(self.torch_model, batch_size=batch_size, layer=layer, device=self.device)
 
+    # -- hub-style folders -------------------------------------------------
+    def save_pretrained(self, directory: PathLike, push_to_hub: Optional[str] = None, **hub_kw) -> Path:
+        """Write this model as a hub-style folder (config.json, model.safetensors,
+        README.md model card; training info kept); with ``push_to_hub="owner/name"``
+        also upload it (needs huggingface_hub; ``hub_kw``: token, private, ...)."""
+        from mambadna.components.hub import push_to_hub as _push, save_pretrained, saved_extra
+
+        out = save_pretrained(self.torch_model, directory, saved_extra(self.checkpoint_config))
+        if push_to_hub:
+            _push(out, push_to_hub, **hub_kw)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: PathLike, device: Union[str, torch.device, None] = "auto",
+                        **hub_kw) -> "Model":
+        """:func:`load` a model folder (mambadna's or Caduceus') or a Hugging Face hub
+        repo id ("owner/name", downloaded through huggingface_hub; ``hub_kw``:
+        revision, cache_dir, token, local_files_only)."""
+        from mambadna.components.hub import resolve_pretrained
+
+        return load(resolve_pretrained(path_or_repo_id, **hub_kw), device)
+
 
 def load(path: PathLike, device: Union[str, torch.device, None] = "auto") -> Model:
-    """Load a model directory (config.json + model.safetensors) for inference.
+    """Load a model directory (config.json + model.safetensors) for inference; a
+    Caduceus folder (config.json with ``model_type: "caduceus"``) is converted in memory.
 
     device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
     """

@@ -10,9 +10,8 @@ import torch
 from mambadna.model.config import ModelConfig
 from mambadna.errors import CheckpointError
 from mambadna.model.encoder import MambaDNA
+from mambadna.io.weights import CONFIG, WEIGHTS, check_inside, load_state_dict  # noqa: F401 (re-exported)
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 FORMAT_VERSION = 1  # config.json "format_version"; a larger one was written by a newer mambadna
 
 
@@ -64,7 +63,7 @@ def read_config(directory: Union[str, Path]) -> Dict[str, Any]:
     path = directory / CONFIG
     if not path.is_file():
         raise CheckpointError(directory, f"no {CONFIG} in model directory")
-    _check_inside(directory, path)
+    check_inside(directory, path)
     try:
         d = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -92,16 +91,6 @@ def read_config(directory: Union[str, Path]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"model": {k: v for k, v in d.items() if k in fields}}
     out.update((k, v) for k, v in d.items() if k not in fields)
     return out
-
-
-def _check_inside(directory: Path, path: Path) -> None:
-    """A file of a model folder must not lead outside it (a symlink to elsewhere)."""
-    root, real = Path(directory).resolve(), Path(path).resolve()
-    try:
-        real.relative_to(root)
-    except ValueError:
-        raise CheckpointError(path, f"is a link to {real}, outside the model folder; "
-                                    f"refusing to follow it") from None
 
 
 def _shape(t) -> str:
@@ -134,27 +123,6 @@ def check_state_dict(state: Dict[str, torch.Tensor], expected: Dict[str, torch.T
         if check_finite and got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
             raise CheckpointError(path, f"tensor {k!r} holds NaN or infinite values (saved after training "
                                         f"diverged?): refusing to use it")
-
-
-def load_state_dict(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Dict[str, torch.Tensor]:
-    """Read a safetensors file, turning any failure into a CheckpointError."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path.parent, f"no {path.name} in model directory")
-    _check_inside(path.parent, path)
-    if path.stat().st_size < 8:
-        raise CheckpointError(path, f"truncated safetensors file ({path.stat().st_size} bytes)")
-    try:
-        return load_file(str(path), device=str(device))
-    except Exception as e:  # safetensors raises several types on corrupt files
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or head == b"PK":
-            raise CheckpointError(path, "is a pickle / torch.save file, not safetensors; mambadna never "
-                                        "unpickles (convert it with safetensors.torch.save_file)") from None
-        raise CheckpointError(path, f"corrupt or unreadable safetensors file ({type(e).__name__}: {e})") from None
 
 
 def load_model(directory: Union[str, Path], device: Union[str, torch.device] = "cpu") -> MambaDNA:

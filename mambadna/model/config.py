@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
 from typing import Any, Dict
 
 from mambadna.tokenizer import VOCAB_SIZE

@@ -145,16 +145,3 @@ class MambaDNA(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory, extra=None):
-        """Write a hub-style model folder: config.json, model.safetensors, README.md."""
-        from mambadna.components.hub import save_pretrained
-
-        return save_pretrained(self, directory, extra)
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id, device="cpu", **hub_kw) -> "MambaDNA":
-        """Load a model folder (mambadna's or Caduceus') or a hub repo id (needs huggingface_hub)."""
-        from mambadna.components.hub import from_pretrained
-
-        return from_pretrained(path_or_repo_id, device, **hub_kw)

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from mambadna.components.checkpoint import CONFIG, WEIGHTS, load_state_dict, read_config, save_model
 from mambadna.model.config import MemoryConfig, ModelConfig
-from mambadna.components.device import resolve_device
 from mambadna.components.distributed import Dist, init_distributed, torchrun_command, torchrun_env
 from mambadna.components.schedule import warmup_cosine
 from mambadna.errors import CheckpointError, InputError, Interrupted, TrainingError
