@@ -162,3 +162,176 @@ def test_bad_inputs(tiny_model_dir, toy, tmp_path, capsys, run_cli):
     _one_line_error(code, err, "only one class")
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+# --------------------------------------------------------------------------- issue 19: recipe, baselines, tasks
+def test_recipe_defaults_scale_with_the_data():
+    from mambadna.tasks.finetune import FinetuneConfig, default_epochs, make_plan, validation_size
+
+    cfg = FinetuneConfig(model="m", out="o", train="t.csv")
+    assert cfg.rc_average is True and cfg.rc_augment is True and cfg.metric == "auto"
+    assert FinetuneConfig(model="m", out="o", train="t", rc_average=False).rc_augment is False
+    # validation: 10%, but at least min(200, 25%)
+    assert validation_size(cfg, 300) == 75 and validation_size(cfg, 1098) == 200 and validation_size(cfg, 3071) == 307
+    assert validation_size(FinetuneConfig(model="m", out="o", train="t", val_fraction=0.05), 1000) == 50
+    # epochs: 30 for small sets, fewer for large ones
+    assert default_epochs(225) == 30 and default_epochs(9000) == 10 and default_epochs(10**6) == 3
+    small, large = make_plan(cfg, 225, "auroc"), make_plan(cfg, 10**6, "auroc")
+    assert small.total == 30 * 8 and small.every <= small.steps_per_epoch and small.min_steps == 80
+    assert small.patience >= 3 and small.warmup == round(0.06 * small.total)
+    assert large.total == 20_000 and large.every == 800 and large.patience == 5
+    given = make_plan(FinetuneConfig(model="m", out="o", train="t", max_steps=16, eval_every=4, patience=2), 96, "mcc")
+    assert (given.total, given.every, given.patience) == (16, 4, 2)
+
+
+def test_choose_threshold_maximises_validation_mcc():
+    from mambadna.components.metrics import choose_threshold
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.32, 0.35, 0.4, 0.45])  # separable, but below 0.5
+    thr, mcc = choose_threshold(y, p)
+    assert 0.3 < thr < 0.32 and mcc == pytest.approx(1.0)
+    assert compute_metrics("binary", y, np.stack([1 - p, p], 1), ["n", "p"], threshold=thr)["mcc"] == 1.0
+    assert choose_threshold(np.zeros(4), np.ones(4) * 0.2) == (0.5, 0.0)
+
+
+def test_defaults_with_seeds_and_baselines(tiny_model_dir, toy, tmp_path, run_cli):
+    out = tmp_path / "ft"
+    code, so, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", toy, "--out", out, "--max-steps", 3,
+                            "--seeds", 2, "--baselines", "--cnn-epochs", 2, "--no-progress"])
+    assert code == 0, se
+    m = json.loads((out / "metrics.json").read_text())
+    r = m["recipe"]
+    assert m["rc_average"] and m["rc_augment"] and r["metric"] == "auroc" and m["val_metric"] == "auroc"
+    assert m["n_val"] == 32 and m["n_train"] == 96 and m["n_test"] == 32  # validation floor: 25% of 128
+    assert r["total"] == 3 and r["steps_per_epoch"] == 3 and r["every"] == 1
+    assert 0 < m["threshold"] < 1 and m["threshold_source"].startswith("maximum MCC")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["head"]["threshold"] == pytest.approx(m["threshold"]) and cfg["head"]["rc_average"]
+    assert m["seeds"]["n"] == 2 and m["seeds"]["values"] == [0, 1] and "mcc" in m["seeds"]["sd"]
+    assert m["seed"] == m["seeds"]["saved"] and m["ensemble"]["n_models"] == 2
+    keys = {"accuracy", "mcc", "auroc", "auprc", "sensitivity", "specificity", "threshold"}
+    for name in ("kmer", "cnn"):
+        b = m["baselines"][name]
+        assert keys <= set(b) and b["n_test"] == m["n_test"] and b["n_train"] == m["n_train"], (name, b)
+        assert 0 <= b["auroc"] <= 1
+    assert m["baselines"]["cnn"]["seeds"]["n"] == 2
+    assert (out / "baselines.png").stat().st_size > 5000
+    assert "baseline kmer: " in so and "baseline cnn: " in so and "2 seeds: accuracy=" in so and "ensemble: " in so
+    pred = (out / "test_predictions.tsv").read_text().splitlines()[0].split("\t")
+    assert pred[-3:] == ["prediction", "ensemble_p_motif", "ensemble_p_none"]
+
+
+def test_regression_task(tiny_model_dir, tmp_path, run_cli):
+    """Target: the GC fraction of the sequence (learnable from composition)."""
+    rng = np.random.default_rng(0)
+    rows = ["name\tsequence\tgc"]
+    for i in range(120):
+        gc = rng.uniform(0.2, 0.8)
+        s = "".join(rng.choice(list("GCAT"), 40, p=[gc / 2, gc / 2, (1 - gc) / 2, (1 - gc) / 2]))
+        rows.append(f"r{i}\t{s}\t{(s.count('G') + s.count('C')) / 40:.4f}")
+    (tmp_path / "gc.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "reg"
+    code, so, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", tmp_path / "gc.tsv", "--out", out,
+                            "--task", "regression", "--label-column", "gc", "--max-steps", 3, "--batch-size", 16, "--baselines",
+                            "--cnn-epochs", 2, "--no-progress"])
+    assert code == 0, se
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "regression" and m["classes"] == ["gc"] and m["val_metric"] == "loss"
+    for k in ("mse", "rmse", "pearson", "spearman", "r2", "n_test"):
+        assert k in m, k
+    assert m["n_test"] == 24 and m["mse"] >= 0 and -1 <= m["pearson"] <= 1
+    assert m["baselines"]["kmer"]["pearson"] > 0.9  # GC fraction is linear in 1-mer frequencies
+    assert {"mse", "pearson", "spearman"} <= set(m["baselines"]["cnn"])
+    assert (out / "scatter.png").stat().st_size > 3000 and (out / "baselines.png").is_file()
+    from mambadna.model.heads import load_classifier, predict_proba
+    from mambadna.tokenizer import encode
+    import pandas as pd
+
+    clf = load_classifier(out)
+    assert clf.head_cfg.task == "regression" and 0.2 < clf.head_cfg.target_mean < 0.8
+    pred = pd.read_csv(out / "test_predictions.tsv", sep="\t")
+    table = pd.read_csv(tmp_path / "gc.tsv", sep="\t").set_index("name")
+    p = predict_proba(clf, [encode(table.loc[n, "sequence"]) for n in pred["name"]])
+    np.testing.assert_allclose(p[:, 0], pred["prediction"].to_numpy(), atol=1e-4)
+
+
+def test_token_task_from_gff(tiny_model_dir, tmp_path, run_cli):
+    from test_features import write_toy_annotation
+
+    fa, gff, _, _ = write_toy_annotation(tmp_path, n_windows=40, window=64)
+    out = tmp_path / "tok"
+    code, so, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", gff, "--reference", fa,
+                            "--task", "token", "--window", 64, "--max-steps", 2, "--batch-size", 8, "--baselines",
+                            "--cnn-epochs", 2,
+                            "--no-progress", "--out", out])
+    assert code == 0, se
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "token" and m["classes"] == ["other", "CDS"] and m["window"] == 64
+    assert (m["n_train"], m["n_val"], m["n_test"]) == (24, 8, 8) and m["n_test_bases"] == 8 * 64
+    for k in ("accuracy", "mcc", "macro_mcc", "macro_f1", "auroc"):
+        assert k in m, k
+    assert set(m["per_class"]) == {"other", "CDS"} and {"mcc", "f1"} <= set(m["per_class"]["CDS"])
+    for name in ("kmer", "cnn"):
+        b = m["baselines"][name]
+        assert {"macro_mcc", "macro_f1", "per_class"} <= set(b) and b["n_test"] == 8
+    assert m["baselines"]["kmer"]["macro_mcc"] > 0.5  # GC-rich codons vs AT-rich background
+    assert (out / "test_predictions.bed").read_text().startswith("#contig")
+    from mambadna.model.heads import load_classifier
+
+    clf = load_classifier(out)
+    assert clf.head_cfg.task == "token" and clf.head_cfg.classes == ["other", "CDS"]
+
+
+def test_bad_inputs_of_the_new_tasks(tiny_model_dir, tmp_path, run_cli):
+    from test_features import write_toy_annotation
+
+    fa, gff, _, _ = write_toy_annotation(tmp_path, n_windows=4)
+    out = tmp_path / "out"
+    nonnum = tmp_path / "nonnum.csv"
+    nonnum.write_text("sequence,label\nACGTACGT,0.5\nACGAACGT,high\nACGTTTGA,1.5\n")
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", nonnum, "--out", out,
+                            "--task", "regression"])
+    _one_line_error(code, err, nonnum, "line 3", "not a number")
+    wrong = tmp_path / "wrong.gff3"
+    wrong.write_text("##gff-version 3\nchr9\ttoy\tCDS\t1\t30\t.\t+\t0\tID=x\n")
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", wrong, "--reference", fa, "--out", out,
+                            "--task", "token"])
+    _one_line_error(code, err, wrong, "chr9", "not in the reference")
+    beyond = tmp_path / "beyond.gff3"
+    beyond.write_text("##gff-version 3\nchrT\ttoy\tCDS\t400\t700\t.\t+\t0\tID=x\n")
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", beyond, "--reference", fa, "--out", out,
+                            "--task", "token"])
+    _one_line_error(code, err, beyond, "line 2", "beyond the end")
+    one = tmp_path / "one.csv"
+    one.write_text("sequence,label\nACGT,a\nACGA,a\nACGG,a\n")
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", one, "--out", out, "--baselines"])
+    _one_line_error(code, err, one, "one class")
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", gff, "--reference", fa, "--out", out,
+                            "--task", "token", "--test", one])
+    _one_line_error(code, err, "--test", "--task token")
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--train", one, "--out", out, "--window", 64])
+    _one_line_error(code, err, "--window")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_cli_passes_only_the_options_given(tiny_model_dir, toy, tmp_path, run_cli, monkeypatch):
+    import mambadna.tasks.finetune as ft
+
+    seen = {}
+
+    def fake(cfg):
+        seen["cfg"] = cfg
+        return {"task": "binary", "accuracy": 1.0}
+
+    monkeypatch.setattr(ft, "finetune", fake)
+    code, so, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", toy, "--out", tmp_path / "x"])
+    assert code == 0, se
+    want = ft.FinetuneConfig(model=str(tiny_model_dir), out=str(tmp_path / "x"), train=str(toy))
+    assert seen["cfg"] == want
+    code, _, se = run_cli(["finetune", "--model", tiny_model_dir, "--train", toy, "--out", tmp_path / "x",
+                           "--no-rc-average", "--hidden", 0, "--seeds", 3])
+    assert code == 0, se
+    c = seen["cfg"]
+    assert c.rc_average is False and c.rc_augment is False and c.hidden == [] and c.seeds == 3

@@ -114,3 +114,56 @@ def test_logistic_folding_matches_sklearn():
     linear_head_from_logistic(m, lr.coef_, lr.intercept_, mu, sd)
     p = predict_proba(m, seqs)
     np.testing.assert_allclose(p, lr.predict_proba((X - mu) / sd), atol=1e-4)
+
+
+def test_token_head_rc_average_and_roundtrip(tmp_path):
+    from mambadna.model.heads import predict_tokens
+
+    m = _clf(task="token", classes=["other", "CDS", "tRNA"])
+    x = _ids(3, 20)
+    logits = m(x)
+    assert logits.shape == (3, 20, 3)
+    tgt = torch.randint(0, 3, (3, 20))
+    tgt[0, :5] = -100  # unlabeled positions take no loss
+    loss = m.loss(logits, tgt)
+    loss.backward()
+    assert torch.isfinite(loss)
+    p, p_rc = m.predict_batch(x, rc_average=True), m.predict_batch(reverse_complement(x), rc_average=True)
+    torch.testing.assert_close(p, p_rc.flip(1), atol=1e-6, rtol=0)  # position t of x <-> L-1-t of RC(x)
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, 20))
+    save_classifier(m, tmp_path)
+    m2 = load_classifier(tmp_path)
+    assert m2.head_cfg == m.head_cfg
+    seqs = [np.random.default_rng(i).integers(7, 11, n).astype(np.uint8) for i, n in enumerate([12, 20, 12])]
+    out = predict_tokens(m2, seqs, rc_average=False)
+    assert [o.shape for o in out] == [(12, 3), (20, 3), (12, 3)]
+    with pytest.raises(ValueError, match="predict_tokens"):
+        predict_proba(m2, seqs)
+    # an RC-equivariant encoder gives RC-invariant per-token predictions without averaging
+    e = _clf(rc_equivariant=True, task="token", classes=["a", "b"])
+    with torch.no_grad():
+        torch.testing.assert_close(e.predict_batch(x, rc_average=False),
+                                   e.predict_batch(reverse_complement(x), rc_average=False).flip(1),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_regression_head_units_threshold_and_roundtrip(tmp_path):
+    m = _clf(task="regression", classes=["expression"])
+    m.head_cfg.target_mean, m.head_cfg.target_std = 5.0, 2.0
+    x = _ids(4, 16)
+    with torch.no_grad():
+        z = m(x)[:, 0]
+        torch.testing.assert_close(m.predict_batch(x, rc_average=False)[:, 0], z * 2.0 + 5.0)
+        # the loss standardises the targets: predicting exactly the targets gives zero loss
+        assert float(m.loss(m(x), z * 2.0 + 5.0)) < 1e-10
+    save_classifier(m, tmp_path)
+    m2 = load_classifier(tmp_path)
+    assert m2.head_cfg.target_mean == 5.0 and m2.head_cfg.target_std == 2.0
+    torch.testing.assert_close(m2.predict_batch(x), m.predict_batch(x))
+    # binary decisions use the saved threshold
+    from mambadna.model.heads import predicted_labels
+
+    hc = HeadConfig(classes=["neg", "pos"], threshold=0.8)
+    assert predicted_labels(np.array([[0.3, 0.7], [0.1, 0.9]]), hc) == ["neg", "pos"]
+    with pytest.raises(ValueError):
+        HeadConfig(classes=["a", "b"], task="regression")

@@ -111,3 +111,32 @@ def test_labeled_bed_with_reference(shared_data, tmp_path):
     assert str(e.value).startswith(str(beyond)) and "line 2" in str(e.value) and "1575" in str(e.value)
     with pytest.raises(InputError, match="reference"):
         load_labeled(bed=bed)
+
+
+def test_numeric_labels_for_regression(tmp_path, shared_data):
+    p = tmp_path / "r.tsv"
+    p.write_text("name\tsequence\tlabel\na\tACGT\t1.5\nb\tGGCC\t-2\nc\tAAAA\t3e-1\n")
+    ls = load_labeled(table=p, numeric=True)
+    assert ls.values.tolist() == [1.5, -2.0, 0.3] and ls.classes == ["label"] and ls.multilabel is None
+    assert ls.subset([2, 0]).values.tolist() == [0.3, 1.5]
+    ref = shared_data / "alignments/ex1/ex1.fa"
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr1\t0\t10\t0.25\nchr2\t5\t25\t7\n")
+    assert load_labeled(bed=bed, reference=ref, numeric=True).values.tolist() == [0.25, 7.0]
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("sequence,label\nACGT,1\nACGA,high\n", "line 3"),
+    ("sequence,label\nACGT,1\nACGA,nan\n", "not a finite number"),
+    ("sequence,label\nACGT,2\nACGA,2.0\n", "all 2 labels are equal"),
+])
+def test_numeric_label_errors(tmp_path, content, needle):
+    p = tmp_path / "t.csv"
+    p.write_text(content)
+    with pytest.raises(InputError) as e:
+        load_labeled(table=p, numeric=True)
+    assert str(e.value).startswith(str(p)) and needle in str(e.value)
+    if "high" in content:
+        assert "'high' is not a number" in str(e.value)
+    with pytest.raises(InputError, match="regression needs numeric labels"):
+        load_labeled({"a": p, "b": p}, numeric=True)

@@ -152,3 +152,68 @@ def test_reads_dataset_pad_and_crop(shared_data):
     assert torch.equal(torch.cat(list(dl)), torch.stack([short[i] for i in range(len(short))]))
     with pytest.raises(InputError, match="no reads"):
         reads_dataset(bam, seq_len=20, min_mapq=255)
+
+
+# --------------------------------------------------------------------------- several genomes
+def test_multi_genome_weights_species_and_per_genome_validation(shared_data, tmp_path):
+    from mambadna.components.sampler import MultiGenomeDataset, expand_genomes
+
+    ecoli, fly = shared_data / ECOLI, shared_data / FLY
+    cfg = SamplerConfig(seq_len=256, seed=2, val_fraction=0.1, max_n_frac=1.0)
+    ds = MultiGenomeDataset([ecoli, fly], cfg, num_samples=2000)
+    assert ds.names == ["GCF_000005845.2_ASM584v2_genomic", "D.melanogaster"]
+    # by length (usable bases of the training split) by default
+    share = ds.parts[0].total_usable / (ds.parts[0].total_usable + ds.parts[1].total_usable)
+    got = np.mean([ds.describe(i)["species"] == ds.names[0] for i in range(2000)])
+    assert abs(got - share) < 0.04 and ds.weights[0] == pytest.approx(share)
+    d = ds.describe(5)
+    assert set(d) == {"species", "genome", "contig", "start", "end", "strand", "n_frac"} and d["end"] - d["start"] == 256
+    x = ds[5]
+    src = ds.parts[ds.names.index(d["species"])].genome
+    assert torch.equal(x, torch.from_numpy(src.fetch_ids(d["contig"], d["start"], d["end"]).astype(np.int64)))
+    assert torch.equal(ds[5], MultiGenomeDataset([ecoli, fly], cfg, num_samples=2000)[5])  # deterministic
+    # validation: each genome holds out the end of each of its contigs
+    va = MultiGenomeDataset([ecoli, fly], cfg, split="val", num_samples=300, weights=[1, 1])
+    seen = set()
+    for i in range(300):
+        w = va.describe(i)
+        g = va.parts[va.names.index(w["species"])].genome
+        L = g.lengths[w["contig"]]
+        assert w["start"] >= L - round(0.1 * L), w
+        seen.add(w["species"])
+    assert seen == set(va.names)
+    # equal weights; a validation contig of one genome only; a whole genome held out
+    eq = MultiGenomeDataset([ecoli, fly], cfg, num_samples=1000, weights=[1, 1])
+    assert 0.4 < np.mean([eq.describe(i)["species"] == eq.names[0] for i in range(1000)]) < 0.6
+    vc = SamplerConfig(seq_len=256, val_contigs=("NC_000913.3",), max_n_frac=1.0)
+    tr = MultiGenomeDataset([ecoli, fly], vc, num_samples=200)
+    assert tr.names == ["D.melanogaster"]
+    assert {MultiGenomeDataset([ecoli, fly], vc, split="val", num_samples=50).describe(i)["contig"]
+            for i in range(50)} == {"NC_000913.3"}
+    with pytest.raises(InputError, match="chrZZ.*none of the 2 genomes"):
+        MultiGenomeDataset([ecoli, fly], SamplerConfig(seq_len=256, val_contigs=("chrZZ",)))
+    with pytest.raises(InputError, match="weights"):
+        MultiGenomeDataset([ecoli, fly], cfg, weights=[1.0])
+    lst = tmp_path / "genomes.txt"
+    lst.write_text(f"# two genomes\n{ecoli}\n\n{fly}  # the fly\n")
+    assert expand_genomes(lst) == [str(ecoli), str(fly)]
+    assert expand_genomes([str(ecoli)]) == [str(ecoli)]
+
+
+def test_pretrain_on_several_genomes_cli(shared_data, tmp_path, run_cli, caplog):
+    from pathlib import Path
+
+    import json
+
+    ex = Path(__file__).resolve().parents[1] / "data" / "example_genome.fa"
+    out = tmp_path / "multi"
+    caplog.set_level("INFO", logger="mambadna")
+    code, _, err = run_cli(["pretrain", ex, shared_data / "alignments/ex1/ex1.fa", "--out", out, "--seq-len", 64,
+                            "--batch-size", 4, "--max-steps", 2, "--d-model", 16, "--n-layers", 1, "--d-state", 4,
+                            "--val-fraction", 0.1, "--eval-every", 2, "--genome-weights", "equal", "--no-progress",
+                            "--device", "cpu"])
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["pretrain"]["genome"] == [str(ex), str(shared_data / "alignments/ex1/ex1.fa")]
+    assert cfg["pretrain"]["genome_weights"] == "equal" and "val_loss" in cfg["val"]
+    assert "pretraining on 2 genomes: example_genome (50.0%), ex1 (50.0%)" in caplog.text

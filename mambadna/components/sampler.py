@@ -1,4 +1,4 @@
-"""Pretraining data: fixed-length genome windows and BAM reads as map-style datasets.
+"""Pretraining data: fixed-length genome windows (one genome or several) and BAM reads as map-style datasets.
 
 Every item is a deterministic function of ``(seed, split, index)``, so
 resuming is "start at sample index k" (e.g. ``DataLoader(ds, sampler=range(k, n))``),
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,8 +18,8 @@ from mambadna.io.fasta import Genome
 from mambadna.io.bed import Spans, intersect_spans, merge_spans, read_bed, spans_from_intervals, subtract_spans
 from mambadna.tokenizer import N as N_ID
 from mambadna.tokenizer import PAD, encode, reverse_complement
+from mambadna.io.files import PathLike
 
-PathLike = Union[str, os.PathLike]
 
 SPLITS = {"train": 0, "val": 1}
 
@@ -148,6 +148,13 @@ class WindowDataset(torch.utils.data.Dataset):
         """The window of index ``i``: ``(contig, start, strand, n_frac)`` (0-based start)."""
         return self._draw(i)[:4]
 
+    def describe(self, i: int) -> dict:
+        """Where window ``i`` comes from: species (the file name), genome file,
+        contig, start, end, strand."""
+        contig, start, strand, nf = self.locate(i)
+        return {"species": species_name(self.genome.path), "genome": str(self.genome.path), "contig": contig,
+                "start": start, "end": start + int(self.cfg.seq_len), "strand": strand, "n_frac": nf}
+
     def _draw(self, i: int):
         cfg = self.cfg
         rng = np.random.default_rng([int(cfg.seed) & 0xFFFFFFFF, SPLITS[self.split], int(i)])
@@ -177,6 +184,148 @@ class WindowDataset(torch.utils.data.Dataset):
         if strand == "-":
             ids = reverse_complement(ids)
         return torch.from_numpy(np.ascontiguousarray(ids).astype(np.int64))
+
+
+GENOME_LIST_SUFFIXES = (".txt", ".list", ".tsv")
+
+
+def expand_genomes(genome: Union[PathLike, Sequence[PathLike], None]) -> List[str]:
+    """Genome paths from one path, several, or a list file (``.txt``/``.list``/
+    ``.tsv``: one FASTA path per line, ``#`` comments; relative paths are taken
+    from the list file's folder)."""
+    if genome is None:
+        return []
+    items = [genome] if isinstance(genome, (str, os.PathLike)) else list(genome)
+    out: List[str] = []
+    for g in items:
+        g = os.fspath(g)
+        if g.lower().endswith(GENOME_LIST_SUFFIXES):
+            from mambadna.io.files import check_input_file
+
+            check_input_file(g, "genome list file")
+            base = os.path.dirname(os.path.abspath(g))
+            with open(g) as fh:
+                for line in fh:
+                    line = line.split("#", 1)[0].strip()
+                    if line:
+                        path = line.split("\t")[0].strip()
+                        out.append(path if os.path.isabs(path) else os.path.join(base, path))
+            if not out:
+                raise InputError(g, "genome list file names no FASTA")
+        else:
+            out.append(g)
+    return out
+
+
+def species_name(path: PathLike) -> str:
+    """A short name for a genome file: its name without FASTA and compression
+    suffixes (``GCF_000005845.2_ASM584v2_genomic.fna.gz`` -> ``GCF_000005845.2_ASM584v2_genomic``)."""
+    name = os.path.basename(os.fspath(path))
+    for suf in (".gz", ".bgz", ".fa", ".fna", ".fasta", ".fas", ".ffn"):
+        if name.lower().endswith(suf):
+            name = name[: -len(suf)]
+    return name or os.fspath(path)
+
+
+class MultiGenomeDataset(torch.utils.data.Dataset):
+    """Windows from several genomes, map-style and index-deterministic.
+
+    Sample ``i`` comes from genome ``g`` with probability ``weights[g]``
+    (default: the genome's usable length in this split, so every base of every
+    genome is equally likely), then from that genome's :class:`WindowDataset`.
+    Each genome holds out its own validation part (``val_fraction`` of every
+    contig, its ``val_contigs``, ``val_bed`` intervals); a genome with no
+    validation (or no training) part is left out of that split only.
+    :meth:`describe` gives the species, contig and position of any window.
+    """
+
+    def __init__(self, genomes: Sequence[Union[PathLike, Genome]], cfg: SamplerConfig, split: str = "train",
+                 num_samples: int = 1_000_000, weights: Optional[Sequence[float]] = None,
+                 names: Optional[Sequence[str]] = None, cache_dir: Optional[PathLike] = None):
+        import dataclasses
+
+        if split not in SPLITS:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if not genomes:
+            raise InputError(None, "no genome given")
+        if cfg.regions and len(genomes) > 1:
+            raise InputError(cfg.regions, "--regions applies to a single genome; with several genomes hold out "
+                                          "validation with --val-fraction or --val-contigs")
+        if weights is not None and len(weights) != len(genomes):
+            raise InputError(None, f"{len(weights)} genome weights for {len(genomes)} genomes")
+        if weights is not None and (any(w < 0 for w in weights) or not sum(weights) > 0):
+            raise InputError(None, f"genome weights must be >= 0 with a positive sum, got {list(weights)}")
+        gs = [g if isinstance(g, Genome) else Genome(g, cache_dir) for g in genomes]
+        names = list(names) if names is not None else [species_name(g.path) for g in gs]
+        if len(set(names)) != len(names):  # two files of the same name: number them
+            names = [f"{n}#{k}" for k, n in enumerate(names)]
+        # val contigs: each name must exist in at least one genome, and goes to the genomes that have it
+        unknown = [c for c in cfg.val_contigs if not any(_has_contig(g, c) for g in gs)]
+        if unknown:
+            raise InputError(gs[0].path, f"unknown contig in val_contigs: {', '.join(unknown)} is in none of "
+                                         f"the {len(gs)} genomes")
+        self.cfg, self.split, self.num_samples = cfg, split, int(num_samples)
+        self.parts: List[WindowDataset] = []
+        self.names: List[str] = []
+        keep_w: List[float] = []
+        first_err: Optional[InputError] = None
+        for k, g in enumerate(gs):
+            gcfg = dataclasses.replace(cfg, val_contigs=tuple(c for c in cfg.val_contigs if _has_contig(g, c)))
+            if split == "val" and not gcfg.has_val:
+                continue
+            try:
+                part = WindowDataset(g, gcfg, split=split, num_samples=num_samples)
+            except InputError as e:
+                if "empty training split" in e.problem or "empty validation split" in e.problem:
+                    first_err = first_err or e
+                    continue
+                raise
+            self.parts.append(part)
+            self.names.append(names[k])
+            keep_w.append(float(weights[k]) if weights is not None else float(part.total_usable))
+        if not self.parts:
+            raise first_err or InputError(None, f"no {split} windows in any genome")
+        w = np.asarray(keep_w, dtype=np.float64)
+        if not w.sum() > 0:
+            raise InputError(None, f"the genomes of the {split} split all have weight 0")
+        self.weights = w / w.sum()
+        self._cum = np.cumsum(self.weights)
+        self._cum[-1] = 1.0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _genome_of(self, i: int) -> int:
+        u = np.random.default_rng([int(self.cfg.seed) & 0xFFFFFFFF, SPLITS[self.split], int(i), 7]).random()
+        return int(np.searchsorted(self._cum, u, side="right"))
+
+    def locate(self, i: int) -> Tuple[str, int, str, float]:
+        """The window of index ``i``: ``(contig, start, strand, n_frac)``, as
+        :meth:`WindowDataset.locate` (the genome: :meth:`describe`)."""
+        return self.parts[self._genome_of(i)].locate(i)
+
+    def describe(self, i: int) -> dict:
+        """Where window ``i`` comes from: species, genome file, contig, start,
+        end, strand."""
+        g = self._genome_of(i)
+        contig, start, strand, nf = self.parts[g].locate(i)
+        return {"species": self.names[g], "genome": str(self.parts[g].genome.path), "contig": contig,
+                "start": start, "end": start + int(self.cfg.seq_len), "strand": strand, "n_frac": nf}
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not -self.num_samples <= i < self.num_samples:
+            raise IndexError(f"index {i} out of range for {self.num_samples} samples")
+        if i < 0:
+            i += self.num_samples
+        return self.parts[self._genome_of(i)][i]
+
+
+def _has_contig(genome: Genome, name: str) -> bool:
+    try:
+        genome.resolve_contig(name)
+        return True
+    except InputError:
+        return False
 
 
 class ReadsDataset(torch.utils.data.Dataset):

@@ -1,9 +1,11 @@
 """Labeled sequence sets as users have them: one FASTA per class, a CSV/TSV
-of sequence and label, or a BED with a label column plus a reference."""
+of sequence and label, or a BED with a label column plus a reference.
+Labels are class names, or numbers for regression (``numeric=True``)."""
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ class LabeledSet:
     the first label of each record); classes: class names;
     multilabel: (n, n_classes) bool matrix when any record has several labels
     (``;``-separated in a table), else None.
+    values: (n,) float64 targets of a numeric (regression) set, else None;
+    its ``classes`` is then ``[label column name]`` and ``labels`` all 0.
     """
 
     names: List[str]
@@ -37,6 +41,7 @@ class LabeledSet:
     labels: np.ndarray
     classes: List[str]
     multilabel: Optional[np.ndarray] = None
+    values: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -46,7 +51,8 @@ class LabeledSet:
         idx = np.asarray(idx, dtype=np.int64)
         return LabeledSet([self.names[i] for i in idx], [self.sequences[i] for i in idx],
                           self.labels[idx], list(self.classes),
-                          None if self.multilabel is None else self.multilabel[idx])
+                          None if self.multilabel is None else self.multilabel[idx],
+                          None if self.values is None else self.values[idx])
 
 
 def _validate(seq: str, path: str, where: str) -> str:
@@ -113,6 +119,24 @@ def _class_index(values: List[str], src: str) -> Tuple[np.ndarray, List[str], Op
     return labels, uniq, ml
 
 
+def _numeric_set(names: List[str], seqs: List[str], vals: List[str], where: List[str], src: str,
+                 column: str) -> LabeledSet:
+    """A regression set: every label must parse as a finite number."""
+    out = np.empty(len(vals), dtype=np.float64)
+    for i, (v, w) in enumerate(zip(vals, where)):
+        try:
+            x = float(v)
+        except ValueError:
+            raise InputError(src, f"{w}: label {v!r} is not a number (regression needs a numeric "
+                                  f"'{column}' column)") from None
+        if not math.isfinite(x):
+            raise InputError(src, f"{w}: label {v!r} is not a finite number")
+        out[i] = x
+    if len(out) and np.ptp(out) == 0:
+        raise InputError(src, f"all {len(out)} labels are equal ({vals[0]}); nothing to regress")
+    return LabeledSet(names, seqs, np.zeros(len(out), dtype=np.int64), [column], None, out)
+
+
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -136,7 +160,8 @@ def _load_fastas(class_fastas: Mapping[str, PathLike]) -> LabeledSet:
     return LabeledSet(names, seqs, np.asarray(labels, dtype=np.int64), classes)
 
 
-def _load_table(path: PathLike, sequence_column: str = "sequence", label_column: str = "label") -> LabeledSet:
+def _load_table(path: PathLike, sequence_column: str = "sequence", label_column: str = "label",
+                numeric: bool = False) -> LabeledSet:
     path = os.fspath(path)
     check_input_file(path, "CSV/TSV file")
     try:
@@ -152,7 +177,7 @@ def _load_table(path: PathLike, sequence_column: str = "sequence", label_column:
     delim = "\t" if "\t" in first else ("," if "," in first else (";" if ";" in first else "\t"))
     reader = csv.reader(io.StringIO(text), delimiter=delim)
     header = None
-    names, seqs, vals = [], [], []
+    names, seqs, vals, where = [], [], [], []
     for lineno, row in enumerate(reader, 1):
         if not row or all(not c.strip() for c in row):
             continue
@@ -176,13 +201,17 @@ def _load_table(path: PathLike, sequence_column: str = "sequence", label_column:
         names.append(name)
         seqs.append(seq)
         vals.append(lab)
+        where.append(f"line {lineno} ({name})")
     if not seqs:
         raise InputError(path, "no data rows after the header")
+    if numeric:
+        return _numeric_set(names, seqs, vals, where, path, label_column)
     labels, classes, ml = _class_index(vals, path)
     return LabeledSet(names, seqs, labels, classes, ml)
 
 
-def _load_bed(bed: PathLike, reference: PathLike, label_column: Optional[str] = None) -> LabeledSet:
+def _load_bed(bed: PathLike, reference: PathLike, label_column: Optional[str] = None,
+              numeric: bool = False) -> LabeledSet:
     from mambadna.io.bed import read_bed_table
 
     genome = reference if isinstance(reference, Genome) else Genome(reference)
@@ -195,7 +224,7 @@ def _load_bed(bed: PathLike, reference: PathLike, label_column: Optional[str] = 
     elif label_column is not None:
         raise InputError(bed, f"no {label_column!r} column in the header "
                               f"({', '.join(header) if header else 'no header line'})")
-    names, seqs, vals = [], [], []
+    names, seqs, vals, where = [], [], [], []
     for iv in ivs:
         cols = [iv.contig, str(iv.start), str(iv.end), iv.name, iv.score, iv.strand, *iv.extra]
         if col >= len(cols) or cols[col] in (None, ""):
@@ -204,13 +233,16 @@ def _load_bed(bed: PathLike, reference: PathLike, label_column: Optional[str] = 
         names.append(f"{iv.contig}:{iv.start}-{iv.end}({iv.strand})")
         seqs.append(_validate(seq, bed, f"line {iv.line}"))
         vals.append(cols[col])
+        where.append(f"line {iv.line}")
+    if numeric:
+        return _numeric_set(names, seqs, vals, where, bed, want)
     labels, classes, ml = _class_index(vals, bed)
     return LabeledSet(names, seqs, labels, classes, ml)
 
 
 def load_labeled(class_fastas: Optional[Mapping[str, PathLike]] = None, table: Optional[PathLike] = None,
                  bed: Optional[PathLike] = None, reference: Optional[Union[PathLike, Genome]] = None,
-                 label_column: Optional[str] = None) -> LabeledSet:
+                 label_column: Optional[str] = None, numeric: bool = False) -> LabeledSet:
     """Load a labeled set from exactly one source.
 
     class_fastas: {class name: FASTA path}, classes in dict order.
@@ -220,6 +252,8 @@ def load_labeled(class_fastas: Optional[Mapping[str, PathLike]] = None, table: O
     bed + reference: BED intervals (strand honoured) with the label in the
         4th column, or in the column named ``label`` of a header line.
     Classes of tables/BEDs are sorted (numerically when all numbers).
+    numeric: the labels are regression targets (``values``); a label that is
+    not a finite number raises InputError naming the file and line.
     Raises InputError: one class only, forbidden characters (file + record),
     empty file, missing columns, BED interval beyond a contig's end.
     """
@@ -228,12 +262,16 @@ def load_labeled(class_fastas: Optional[Mapping[str, PathLike]] = None, table: O
         raise InputError(None, "give exactly one labeled source: class FASTAs, a CSV/TSV table, "
                                "or a BED with a reference")
     if class_fastas is not None:
+        if numeric:
+            src = next(iter(class_fastas.values()), None)
+            raise InputError(src, "regression needs numeric labels: give a CSV/TSV table or a labeled BED, "
+                                  "not one FASTA per class")
         return _load_fastas(class_fastas)
     if table is not None:
-        return _load_table(table, label_column=label_column or "label")
+        return _load_table(table, label_column=label_column or "label", numeric=numeric)
     if reference is None:
         raise InputError(bed, "a BED of labeled intervals needs a reference FASTA (--reference)")
-    return _load_bed(bed, reference, label_column)
+    return _load_bed(bed, reference, label_column, numeric=numeric)
 
 
 def stratified_split(labels: np.ndarray, fractions: Sequence[float] = (0.8, 0.2),

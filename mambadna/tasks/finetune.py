@@ -62,16 +62,16 @@ import torch
 
 from mambadna.components.checkpoint import load_model, read_config
 from mambadna.components.device import resolve_device
-from mambadna.components.fit import EarlyStopping, Plan, autocast, batches, evaluate, fit, predict
+from mambadna.components.fit import EarlyStopping, Plan, batches, evaluate, fit, predict
 from mambadna.components.metrics import (choose_threshold, compute_metrics, save_comparison, save_plots,
                                          save_scatter, summarize_runs)
 from mambadna.components.schedule import warmup_cosine
 from mambadna.errors import InputError, TrainingError
 from mambadna.inference.pooling import normalize_pool
-from mambadna.io.files import PathLike, atomic_dir, publish_mode, jsonable
+from mambadna.io.files import atomic_dir, jsonable, publish_mode
 from mambadna.io.labeled import LabeledSet, load_labeled, stratified_split
-from mambadna.model.heads import (HeadConfig, SequenceClassifier, linear_head_from_logistic, logits_to_proba,
-                                  pooled_embeddings, save_classifier)
+from mambadna.model.heads import (HeadConfig, SequenceClassifier, linear_head_from_logistic, pooled_embeddings,
+                                  save_classifier)
 from mambadna.tokenizer import encode, reverse_complement
 
 __all__ = ["FinetuneConfig", "finetune", "compute_metrics", "load_dataset", "make_plan", "validation_size"]
@@ -107,7 +107,8 @@ class FinetuneConfig:
     eval_every / patience / min_steps [recipe]. metric: early-stopping metric
     ('auto': AUROC for classification, the loss otherwise). positive: binary
     positive class (default: the second class). baselines: also train the
-    k-mer and CNN baselines on the same split.
+    k-mer and CNN baselines on the same split; cnn_epochs: the CNN's epoch
+    budget (CNNProm's 40, with early stopping).
     """
 
     model: str
@@ -151,6 +152,7 @@ class FinetuneConfig:
     positive: Optional[str] = None
     max_length: Optional[int] = None
     baselines: bool = False
+    cnn_epochs: int = 40
     bf16: bool = True
     overwrite: bool = False
     progress: bool = True
@@ -166,6 +168,8 @@ class FinetuneConfig:
             raise InputError(None, f"--max-steps must be >= 1, got {self.max_steps}")
         if self.epochs is not None and self.epochs <= 0:
             raise InputError(None, f"--epochs must be > 0, got {self.epochs}")
+        if self.cnn_epochs < 1:
+            raise InputError(None, f"--cnn-epochs must be >= 1, got {self.cnn_epochs}")
         if self.seeds < 1:
             raise InputError(None, f"--seeds must be >= 1, got {self.seeds}")
         self.pooling = normalize_pool(self.pooling, pooled_only=True)
@@ -459,7 +463,8 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, plan: Plan, da
     opt = torch.optim.AdamW(model.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(seed)
     it = batches(len(seqs_tr), plan.batch_size, rng)
-    stopper = EarlyStopping(model.head, data.task, y_va, data.classes, plan.metric, plan.patience, plan.min_steps)
+    stopper = EarlyStopping(model.head, data.task, y_va, data.classes, plan.metric, plan.patience, plan.min_steps,
+                            plan.total)
     step = 0
     while step < plan.total:
         model.head.train()
@@ -695,7 +700,8 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
 
         baseline_res = run_baselines(("kmer", "cnn"), head_cfg, plan,
                                      (data.seqs[0], data.y[0], data.seqs[1], data.y[1], data.seqs[2]),
-                                     data.y[2], device, seeds, progress=cfg.progress, bf16=cfg.bf16)
+                                     data.y[2], device, seeds, progress=cfg.progress, bf16=cfg.bf16,
+                                     cnn_epochs=cfg.cnn_epochs)
         metrics["baselines"] = {k: dict(v["metrics"], n_test=n_te, n_train=n_tr, n_val=n_va)
                                 for k, v in baseline_res.items()}
     metrics["time_s"] = round(time.time() - t0, 2)

@@ -1,0 +1,252 @@
+"""The supervised training loop shared by fine-tuning and the CNN baselines.
+
+``fit(model, groups, plan, train, val, ...)`` trains any :class:`Predictor`
+(a :class:`~mambadna.model.heads.SequenceClassifier` or a baseline CNN) with
+AdamW, the warm-up + cosine schedule of pretraining, optional random
+reverse complements, and early stopping on a validation metric; the best
+state is restored at the end. Everything about *how long* and *how often*
+comes in a :class:`Plan` (fine-tuning derives it from the data size).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from mambadna.components.metrics import choose_threshold, compute_metrics, token_metrics
+from mambadna.components.schedule import warmup_cosine
+from mambadna.errors import TrainingError
+from mambadna.model.heads import Predictor, predict_proba, predict_tokens
+from mambadna.tokenizer import reverse_complement
+
+log = logging.getLogger("mambadna")
+
+LOWER_IS_BETTER = ("loss", "mse", "rmse", "mae")
+
+
+@dataclass
+class Plan:
+    """How one training run goes: ``total`` optimizer steps of ``batch_size``
+    sequences, warm-up over ``warmup`` steps then cosine decay to
+    ``min_lr_ratio`` of the peak; validation every ``every`` steps; stop after
+    ``patience`` validations without improvement of ``metric``, but never
+    before ``min_steps``."""
+
+    total: int
+    every: int
+    warmup: int
+    min_steps: int
+    patience: int
+    batch_size: int
+    metric: str
+    rc_augment: bool
+    rc_average: bool
+    min_lr_ratio: float = 0.05
+    steps_per_epoch: int = 0
+    epochs: float = 0.0
+    grad_clip: float = 1.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- data helpers
+def take(y, idx) -> np.ndarray:
+    """Targets of ``idx``: rows of an array, or a stack of per-sequence arrays."""
+    if isinstance(y, np.ndarray):
+        return y[idx]
+    return np.stack([y[i] for i in idx])
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator):
+    """Endless shuffled batches of indices (reshuffled every epoch)."""
+    while True:
+        perm = rng.permutation(n)
+        for k in range(0, n, batch_size):
+            yield perm[k:k + batch_size]
+
+
+def group_by_length(seqs: Sequence[np.ndarray], idx) -> List[List[int]]:
+    groups: Dict[int, List[int]] = {}
+    for i in idx:
+        groups.setdefault(len(seqs[i]), []).append(int(i))
+    return list(groups.values())
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked, else a no-op context."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def predict(model: Predictor, seqs, batch_size: int, device, rc_average: bool, bf16: bool = True):
+    """Predictions as the metrics want them: (n, n_classes) array, or one
+    (L, n_classes) array per sequence for a token head."""
+    with autocast(torch.device(device), bf16):
+        if model.head_cfg.per_token:
+            return predict_tokens(model, seqs, batch_size, device, rc_average)
+        return predict_proba(model, seqs, batch_size, device, rc_average)
+
+
+# --------------------------------------------------------------------------- evaluation
+def _ce(task: str, y, pred) -> float:
+    eps = 1e-7
+    if task == "token":
+        tot, n = 0.0, 0
+        for yt, p in zip(y, pred):
+            ok = yt >= 0
+            tot -= float(np.log(np.clip(p[ok, yt[ok]], eps, 1.0)).sum())
+            n += int(ok.sum())
+        return tot / max(n, 1)
+    p = np.clip(np.asarray(pred, dtype=np.float64), eps, 1 - eps)
+    if task == "multilabel":
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    return float(-np.log(p[np.arange(len(y)), y]).mean())
+
+
+def evaluate(task: str, y, pred, classes: Sequence[str], threshold: float = 0.5) -> Dict[str, Any]:
+    """Metrics of predictions for the task, with ``loss`` (cross-entropy, or MSE
+    for regression) added."""
+    if task == "token":
+        m = token_metrics(y, pred, classes)
+        m["loss"] = _ce(task, y, pred)
+        return m
+    m = compute_metrics(task, y, pred, classes, threshold=threshold)
+    m["loss"] = m["mse"] if task == "regression" else _ce(task, y, pred)
+    return m
+
+
+def score(metrics: Dict[str, Any], metric: str) -> Tuple[float, float]:
+    """Higher is better: (metric, -loss); ties on the metric (e.g. AUROC 1.0)
+    go to the lower validation loss. An undefined metric scores by the loss."""
+    loss = metrics.get("loss")
+    loss = math.inf if loss is None else float(loss)
+    v = metrics.get(metric)
+    if v is None:
+        return (-loss, -loss)
+    v = float(v)
+    return ((-v if metric in LOWER_IS_BETTER else round(v, 6)), -loss)
+
+
+class EarlyStopping:
+    """Validation bookkeeping: score each evaluation, keep the best state of
+    ``module``, count evaluations without improvement against ``patience``
+    (only once ``min_steps`` are done)."""
+
+    def __init__(self, module: torch.nn.Module, task: str, y_va, classes: Sequence[str], metric: str,
+                 patience: int, min_steps: int = 0, total: Optional[int] = None):
+        self.module, self.task, self.y_va, self.classes = module, task, y_va, list(classes)
+        self.metric, self.patience, self.min_steps, self.total = metric, patience, min_steps, total
+        self.best: Tuple[float, float] = (-math.inf, -math.inf)
+        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.best_step, self.bad = 0, 0
+        self.best_val: Optional[Dict[str, Any]] = None
+        self.best_pred = None
+        self.history: List[Dict[str, Any]] = []
+
+    def update(self, step: int, train_loss: float, pred) -> bool:
+        """Record one evaluation; True when training should stop."""
+        thr = 0.5
+        if self.task == "binary" and self.metric == "mcc":  # MCC at the threshold it would be used with
+            thr = choose_threshold(self.y_va, np.asarray(pred)[:, 1])[0]
+        vm = evaluate(self.task, self.y_va, pred, self.classes, threshold=thr)
+        sc = score(vm, self.metric)
+        self.history.append({"step": step, "train_loss": train_loss, "val_loss": vm["loss"],
+                             f"val_{self.metric}": vm.get(self.metric)})
+        if sc > self.best:
+            self.best, self.best_step, self.bad, self.best_val, self.best_pred = sc, step, 0, vm, pred
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+            return False
+        self.bad += 1
+        if self.bad >= self.patience and step >= self.min_steps and (self.total is None or step < self.total):
+            log.info("early stopping at step %d (best validation %s %.4f at step %d)", step, self.metric,
+                     abs(self.best[0]), self.best_step)
+            return True
+        return False
+
+    def restore(self) -> None:
+        """Load the best state back into ``module``."""
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+
+    def info(self, steps: int) -> Dict[str, Any]:
+        return {"steps": steps, "best_step": self.best_step, "val_metric": self.metric, "history": self.history}
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------- the loop
+def fit(model: Predictor, groups: List[Dict[str, Any]], plan: Plan, seqs_tr: Sequence[np.ndarray], y_tr,
+        seqs_va: Sequence[np.ndarray], y_va, device: Union[str, torch.device], seed: int = 0,
+        weight_decay: float = 0.01, progress: bool = False, desc: str = "finetune", bf16: bool = True,
+        module: Optional[torch.nn.Module] = None) -> Tuple[EarlyStopping, int]:
+    """Train ``model`` on (seqs_tr, y_tr) with early stopping on (seqs_va, y_va).
+
+    groups: AdamW parameter groups, each with its peak ``lr``. ``module``: what
+    early stopping snapshots and restores (default: the whole model).
+    Per-token targets (a list of (L,) arrays) are reverse-complemented with
+    their sequence. Returns (the early-stopping record, steps done); the best
+    state is loaded back.
+    """
+    device = torch.device(device)
+    task = model.head_cfg.task
+    per_token = model.head_cfg.per_token
+    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    base = [g["lr"] for g in opt.param_groups]
+    params = [p for g in groups for p in g["params"]]
+    rng = np.random.default_rng(seed)
+    it = batches(len(seqs_tr), plan.batch_size, rng)
+    stopper = EarlyStopping(module if module is not None else model, task, y_va, model.head_cfg.classes,
+                            plan.metric, plan.patience, plan.min_steps, plan.total)
+    bar = _progress(plan.total, progress, desc)
+    step = 0
+    try:
+        while step < plan.total:
+            model.train()
+            idx = next(it)
+            f = warmup_cosine(step, plan.total, max(plan.warmup, 1), plan.min_lr_ratio)
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b * f
+            opt.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for grp in group_by_length(seqs_tr, idx):
+                flip = rng.random(len(grp)) < 0.5 if plan.rc_augment else np.zeros(len(grp), bool)
+                ids = np.stack([reverse_complement(seqs_tr[i]) if fl else seqs_tr[i]
+                                for i, fl in zip(grp, flip)]).astype(np.int64)
+                tgt = take(y_tr, grp)
+                if per_token and flip.any():
+                    tgt = tgt.copy()
+                    tgt[flip] = tgt[flip][:, ::-1]
+                x = torch.as_tensor(ids, device=device)
+                t = torch.as_tensor(np.ascontiguousarray(tgt), device=device)
+                with autocast(device, bf16):
+                    logits = model(x)
+                loss = model.loss(logits, t) * (len(grp) / len(idx))
+                loss.backward()
+                loss_sum += float(loss.detach())
+            if not math.isfinite(loss_sum):
+                raise TrainingError(f"non-finite training loss at step {step}")
+            if plan.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}")
+            if step % plan.every == 0 or step == plan.total:
+                pred = predict(model, seqs_va, plan.batch_size * 2, device, plan.rc_average, bf16)
+                if stopper.update(step, loss_sum, pred):
+                    break
+    finally:
+        bar.close()
+    stopper.restore()
+    return stopper, step
