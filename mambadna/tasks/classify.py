@@ -59,7 +59,7 @@ from mambadna.inference.pooling import normalize_pool
 from mambadna.inference.scoring import Scorer, VariantScorer, parse_scores
 from mambadna.io.files import atomic_path, prepare_output, publish_mode
 from mambadna.io.vcf import tabix_index
-from mambadna.model.heads import iter_length_groups
+from mambadna.model.heads import iter_length_groups, predicted_labels
 from mambadna.tokenizer import encode, encode_input
 
 log = logging.getLogger("mambadna")
@@ -239,14 +239,9 @@ def _sequence_lines(scorer: Scorer, batch: List[_Seq], rc_average: bool, batch_s
         x = torch.as_tensor(ids, device=scorer.device)
         if scorer.clf is not None:
             p = scorer.proba(x, rc_average).cpu().numpy()
+            preds = predicted_labels(p, scorer.clf.head_cfg)  # the head's own decision (threshold chosen on validation)
             for k, i in enumerate(sel):
-                if scorer.task == "multilabel":
-                    pred = ";".join(c for c, v in zip(scorer.classes, p[k]) if v >= 0.5) or "."
-                elif scorer.task == "binary":
-                    pred = scorer.classes[int(p[k, 1] >= 0.5)]
-                else:
-                    pred = scorer.classes[int(p[k].argmax())]
-                rows[i] = [_fmt(float(v)) for v in p[k]] + [pred]
+                rows[i] = [_fmt(float(v)) for v in p[k]] + [preds[k]]
         else:
             ll = scorer.loglik_per_base(x).cpu().numpy() if ids.shape[1] else np.full(len(sel), np.nan)
             for k, i in enumerate(sel):
