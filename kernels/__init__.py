@@ -4,7 +4,9 @@ One entry point, :func:`selective_scan` (and beside it the fused bidirectional
 scan, the single-step update, the depthwise conv :func:`conv1d_silu` and the
 RMSNorm :func:`rms_norm`), dispatches between the fused Triton
 kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` with
-``backend="triton"``) and the pure-PyTorch reference (everything else).
+``backend="triton"``), the compiled CPU scan (numba, :mod:`.scan.cpu`: CPU tensors
+when no gradient is needed) and the pure-PyTorch reference (everything else).
+``MAMBADNA_SCAN_BACKEND=reference`` (or ``backend="reference"``) forces the reference.
 """
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ __all__ = [
     "bidirectional_selective_scan_ref",
     "selective_state_update_ref",
     "triton_available",
+    "cpu_scan_available",
     "scan_saved_state_limit",
 ]
 
-_BACKENDS = ("auto", "triton", "reference")
+_BACKENDS = ("auto", "triton", "cpu", "reference")
 
 
 def triton_available() -> bool:
@@ -49,6 +52,43 @@ def triton_available() -> bool:
     except Exception:  # pragma: no cover - depends on the platform
         return False
     return True
+
+
+def cpu_scan_available() -> bool:
+    """True when the compiled CPU scan can run (numba installed)."""
+    try:
+        from .scan import cpu
+    except Exception:  # pragma: no cover - depends on the platform
+        return False
+    return cpu.available()
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _pick_scan(backend: str, tensors) -> str:
+    """The scan backend: as :func:`_pick`, except that "auto" on CPU tensors in
+    fp32/fp16/bf16 takes the compiled CPU scan ("cpu") when no gradient is needed and
+    numba imports (``MAMBADNA_SCAN_BACKEND=reference`` keeps the reference). An
+    explicit ``backend="cpu"`` is inference only: an error with a gradient to come."""
+    b = _pick(backend, tensors[0])
+    on_cpu = all(t is None or (t.device.type == "cpu" and t.dtype in _CPU_DTYPES) for t in tensors)
+    if b == "cpu":
+        if not on_cpu:
+            raise ValueError('backend="cpu" needs fp32/fp16/bf16 CPU tensors')
+        if _needs_grad(*tensors):
+            raise ValueError('backend="cpu" is inference only: no gradients flow through it')
+        if not cpu_scan_available():
+            raise RuntimeError('backend="cpu" needs numba (pip install numba)')
+        return b
+    if (backend == "auto" and b == "reference" and os.environ.get("MAMBADNA_SCAN_BACKEND") != "reference"
+            and on_cpu and not _needs_grad(*tensors) and cpu_scan_available()):
+        return "cpu"
+    return b
+
+
+_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @contextlib.contextmanager
@@ -109,8 +149,10 @@ def selective_scan(
             state after the last position.
         return_final_state: also return the final state (batch, d_inner, d_state) fp32.
         reverse: scan from the last position to the first.
-        backend: "auto" (Triton for CUDA tensors, reference otherwise),
-            "triton" or "reference" (pure PyTorch, chunk-parallel
+        backend: "auto" (Triton for CUDA tensors; for CPU tensors the compiled scan
+            when no gradient is needed and numba imports, else the reference),
+            "triton", "cpu" (:func:`.scan.cpu.selective_scan_cpu`, inference only) or
+            "reference" (pure PyTorch, chunk-parallel
             :func:`selective_scan_chunked`, checked against the sequential
             :func:`selective_scan_ref`).
 
@@ -121,11 +163,17 @@ def selective_scan(
     every 8 (or 16) positions for the backward, up to a bound on all such buffers
     alive (default 1/8 of the device memory; :func:`scan_saved_state_limit`).
     """
-    if _pick(backend, u) == "triton":
+    which = _pick_scan(backend, (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    if which == "triton":
         from .scan.triton import selective_scan_triton
 
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                      initial_state, return_final_state, reverse)
+    if which == "cpu":
+        from .scan.cpu import selective_scan_cpu
+
+        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                  initial_state, return_final_state, reverse)
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   initial_state, return_final_state, reverse)
 
@@ -146,10 +194,18 @@ def bidirectional_selective_scan(
     on the Triton path; there, with z and a gradient to come, the pre-gate sum
     (batch, length, d_inner), in u_f's dtype, is kept for the backward's dz.
     """
-    if _pick(backend, u_f) == "triton":
+    which = _pick_scan(backend, (u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+                                 D_f, D_r, z, delta_bias_f, delta_bias_r))
+    if which == "triton":
         from .scan.triton import bidirectional_selective_scan_triton
 
         return bidirectional_selective_scan_triton(
+            u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+            D_f, D_r, z, delta_bias_f, delta_bias_r, delta_softplus)
+    if which == "cpu":
+        from .scan.cpu import bidirectional_selective_scan_cpu
+
+        return bidirectional_selective_scan_cpu(
             u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
             D_f, D_r, z, delta_bias_f, delta_bias_r, delta_softplus)
     yf = selective_scan_chunked(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)
@@ -170,11 +226,17 @@ def selective_state_update(
     B, C: (batch, n_groups, d_state); A: (d_inner, d_state); D, delta_bias: (d_inner,).
     Returns (y (batch, d_inner), new_state (batch, d_inner, d_state) fp32).
     """
-    if _pick(backend, u) == "triton":
+    which = _pick_scan(backend, (u, state, delta, A, B, C, D, z, delta_bias))
+    if which == "triton":
         from .scan.triton import selective_state_update_triton
 
         return selective_state_update_triton(state, u, delta, A, B, C, D, z, delta_bias,
                                              delta_softplus)
+    if which == "cpu":
+        from .scan.cpu import selective_state_update_cpu
+
+        return selective_state_update_cpu(state, u, delta, A, B, C, D, z, delta_bias,
+                                          delta_softplus)
     return selective_state_update_ref(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -198,15 +260,22 @@ def conv1d_silu(
         reverse: the anti-causal conv (position t sees t .. t + d_conv - 1), i.e. the
             causal conv of the flipped sequence, flipped back; no flip is made.
         activation: apply SiLU.
-        backend: "auto" (Triton for CUDA tensors), "triton" or "reference".
+        backend: "auto" (Triton for CUDA tensors, the compiled CPU kernel for CPU
+            tensors without a gradient to come when numba imports), "triton", "cpu" or
+            "reference".
 
     Returns:
         (batch, length, d_inner) in x's dtype; differentiable in x, weight, bias, context.
     """
-    if _pick(backend, x) == "triton":
+    which = _pick_scan(backend, (x, weight, bias, context))
+    if which == "triton":
         from .conv.triton import conv1d_silu_triton
 
         return conv1d_silu_triton(x, weight, bias, context, reverse, activation)
+    if which == "cpu":
+        from .scan.cpu import conv1d_silu_cpu
+
+        return conv1d_silu_cpu(x, weight, bias, context, reverse, activation)
     return conv1d_silu_ref(x, weight, bias, context, reverse, activation)
 
 
@@ -225,14 +294,21 @@ def rms_norm(
         eps: added to the mean square.
         out_dtype: dtype of the output (default x's), e.g. the autocast dtype, so the
             layer after the norm needs no cast.
-        backend: "auto" (Triton for CUDA tensors), "triton" or "reference".
+        backend: "auto" (Triton for CUDA tensors, the compiled CPU kernel for CPU
+            tensors without a gradient to come when numba imports), "triton", "cpu" or
+            "reference".
 
     Returns:
         (..., d) ``x * rsqrt(mean(x^2) + eps) * weight``; differentiable in x and
         weight, keeping only x and the per-row 1/rms (fp32) for backward.
     """
-    if _pick(backend, x) == "triton":
+    which = _pick_scan(backend, (x, weight))
+    if which == "triton":
         from .norm.triton import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps, out_dtype)
+    if which == "cpu":
+        from .scan.cpu import rms_norm_cpu
+
+        return rms_norm_cpu(x, weight, eps, out_dtype)
     return rms_norm_ref(x, weight, eps, out_dtype)
