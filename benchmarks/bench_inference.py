@@ -87,6 +87,25 @@ def _snv_windows(genome, n: int, window: int, seed: int = 0):
     return out
 
 
+def _tolerance(model, enc, dev, seqs, windows) -> None:
+    """How far bf16 autocast lands from fp32: pooled embeddings and zero-shot LLRs."""
+    from scipy.stats import spearmanr
+
+    from mambadna.inference.scoring import Scorer, VariantScorer
+
+    e32 = model.embedder(pool="mean", precision="fp32").embed(seqs)
+    e16 = model.embedder(pool="mean", precision="bf16").embed(seqs)
+    e32, e16 = np.stack(e32), np.stack(e16)
+    rel = np.abs(e16 - e32).max() / np.abs(e32).max()
+    cos = (e16 * e32).sum(1) / np.linalg.norm(e16, axis=1) / np.linalg.norm(e32, axis=1)
+    ll = {p: np.array([r[0] for _, _, rr in VariantScorer(Scorer(enc, None, dev, precision=p), ["llr"])
+                       .score_records(windows) for r in rr]) for p in ("fp32", "bf16")}
+    d = np.abs(ll["bf16"] - ll["fp32"])
+    print(f"# bf16 vs fp32: embeddings max |diff| / max |fp32| {rel:.2e}, min cosine {cos.min():.6f}; "
+          f"LLR max |diff| {d.max():.3f} (median {np.median(d):.3f}, fp32 LLR sd {ll['fp32'].std():.3f}), "
+          f"Spearman {spearmanr(ll['fp32'], ll['bf16'])[0]:.5f} over {len(d)} SNVs", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -155,6 +174,8 @@ def main() -> None:
                             vps = len(windows) / t
                             need = 1 if scores == ["llr"] else 3
                             out.append((f"classify {'+'.join(scores)}", vps, t, bound / need))
+                    if prec == "bf16" and layers == a.layers[0] and W == a.windows[0]:
+                        _tolerance(model, enc, dev, seqs[:512], _snv_windows(genome, 512, W))
                     for what, rate, t, *b in out:
                         ref = b[0] if b else r_raw
                         row = dict(model=f"{layers}x{a.d_model}", window=W, precision=prec, what=what,

@@ -11,10 +11,10 @@ def register(app: typer.Typer) -> None:
     def classify_cmd(
         model: str = typer.Option(..., "--model", help="Fine-tuned classifier or pretrained model directory."),
         out: str = typer.Option(..., "--out", help="Output TSV (one row per allele or sequence)."),
-        vcf: Optional[str] = typer.Option(None, "--vcf", help="Variants (VCF/BCF, plain or bgzip)."),
+        vcf: Optional[str] = typer.Option(None, "--vcf", help="Variants (VCF/BCF, plain, gzip or bgzip). Strict: a record beyond its contig, an unknown contig or a REF that differs from --reference is an error naming the line (see --skip-ref-mismatch)."),
         reference: Optional[str] = typer.Option(None, "--reference", help="Reference FASTA (for --vcf/--bed; CRAM)."),
-        fasta: Optional[str] = typer.Option(None, "--fasta", help="Score the sequences of a FASTA."),
-        bed: Optional[str] = typer.Option(None, "--bed", help="Score BED intervals of --reference."),
+        fasta: Optional[str] = typer.Option(None, "--fasta", help="Score the sequences of a FASTA. LF or CRLF; A C G T U N and IUPAC R Y K M S W B D H V in either case (IUPAC codes and N become the N token, U becomes T, soft-masked lower case reads as upper case); any other character is an error naming the record and offset."),
+        bed: Optional[str] = typer.Option(None, "--bed", help="Score BED intervals of --reference (0-based half-open; start < end <= contig length, strand +, - or .; else an error naming the line)."),
         bam: Optional[str] = typer.Option(None, "--bam", help="Score the reads of a BAM/CRAM."),
         region: Optional[str] = typer.Option(None, "--region", help="BAM region, e.g. chr1:100-200."),
         min_mapq: Optional[int] = typer.Option(None, "--min-mapq", help="Minimum mapping quality of BAM reads [0]."),

@@ -11,8 +11,8 @@ def register(app: typer.Typer) -> None:
     def embed_cmd(
         model: str = typer.Option(..., "--model", help="Model directory (config.json + model.safetensors)."),
         out: str = typer.Option(..., "--out", help="Output file: .npz or .parquet."),
-        fasta: Optional[str] = typer.Option(None, "--fasta", help="FASTA of sequences (one row each)."),
-        bed: Optional[str] = typer.Option(None, "--bed", help="BED of intervals (needs --reference)."),
+        fasta: Optional[str] = typer.Option(None, "--fasta", help="FASTA of sequences (one row each). LF or CRLF; A C G T U N and IUPAC R Y K M S W B D H V in either case (IUPAC codes and N become the N token, U becomes T, soft-masked lower case reads as upper case); any other character is an error naming the record and offset."),
+        bed: Optional[str] = typer.Option(None, "--bed", help="BED of intervals (needs --reference; 0-based half-open, start < end <= contig length, else an error naming the line)."),
         bam: Optional[str] = typer.Option(None, "--bam", help="BAM/CRAM: one row per read."),
         vcf: Optional[str] = typer.Option(None, "--vcf", help="VCF/BCF: ref and alt window per ALT allele "
                                                                  "(needs --reference)."),

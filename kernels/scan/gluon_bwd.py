@@ -27,7 +27,7 @@ shared memory. ``SAME_L``/``SAME_BC``: strides known equal, one row offset a ste
 where the row index is clamped and dt is 0 (measured faster). ``S0``/``NSH``: this
 launch's first segment and how many segments its checkpoint buffer holds.
 
-Gluon has no interpreter, so this kernel runs only on a GPU; ``tests/test_scan_triton.py``
+Gluon has no interpreter, so this kernel runs only on a GPU; ``tests/test_scan.py``
 compares it with the reference there (marked ``gpu``). Requires Triton with Gluon
 (3.5+); ``available()`` says whether it can be used.
 """
