@@ -6,27 +6,32 @@ length once, keeping the (d_state, W) fp32 state in a small cache-resident array
 innermost loop runs over the channels of the block (contiguous in the channel-last
 inputs), so LLVM vectorises it (SSE/AVX2/AVX-512, whatever the host has): per position
 and state it computes ``h = exp(dt * A) * h + dt * u * B`` and ``y += h * C`` for a
-vector of channels at once,
-without ever materialising (batch, length, d_inner, d_state) tensors.
+vector of channels at once, without ever materialising (batch, length, d_inner,
+d_state) tensors. The bidirectional scan runs both directions in one task, the gate
+applied once to their sum.
 
 ``exp`` (and softplus, silu) are evaluated by the polynomials below rather than by
 libm so that the loops vectorise without SVML: the state decay as ``2^(dt log2(e) A)``
 (cephes' exp2f polynomial), silu's and softplus' exp by cephes' expf (Cody-Waite
 reduction), both within 1 ulp of fp32 exp over their whole range; softplus' log1p by
 the atanh series (within 3 ulp). No reassociating fast-math, so the range reductions
-stay exact. Results equal the reference within fp32 rounding (the tests check 1e-4
-relative; ~1e-7 in practice, ~1e-6 on a model's logits).
+stay exact. Results equal the fp64 reference within ~1e-7 relative (the tests check
+1e-4), a model's logits the fp32 reference path's within ~1e-6.
 
 The depthwise conv + SiLU and the RMSNorm of the block have CPU kernels here too
 (channel-last, one pass, no transposed or concatenated copies): on CPU they cost
 more than the scan once the scan is compiled.
 
-Tasks are split across ``torch.get_num_threads()`` threads (the caller plus a small
-pool), each calling a ``nogil`` kernel, rather than through numba's own threading
-layer (``parallel=True``/``prange``): that would add a second OpenMP pool next to
-torch's (GNU OpenMP in numba is not fork-safe, its workqueue layer not thread-safe);
-this way the threads torch is given are used, calls may come from several threads at
-once, and a forked child rebuilds the pool.
+Threads: each kernel has a C-callable body that a team of threads runs at once, taking
+tasks from an atomic counter. The team is torch's own OpenMP team
+(``GOMP_parallel`` of the runtime torch links, so ``torch.get_num_threads()`` threads,
+the very ones that run torch's ops); where that runtime cannot be found (not Linux, a
+non-OpenMP torch) or in a forked child, the calling thread plus a small Python pool,
+the GIL released. Not numba's ``parallel=True``: its threading layer would be a second
+pool beside torch's, and torch's OpenMP threads spin-wait after each op, so two pools
+on the same cores slow each other down (measured: a third more CPU time per forward
+on 2 cores); numba's GNU OpenMP layer is also not fork-safe, its workqueue layer not
+thread-safe.
 
 Inference only: no autograd. :mod:`mambadna.kernels` dispatches here for CPU tensors
 when no gradient is needed and numba imports; everything else keeps the reference.
@@ -63,7 +68,7 @@ except Exception as e:  # pragma: no cover - depends on the environment
 CALLS = {"scan": 0, "bidirectional": 0, "conv": 0, "norm": 0}
 
 # channels per task: the longer the vectorised channel loop the better (fewer loop
-# set-ups per position and state); fewer when that leaves threads idle (see _launch)
+# set-ups per position and state); fewer when that leaves threads idle (see _scan)
 _W_MAX = 512
 
 
@@ -129,16 +134,31 @@ if numba is not None:
         k = _i32(fx)
         return p * _bits_as_f32((k + _I127) << _I23)
 
+    @intrinsic
+    def _f32_bits(typingctx, x):
+        """Reinterpret a float32 as int32 (a bitcast; vectorises)."""
+        sig = types.int32(types.float32)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], _ir.IntType(32))
+
+        return sig, codegen
+
+    _MAGIC = _f32(12582912.0)  # 1.5 * 2^23: x + MAGIC rounds x to an integer in the low bits
+
     @_jit(**_JIT)
     def _exp2(x):
-        """fp32 2^x, vectorisable; inputs clamped to [-126, 127]."""
+        """fp32 2^x within 1 ulp, vectorisable; inputs clamped to [-126, 127]. The
+        rounding of x to an integer k is the 1.5 * 2^23 trick, which also leaves k in
+        the low bits of the sum: cheaper than round + convert."""
         x = min(max(x, _EXP2_LO), _EXP2_HI)
-        fx = np.rint(x)  # nearest: r in [-1/2, 1/2]
-        r = x - fx
+        t = x + _MAGIC
+        r = x - (t - _MAGIC)  # in [-1/2, 1/2]
         p = ((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5
         p = p * r + _ONE
-        k = _i32(fx)
-        return p * _bits_as_f32((k + _I127) << _I23)
+        # t's low bits hold k = round(x): 2^k has the bits (k + 127) << 23,
+        # i.e. (bits(t) << 23) + (127 << 23) (bits(1.5 * 2^23) << 23 wraps to 0)
+        return p * _bits_as_f32((_f32_bits(t) << _I23) + (_I127 << _I23))
 
     @_jit(**_JIT)
     def _softplus(x):
