@@ -34,6 +34,13 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def brca1(shared_data):
+    """(1000 Genomes VCF, FASTA) of the real BRCA1 region."""
+    d = shared_data / "variants_brca1"
+    return d / "brca1_1kgPhase3_variants.vcf", d / "ref_brca1.fa"
+
+
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path_factory, monkeypatch):
     """Keep index/decompression caches out of $HOME and the shared folder."""

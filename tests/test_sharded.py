@@ -18,12 +18,6 @@ SUBSET = list(range(0, 12)) + [14, 53, 309, 578, 667, 668]
 
 
 @pytest.fixture(scope="module")
-def brca1(shared_data):
-    d = shared_data / "variants_brca1"
-    return d / "brca1_1kgPhase3_variants.vcf", d / "ref_brca1.fa"
-
-
-@pytest.fixture(scope="module")
 def vcf_parts(brca1):
     text = brca1[0].read_text().splitlines()
     return [l for l in text if l.startswith("#")], [l for l in text if l and not l.startswith("#")]

@@ -189,6 +189,18 @@ def _layer_forward_dual(model: MambaDNA, i: int, h: Tensor, shift: Tensor) -> Te
     return blk.residual(h, (yf.float() + yr.float()).to(yf.dtype))
 
 
+def to_host_async(t: Tensor) -> Tuple[Tensor, Optional["torch.cuda.Event"]]:
+    """(host tensor, event): a CUDA tensor copied into pinned host memory without
+    waiting (read it after ``event.synchronize()``); a host tensor as it is."""
+    if not t.is_cuda:
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
 @torch.no_grad()
 def _run_whole(model: MambaDNA, ids: Tensor, lengths: Tensor, stop: int, fnorm: bool,
                sink: Callable, post: Optional[Callable] = None) -> None:
@@ -528,13 +540,7 @@ class Embedder:
             res = sink.out if self.pool == "none" else (sink.result() + sink_rc.result()) / 2
         else:
             res = sink.result()
-        event = None
-        if res.is_cuda:
-            pinned = torch.empty(res.shape, dtype=torch.float32, pin_memory=True)
-            pinned.copy_(res, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            res = pinned
+        res, event = to_host_async(res.float())
         return lens, res, event
 
     def _finish(self, handle) -> List[np.ndarray]:

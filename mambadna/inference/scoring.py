@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from mambadna.errors import InputError
-from mambadna.inference.engine import Embedder, prefetch
+from mambadna.inference.engine import Embedder, prefetch, to_host_async
 from mambadna.inference.pooling import pool
 from mambadna.model.encoder import MambaDNA
 from mambadna.model.heads import SequenceClassifier, rc_hidden_valid
@@ -332,14 +332,7 @@ class VariantScorer:
             sites = [_Site(ws) for _, ws in items if ws]
             if not sites:
                 return items, None, None
-            res = self._score_group(sites)
-            if res.is_cuda:
-                host = torch.empty(res.shape, dtype=res.dtype, pin_memory=True)
-                host.copy_(res, non_blocking=True)
-                ev = torch.cuda.Event()
-                ev.record()
-                return items, host, ev
-            return items, res, None
+            return (items, *to_host_async(self._score_group(sites)))
 
         def drain(p):
             items, host, ev = p
