@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         save_every: Optional[int] = typer.Option(None, "--save-every", help="Steps between checkpoints (checkpoint-<step>/ in --out; the last 2 are kept) [500]. Ctrl-C / SIGTERM also checkpoint, at the next step."),
         resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the latest checkpoint in --out (it must come from the same options; bit-identical to an uninterrupted run on CPU)."),
         overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Start afresh in an --out that holds an earlier run (its checkpoints, model and metrics are deleted; other files are kept)."),
-        gradient_checkpointing: Optional[bool] = typer.Option(None, "--checkpoint-layers/--no-checkpoint-layers", help="Per-layer activation checkpointing."),
+        checkpoint_layers: Optional[bool] = typer.Option(None, "--checkpoint-layers/--no-checkpoint-layers", help="Per-layer activation checkpointing."),
         seq_len_warmup: Optional[bool] = typer.Option(None, "--seq-len-warmup/--no-seq-len-warmup", help="Start short and double up to --seq-len."),
         rc_augment: Optional[bool] = typer.Option(None, "--rc-augment/--no-rc-augment"),
         bam: Optional[str] = typer.Option(None, "--bam", help="Train on reads of a BAM instead of a genome."),
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
             rc_equivariant=rc_equivariant, device=device, seed=seed, regions=regions,
             val_contigs=tuple(val_contigs) if val_contigs else None, val_bed=val_bed,
             val_fraction=val_fraction, eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, resume=resume,
-            gradient_checkpointing=gradient_checkpointing, seq_len_warmup=seq_len_warmup,
+            checkpoint_layers=checkpoint_layers, seq_len_warmup=seq_len_warmup,
             rc_augment=rc_augment, bam=bam, num_workers=num_workers, stop_after=stop_after, overwrite=overwrite,
             residual_bf16=residual_bf16, progress=progress, layer_chunk=layer_chunk,
             scan_state_gib=scan_state_gib)

@@ -86,7 +86,7 @@ def _tiny_model_dir(tmp_path_factory, bidirectional: bool) -> Path:
     from mambadna.tasks.pretrain import PretrainConfig, pretrain
 
     d = tmp_path_factory.mktemp("bi" if bidirectional else "causal")
-    pretrain(PretrainConfig(genome=str(REPO / "data" / "example_genome.fa"), out=str(d), seq_len=128,
+    pretrain(PretrainConfig.of(genome=str(REPO / "data" / "example_genome.fa"), out=str(d), seq_len=128,
                             batch_size=4, max_steps=12, lr=5e-3, seed=0, progress=False, save_every=1000,
                             model=ModelConfig(d_model=32, n_layers=2, d_state=8, bidirectional=bidirectional)))
     return d

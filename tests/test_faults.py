@@ -117,7 +117,7 @@ def _cfg(out, **kw):
                 model=ModelConfig(d_model=16, n_layers=1, d_state=4), save_every=2, log_every=1,
                 progress=False, seed=3, eval_every=100)
     base.update(kw)
-    return PretrainConfig(**base)
+    return PretrainConfig.of(**base)
 
 
 def test_layer_chunked_resume_is_bit_identical(tmp_path):

@@ -22,7 +22,7 @@ def _cfg(out, **kw):
                 model=ModelConfig(d_model=16, n_layers=1, d_state=4), val_contigs=("chrB",),
                 eval_every=3, save_every=2, log_every=1, progress=False, seed=3)
     base.update(kw)
-    return PretrainConfig(**base)
+    return PretrainConfig.of(**base)
 
 
 def test_mlm_mask_statistics():
@@ -159,7 +159,7 @@ def test_non_finite_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_
 
 def test_pretrain_on_bam_reads(tmp_path, shared_data):
     bam = shared_data / "alignments" / "ex1" / "ex1.bam"
-    res = pretrain(PretrainConfig(bam=str(bam), bam_region="chr1", out=str(tmp_path / "bam"), seq_len=36,
+    res = pretrain(PretrainConfig.of(bam=str(bam), bam_region="chr1", out=str(tmp_path / "bam"), seq_len=36,
                                   batch_size=4, max_steps=2, model=ModelConfig(d_model=8, n_layers=1, d_state=4,
                                                                                bidirectional=False),
                                   progress=False, save_every=2))
@@ -220,4 +220,48 @@ def test_scan_state_limit_applies_during_pretraining_only(tmp_path, monkeypatch)
     monkeypatch.setattr(tr, "launch_or_pretrain", lambda cfg, gpus=None: got.setdefault("cfg", cfg))
     r = CliRunner().invoke(app, ["pretrain", str(EXAMPLE), "--out", str(tmp_path / "c"), "--scan-state-gib", "0"])
     assert r.exit_code == 0, r.output
-    assert got["cfg"].scan_state_gib == 0.0
+    assert got["cfg"].memory.scan_state_gib == 0.0
+
+
+def test_config_sections_round_trip_through_toml_and_flat_names(tmp_path):
+    """One option set three ways: flat names (the CLI's), [data]/[optim]/[memory]/[model]
+    tables (the TOML torchrun's workers read), and the launcher's own TOML; each option
+    lands in its section, an option in the wrong table is refused."""
+    from mambadna.tasks.pretrain import _to_toml
+
+    flat = PretrainConfig.of(genome=str(EXAMPLE), seq_len=256, lr=3e-3, d_model=32, layer_chunk=0,
+                             gradient_checkpointing=True, max_steps=7, val_contigs=("chrB",))
+    assert (flat.data.seq_len, flat.optim.lr, flat.model.d_model, flat.memory.layer_chunk, flat.max_steps) == \
+        (256, 3e-3, 32, 0, 7)
+    assert flat.memory.checkpoint_layers and flat.data.val_contigs == ("chrB",)
+    assert PretrainConfig.of(genome=str(EXAMPLE)).memory.layer_chunk == -1  # default: the trainer picks
+    toml = tmp_path / "c.toml"
+    toml.write_text(_to_toml(flat.to_dict()))
+    assert "[data]" in toml.read_text() and "[optim]" in toml.read_text()
+    assert PretrainConfig.from_toml(str(toml)) == flat
+    tables = tmp_path / "t.toml"
+    tables.write_text(f'max_steps = 7\n[data]\ngenome = "{EXAMPLE}"\nseq_len = 256\nval_contigs = ["chrB"]\n'
+                      '[optim]\nlr = 3e-3\n[memory]\nlayer_chunk = 0\ncheckpoint_layers = true\n[model]\nd_model = 32\n')
+    assert PretrainConfig.from_toml(str(tables)) == flat
+    assert PretrainConfig.from_toml(str(tables), seq_len=512).data.seq_len == 512  # the command line wins
+    wrong = tmp_path / "w.toml"
+    wrong.write_text(f'[optim]\nseq_len = 256\n[data]\ngenome = "{EXAMPLE}"\n')
+    with pytest.raises(InputError, match=r"unknown option\(s\): \[optim\] seq_len"):
+        PretrainConfig.from_toml(str(wrong))
+
+
+def test_resume_reads_a_checkpoint_written_with_flat_options(tmp_path):
+    """Checkpoints written before the sections hold the options flat: --resume still
+    compares them option by option."""
+    from mambadna.errors import CheckpointError
+    from mambadna.io.files import jsonable
+    from mambadna.tasks.pretrain import _check_resumable
+
+    cfg = _cfg(tmp_path / "r")
+    old = jsonable(cfg.flat())
+    old["gradient_checkpointing"] = old.pop("checkpoint_layers")
+    old["model"] = cfg.model.to_dict()
+    _check_resumable(tmp_path, {"pretrain": old}, cfg, 2)  # the same options: fine
+    old["lr"] = 1e-2
+    with pytest.raises(CheckpointError, match=r"lr \(checkpoint 0.01, now 0.003\)"):
+        _check_resumable(tmp_path, {"pretrain": old}, cfg, 2)

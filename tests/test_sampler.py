@@ -214,6 +214,6 @@ def test_pretrain_on_several_genomes_cli(shared_data, tmp_path, run_cli, caplog)
                             "--device", "cpu"])
     assert code == 0, err
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["pretrain"]["genome"] == [str(ex), str(shared_data / "alignments/ex1/ex1.fa")]
-    assert cfg["pretrain"]["genome_weights"] == "equal" and "val_loss" in cfg["val"]
+    assert cfg["pretrain"]["data"]["genome"] == [str(ex), str(shared_data / "alignments/ex1/ex1.fa")]
+    assert cfg["pretrain"]["data"]["genome_weights"] == "equal" and "val_loss" in cfg["val"]
     assert "pretraining on 2 genomes: example_genome (50.0%), ex1 (50.0%)" in caplog.text

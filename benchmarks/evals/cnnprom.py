@@ -70,7 +70,7 @@ def pretrain_genomes(out: Path, steps: int, device: str, quick: bool) -> Path:
 
     genomes = sorted(str(p) for p in (common.data_dir() / "genomes").glob("*.f*a.gz"))
     shape = dict(d_model=32, n_layers=2, d_state=8) if quick else dict(d_model=256, n_layers=8, d_state=16)
-    cfg = PretrainConfig(genome=genomes, out=str(out), seq_len=128 if quick else 1024,
+    cfg = PretrainConfig.of(genome=genomes, out=str(out), seq_len=128 if quick else 1024,
                          batch_size=8 if quick else 64, max_steps=steps, lr=2e-3, device=device,
                          val_fraction=0.01, eval_every=max(1, steps // 10), save_every=10 ** 9,
                          progress=False, model=ModelConfig(bidirectional=True, **shape))

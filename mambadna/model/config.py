@@ -83,15 +83,22 @@ class MemoryConfig:
     checkpoint_layers: keep only each block's input, recompute the block in backward.
     layer_chunk: > 0: train each block in exact length chunks of this many positions
     (carried scan state and conv context; :mod:`mambadna.model.chunked`), bounding
-    activation memory by one chunk; 0: off.
+    activation memory by one chunk; 0: off; -1: the trainer's choice for the device
+    (256 on CPU, off on GPU; the model itself treats it as off).
     residual_bf16: keep the residual stream between blocks in bf16 (halves the
     stored block inputs at long lengths; used under CUDA autocast).
+    scan_state_gib: GPU memory the scans' forwards may keep for their backwards
+    (read by the trainer, :func:`mambadna.kernels.scan_saved_state_limit`);
+    -1: 1/8 of the device; 0: none (recomputed in backward: less memory, slower).
     """
 
     checkpoint_layers: bool = False
     layer_chunk: int = 0
     residual_bf16: bool = False
+    scan_state_gib: float = -1.0
 
     def __post_init__(self) -> None:
-        if self.layer_chunk < 0:
-            raise ValueError(f"MemoryConfig.layer_chunk must be >= 0, got {self.layer_chunk}")
+        if self.layer_chunk < -1:
+            raise ValueError(f"MemoryConfig.layer_chunk must be >= -1, got {self.layer_chunk}")
+        if not (math.isfinite(self.scan_state_gib) and self.scan_state_gib >= -1):
+            raise ValueError(f"MemoryConfig.scan_state_gib must be -1 (auto) or >= 0, got {self.scan_state_gib}")

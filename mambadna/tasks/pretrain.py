@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from mambadna.components.checkpoint import CONFIG, WEIGHTS, load_state_dict, read_config, save_model
 from mambadna.model.config import MemoryConfig, ModelConfig
 from mambadna.components.distributed import Dist, init_distributed, torchrun_command, torchrun_env
+from mambadna.components.sampler import SamplerConfig
 from mambadna.components.schedule import warmup_cosine
 from mambadna.errors import CheckpointError, InputError, Interrupted, TrainingError
 from mambadna.io.files import atomic_dir, atomic_path, output_lock, publish_mode, jsonable
@@ -38,73 +39,59 @@ TRAINER_JSON = "trainer_state.json"
 METRICS = "metrics.jsonl"
 
 
-@dataclass
-class PretrainConfig:
-    """Everything ``mambadna pretrain`` needs. ``model`` holds the encoder's shape.
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where training windows come from and how they are batched."""
 
-    seq_len: bases per window; batch_size: global sequences per optimizer step
-    (constant tokens per step = batch_size * seq_len); micro_batch_size: per
-    device and forward pass (0 = batch_size / world size), the rest is reached
-    by gradient accumulation.
-    """
-
-    genome: Optional[Any] = None  # one FASTA, a list of FASTAs, or a list file (.txt/.list/.tsv)
-    genome_weights: Optional[Any] = None  # several genomes: None/"length" (by usable length), "equal", or one weight each
+    genome: Optional[Any] = None
+    """One FASTA, a list of FASTAs, or a list file (.txt/.list/.tsv) of them."""
+    genome_weights: Optional[Any] = None
+    """Several genomes: None / "length" (by usable length), "equal", or one weight each."""
     bam: Optional[str] = None
+    """Train on the reads of this BAM instead of genome windows."""
     bam_region: Optional[str] = None
+    """With ``bam``: only reads of this region (samtools syntax)."""
     min_mapq: int = 0
-    out: str = "runs/pretrain"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """With ``bam``: skip reads of lower mapping quality."""
     seq_len: int = 1024
+    """Bases per window."""
     batch_size: int = 8
+    """Global sequences per optimizer step (tokens per step = batch_size * seq_len)."""
     micro_batch_size: int = 0
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    betas: Tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = -1  # -1: 5% of max_steps
-    grad_clip: float = 1.0
-    mlm_probability: float = 0.15
-    seed: int = 0
-    device: str = "auto"
+    """Per device and forward pass (0: batch_size / world size); the rest by gradient accumulation."""
     regions: Optional[str] = None
+    """BED of regions to draw windows from."""
     val_contigs: Tuple[str, ...] = ()
+    """Contigs held out for validation."""
     val_bed: Optional[str] = None
+    """BED of validation regions."""
     val_fraction: float = 0.0
+    """Hold out the last fraction of each contig for validation."""
     max_n_frac: float = 0.1
+    """Windows with more N than this fraction are redrawn."""
     rc_augment: bool = False
-    eval_every: int = 200
-    eval_batches: int = 4
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    resume: bool = False
+    """Reverse-complement half of the training windows."""
+    mlm_probability: float = 0.15
+    """Masked-LM: fraction of nucleotide positions that carry the loss."""
     num_workers: int = 0
-    gradient_checkpointing: bool = False
+    """DataLoader workers preparing batches (0: in the training process)."""
     seq_len_warmup: bool = False
+    """Start at ``seq_len_warmup_start`` and double up to ``seq_len``."""
     seq_len_warmup_start: int = 1024
-    seq_len_warmup_steps: int = 0  # steps per warm-up stage (0: 10% of max_steps split over stages)
-    bf16: bool = True
-    progress: bool = True
-    layer_chunk: int = -1  # > 0: each block trained in exact length chunks of this size; 0 off; -1 auto (CPU: 256)
-    residual_bf16: bool = False  # keep the residual stream in bf16 on CUDA (halves checkpointed activations)
-    scan_state_gib: float = -1.0  # GPU memory the scans' forwards may keep for their backwards; -1: 1/8 of
-                                  # the device; 0: none (recomputed in backward: less memory, slower)
-    stop_after: int = 0  # stop (with a checkpoint) after this step, to resume later; 0 = run to max_steps
-    overwrite: bool = False  # a fresh run may replace an earlier run's checkpoints and model in ``out``
+    """First window length of the warm-up."""
+    seq_len_warmup_steps: int = 0
+    """Steps per warm-up stage (0: 10% of max_steps split over the stages)."""
+
+    # options of genome sampling: they do nothing for reads
+    GENOME_ONLY = ("genome", "regions", "val_contigs", "val_bed", "val_fraction", "max_n_frac", "rc_augment")
 
     def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = ModelConfig.from_dict(self.model)
         self.val_contigs = tuple(self.val_contigs or ())
-        self.betas = tuple(self.betas)
         if self.genome is None and self.bam is None:
             raise InputError(None, "pretrain needs a genome FASTA (or --bam)")
         if self.bam is not None:  # options of genome sampling do nothing for reads: refuse them
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            unused = [n for n in ("genome", "regions", "val_contigs", "val_bed", "val_fraction", "max_n_frac",
-                                  "rc_augment") if getattr(self, n) not in (defaults[n], (), None)]
+            unused = [n for n in self.GENOME_ONLY if getattr(self, n) not in (defaults[n], (), None)]
             if unused:
                 raise InputError(self.bam, "with --bam, " + ", ".join("--" + n.replace("_", "-") for n in unused)
                                  + " would be ignored (they apply to genome windows): drop them")
@@ -118,9 +105,93 @@ class PretrainConfig:
                                        f"commas, got {self.genome_weights!r}") from None
         elif isinstance(self.genome_weights, (list, tuple)):
             self.genome_weights = [float(w) for w in self.genome_weights]
-        if self.seq_len < 2:
-            raise InputError(None, f"--seq-len must be at least 2, got {self.seq_len}")
-        if self.batch_size < 1 or self.max_steps < 1:
+
+    def sampler(self, seq_len: int, seed: int) -> SamplerConfig:
+        """The window sampler's settings at one window length."""
+        return SamplerConfig(seq_len=seq_len, seed=seed, max_n_frac=self.max_n_frac, regions=self.regions,
+                             val_contigs=self.val_contigs, val_bed=self.val_bed, val_fraction=self.val_fraction,
+                             rc_augment=self.rc_augment)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """The cosine ends at lr * min_lr_ratio at max_steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (not on norms, biases and embeddings)."""
+    betas: Tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    warmup_steps: int = -1
+    """Linear warm-up steps (-1: 5% of max_steps)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+
+
+# names accepted for compatibility with configs written before the sections (flat keys)
+_ALIASES = {"gradient_checkpointing": "checkpoint_layers"}
+
+
+@dataclass(kw_only=True)
+class PretrainConfig:
+    """Everything ``mambadna pretrain`` needs: the encoder's shape (``model``), the
+    windows (``data``), the optimizer (``optim``), the memory trade-offs
+    (``memory``) and the run itself. Defaults live here, once; the CLI passes only
+    what the user gave. :meth:`of` builds one from flat option names."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Encoder shape."""
+    data: DataConfig
+    """Training (and validation) windows."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
+    memory: MemoryConfig = field(default_factory=lambda: MemoryConfig(layer_chunk=-1))
+    """Activation memory against recompute (layer_chunk -1: 256 on CPU, off on GPU)."""
+    out: str = "runs/pretrain"
+    """Output folder (locked while the run writes it)."""
+    max_steps: int = 1000
+    """Optimizer steps."""
+    seed: int = 0
+    """Seed of the data order, masking and initialisation."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    eval_every: int = 200
+    """Steps between validations (with a validation set)."""
+    eval_batches: int = 4
+    """Validation batches per evaluation."""
+    save_every: int = 500
+    """Steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept (the newest)."""
+    log_every: int = 10
+    """Steps between metric rows."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``out`` (same configuration)."""
+    bf16: bool = True
+    """bf16 autocast on CUDA."""
+    progress: bool = True
+    """Progress bar."""
+    stop_after: int = 0
+    """Stop (with a checkpoint) after this step, to resume later; 0: run to max_steps."""
+    overwrite: bool = False
+    """A fresh run may replace an earlier run's checkpoints and model in ``out``."""
+
+    SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "memory": MemoryConfig}
+
+    def __post_init__(self) -> None:
+        for name, cls in self.SECTIONS.items():
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                setattr(self, name, ModelConfig.from_dict(v) if cls is ModelConfig else cls(**v))
+        if self.data.seq_len < 2:
+            raise InputError(None, f"--seq-len must be at least 2, got {self.data.seq_len}")
+        if self.data.batch_size < 1 or self.max_steps < 1:
             raise InputError(None, "--batch-size and --max-steps must be positive")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(None, f"--device must be auto, cpu or cuda, got {self.device!r}")
@@ -128,17 +199,48 @@ class PretrainConfig:
 
     @property
     def warmup(self) -> int:
-        return self.warmup_steps if self.warmup_steps >= 0 else max(1, self.max_steps // 20)
+        w = self.optim.warmup_steps
+        return w if w >= 0 else max(1, self.max_steps // 20)
 
     def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model"] = self.model.to_dict()
+        """Nested: the run's own keys, and one table per section."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.SECTIONS}
+        for name in self.SECTIONS:
+            sec = getattr(self, name)
+            d[name] = sec.to_dict() if isinstance(sec, ModelConfig) else dataclasses.asdict(sec)
         return d
+
+    def flat(self) -> Dict[str, Any]:
+        """Every option by its own name, the model's and the sections' merged in
+        (names are unique across sections)."""
+        d = self.to_dict()
+        out = {k: v for k, v in d.items() if k not in self.SECTIONS}
+        for name in self.SECTIONS:
+            out.update(d[name])
+        return out
+
+    @classmethod
+    def of(cls, **options: Any) -> "PretrainConfig":
+        """From flat option names (``PretrainConfig.of(genome="g.fa", seq_len=256,
+        lr=3e-3, d_model=64)``), each routed to its section."""
+        return cls.from_mapping({}, options)
+
+    @classmethod
+    def _section_of(cls) -> Dict[str, str]:
+        where = {}
+        for name, sec in cls.SECTIONS.items():
+            for f in dataclasses.fields(sec):
+                where[f.name] = name
+        for f in dataclasses.fields(cls):
+            if f.name not in cls.SECTIONS:
+                where[f.name] = ""
+        return where
 
     @classmethod
     def from_toml(cls, path: str, **overrides: Any) -> "PretrainConfig":
-        """Read a TOML file (top-level trainer keys, a [model] table), then apply
-        ``overrides`` (None values are ignored)."""
+        """Read a TOML file (the run's keys at the top, ``[model]``, ``[data]``,
+        ``[optim]``, ``[memory]`` tables; any option may also be given at the top
+        by its own name), then apply ``overrides`` (None values are ignored)."""
         try:
             import tomllib
         except ImportError:  # pragma: no cover - Python 3.10
@@ -155,29 +257,44 @@ class PretrainConfig:
     @classmethod
     def from_mapping(cls, d: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None,
                      source: Optional[str] = None) -> "PretrainConfig":
-        d = dict(d)
-        model = d.pop("model", {}) or {}
-        if not isinstance(model, dict):
-            raise InputError(source, f"'model' must be a table ([model] section), got {model!r}")
-        model = dict(model)
-        mnames = {f.name for f in dataclasses.fields(ModelConfig)}
-        tnames = {f.name for f in dataclasses.fields(cls)} - {"model"}
+        """From a mapping as :meth:`from_toml` reads it (sections as tables or
+        flat keys), then ``overrides`` by flat name (None values are ignored)."""
+        where = cls._section_of()
+        secs: Dict[str, Dict[str, Any]] = {name: {} for name in cls.SECTIONS}
+        top: Dict[str, Any] = {}
+
+        def put(k, v, section=None):
+            k = _ALIASES.get(k, k)
+            sec = where.get(k)
+            if sec is None or (section is not None and sec != section):
+                raise InputError(source, f"unknown option(s): {k}" if section is None
+                                 else f"unknown option(s): [{section}] {k}")
+            (secs[sec] if sec else top)[k] = v
+
+        for k, v in dict(d).items():
+            if k in cls.SECTIONS:
+                if isinstance(v, (ModelConfig, DataConfig, OptimConfig, MemoryConfig)):
+                    v = v.to_dict() if isinstance(v, ModelConfig) else dataclasses.asdict(v)
+                if not isinstance(v, dict):
+                    raise InputError(source, f"'{k}' must be a table ([{k}] section), got {v!r}")
+                for kk, vv in v.items():
+                    put(kk, vv, k)
+            else:
+                put(k, v)
         # the file's own values are checked even where the command line overrides them
-        _check_option_types(cls, {k: v for k, v in d.items() if k in tnames}, source)
-        _check_option_types(ModelConfig, {k: v for k, v in d.items() if k in mnames and k not in tnames}, source)
-        _check_option_types(ModelConfig, model, source, section="[model] ")
+        _check_option_types(cls, top, source)
+        for name, sec in cls.SECTIONS.items():
+            _check_option_types(sec, secs[name], source, section=f"[{name}] " if name in d else "")
         for k, v in (overrides or {}).items():
-            if v is None:
-                continue
-            (model if k in mnames and k not in tnames else d)[k] = v
-        for k in list(d):
-            if k in mnames and k not in tnames:
-                model[k] = d.pop(k)
-        unknown = set(d) - tnames
-        if unknown:
-            raise InputError(source, f"unknown option(s): {', '.join(sorted(unknown))}")
+            if v is not None:
+                if isinstance(v, (ModelConfig, DataConfig, OptimConfig, MemoryConfig)) and k in cls.SECTIONS:
+                    secs[k].update(v.to_dict() if isinstance(v, ModelConfig) else dataclasses.asdict(v))
+                else:
+                    put(k, v)
         try:
-            return cls(model=ModelConfig.from_dict(model), **d)
+            return cls(model=ModelConfig.from_dict(secs["model"]), data=DataConfig(**secs["data"]),
+                       optim=OptimConfig(**secs["optim"]),
+                       memory=MemoryConfig(**{"layer_chunk": -1, **secs["memory"]}), **top)
         except (TypeError, ValueError) as e:
             if isinstance(e, InputError):
                 raise
@@ -238,10 +355,8 @@ def _check_option_types(cls, values: Dict[str, Any], source: Optional[str], sect
 
 def _validate_options(cfg: "PretrainConfig") -> None:
     """Every numeric option in range, checked where the options are parsed."""
-    def num(name, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, flag=None):
-        if not hasattr(cfg, name):
-            return
-        v = getattr(cfg, name)
+    def num(sec, name, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, flag=None):
+        v = getattr(sec, name)
         opt = flag or "--" + name.replace("_", "-")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
             raise InputError(None, f"{opt} must be {'an integer' if integer else 'a number'}, got {v!r}")
@@ -252,28 +367,32 @@ def _validate_options(cfg: "PretrainConfig") -> None:
         if hi is not None and (v >= hi if hi_open else v > hi):
             raise InputError(None, f"{opt} must be {'<' if hi_open else '<='} {hi}, got {v}")
 
-    num("lr", 0, lo_open=True)
-    num("min_lr_ratio", 0, 1)
-    num("weight_decay", 0)
-    num("grad_clip", 0, lo_open=True)
-    num("mlm_probability", 0, 1, lo_open=True, hi_open=True, flag="mlm_probability")
-    num("val_fraction", 0, 1, hi_open=True)
-    num("max_n_frac", 0, 1)
-    num("scan_state_gib", -1)
-    for name in ("eval_every", "eval_batches", "save_every", "keep_checkpoints", "log_every", "seq_len_warmup_start"):
-        num(name, 1, integer=True)
-    for name in ("micro_batch_size", "num_workers", "seq_len_warmup_steps", "stop_after", "min_mapq", "seed"):
-        num(name, 0, integer=True)
-    num("warmup_steps", -1, integer=True)
-    num("layer_chunk", -1, integer=True)
-    betas = getattr(cfg, "betas", (0.9, 0.95))
+    o, d, m = cfg.optim, cfg.data, cfg.memory
+    num(o, "lr", 0, lo_open=True)
+    num(o, "min_lr_ratio", 0, 1)
+    num(o, "weight_decay", 0)
+    num(o, "grad_clip", 0, lo_open=True)
+    num(o, "warmup_steps", -1, integer=True)
+    num(d, "mlm_probability", 0, 1, lo_open=True, hi_open=True, flag="mlm_probability")
+    num(d, "val_fraction", 0, 1, hi_open=True)
+    num(d, "max_n_frac", 0, 1)
+    num(d, "seq_len_warmup_start", 1, integer=True)
+    for name in ("micro_batch_size", "num_workers", "seq_len_warmup_steps", "min_mapq"):
+        num(d, name, 0, integer=True)
+    num(m, "scan_state_gib", -1)
+    num(m, "layer_chunk", -1, integer=True)
+    for name in ("eval_every", "eval_batches", "save_every", "keep_checkpoints", "log_every"):
+        num(cfg, name, 1, integer=True)
+    for name in ("stop_after", "seed"):
+        num(cfg, name, 0, integer=True)
+    betas = o.betas
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise InputError(None, f"betas must be two numbers in [0, 1), got {betas!r}")
-    if cfg.micro_batch_size > cfg.batch_size:
-        raise InputError(None, f"--micro-batch-size ({cfg.micro_batch_size}) is larger than --batch-size "
-                               f"({cfg.batch_size})")
-    if cfg.seq_len > 1 << 30:
-        raise InputError(None, f"--seq-len {cfg.seq_len} is beyond 2^30")
+    if d.micro_batch_size > d.batch_size:
+        raise InputError(None, f"--micro-batch-size ({d.micro_batch_size}) is larger than --batch-size "
+                               f"({d.batch_size})")
+    if d.seq_len > 1 << 30:
+        raise InputError(None, f"--seq-len {d.seq_len} is beyond 2^30")
 
 
 # ---------------------------------------------------------------------------
@@ -320,22 +439,22 @@ class ObjectiveDataset(torch.utils.data.Dataset):
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up to cfg.lr, cosine decay to cfg.lr * min_lr_ratio at max_steps."""
-    return cfg.lr * warmup_cosine(step, cfg.max_steps, cfg.warmup, cfg.min_lr_ratio)
+    """Linear warm-up to cfg.optim.lr, cosine decay to cfg.optim.lr * min_lr_ratio at max_steps."""
+    return cfg.optim.lr * warmup_cosine(step, cfg.max_steps, cfg.warmup, cfg.optim.min_lr_ratio)
 
 
 def seq_len_schedule(cfg: PretrainConfig) -> List[Tuple[int, int]]:
     """[(first_step, seq_len), ...]: doubling from seq_len_warmup_start to seq_len."""
-    if not cfg.seq_len_warmup or cfg.seq_len_warmup_start >= cfg.seq_len:
-        return [(0, cfg.seq_len)]
+    if not cfg.data.seq_len_warmup or cfg.data.seq_len_warmup_start >= cfg.data.seq_len:
+        return [(0, cfg.data.seq_len)]
     lens = []
-    L = cfg.seq_len_warmup_start
-    while L < cfg.seq_len:
+    L = cfg.data.seq_len_warmup_start
+    while L < cfg.data.seq_len:
         lens.append(L)
         L *= 2
-    per = cfg.seq_len_warmup_steps or max(1, cfg.max_steps // 10 // len(lens))
+    per = cfg.data.seq_len_warmup_steps or max(1, cfg.max_steps // 10 // len(lens))
     sched = [(i * per, L) for i, L in enumerate(lens)]
-    sched.append((len(lens) * per, cfg.seq_len))
+    sched.append((len(lens) * per, cfg.data.seq_len))
     return sched
 
 
@@ -459,7 +578,7 @@ def _first_non_finite(model: torch.nn.Module) -> Optional[str]:
 _RUN_FILES = (WEIGHTS, CONFIG, METRICS, "loss_curve.png", "launch_config.toml", "README.md")
 # options that may change when resuming (they do not change what is computed, or extend it)
 _RESUMABLE = {"out", "resume", "overwrite", "stop_after", "progress", "device", "num_workers", "save_every",
-              "eval_every", "eval_batches", "log_every", "keep_checkpoints", "max_steps", "gradient_checkpointing",
+              "eval_every", "eval_batches", "log_every", "keep_checkpoints", "max_steps", "checkpoint_layers",
               "layer_chunk", "residual_bf16", "scan_state_gib", "bf16", "micro_batch_size"}
 
 
@@ -471,7 +590,7 @@ def _check_run_folder(out: Path, cfg: PretrainConfig) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(out, "--out exists and is a file, not a folder")
     for name in ("genome", "bam", "regions", "val_bed"):
-        v = getattr(cfg, name, None)
+        v = getattr(cfg.data, name, None)
         if isinstance(v, str) and v and os.path.realpath(v) == os.path.realpath(out):
             raise InputError(out, f"--out is the same path as the input {v}")
     if not out.is_dir():
@@ -501,15 +620,29 @@ def _check_run_folder(out: Path, cfg: PretrainConfig) -> None:
         (shutil.rmtree if p.is_dir() else os.unlink)(p)
 
 
+def _flat_options(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved run's options by flat name, without the model's (nested since the
+    sections; flat before)."""
+    out = {}
+    for k, v in d.items():
+        if k == "model":
+            continue
+        if k in PretrainConfig.SECTIONS and isinstance(v, dict):
+            out.update({_ALIASES.get(kk, kk): vv for kk, vv in v.items()})
+        else:
+            out[_ALIASES.get(k, k)] = v
+    return out
+
+
 def _check_resumable(ck: Path, saved: Dict[str, Any], cfg: PretrainConfig, step: int) -> None:
     """The checkpoint must come from this configuration (data, objective,
     optimisation) and lie before --max-steps."""
     old = saved.get("pretrain")
     if isinstance(old, dict):
-        now = jsonable(cfg.to_dict())
+        old, now = _flat_options(old), _flat_options(jsonable(cfg.to_dict()))
         diff = []
         for k in sorted(set(old) & set(now)):
-            if k in _RESUMABLE or k == "model" or old[k] == now[k]:
+            if k in _RESUMABLE or old[k] == now[k]:
                 continue
             if k in ("genome", "bam", "regions", "val_bed") and isinstance(old[k], str) and isinstance(now[k], str) \
                     and os.path.basename(old[k]) == os.path.basename(now[k]):
@@ -620,23 +753,20 @@ def _locate_non_finite(model, inputs, labels, idx, ds, L, autocast) -> str:
 
 # ---------------------------------------------------------------------------
 def _make_datasets(cfg: PretrainConfig, seq_len: int, num_train: int):
-    if cfg.bam is not None:
+    if cfg.data.bam is not None:
         from mambadna.components.sampler import ReadsDataset
 
-        train = ReadsDataset(cfg.bam, seq_len=seq_len, region=cfg.bam_region, min_mapq=cfg.min_mapq,
+        train = ReadsDataset(cfg.data.bam, seq_len=seq_len, region=cfg.data.bam_region, min_mapq=cfg.data.min_mapq,
                              seed=cfg.seed)
         return train, None
-    from mambadna.components.sampler import MultiGenomeDataset, SamplerConfig, WindowDataset, expand_genomes
+    from mambadna.components.sampler import MultiGenomeDataset, WindowDataset, expand_genomes
 
-    scfg = SamplerConfig(seq_len=seq_len, seed=cfg.seed, max_n_frac=cfg.max_n_frac,
-                         regions=cfg.regions, val_contigs=tuple(cfg.val_contigs),
-                         val_bed=cfg.val_bed, val_fraction=cfg.val_fraction,
-                         rc_augment=cfg.rc_augment)
-    genomes = expand_genomes(cfg.genome)
-    has_val = bool(cfg.val_contigs or cfg.val_bed or cfg.val_fraction > 0)
-    n_val = max(1, cfg.eval_batches * cfg.batch_size)
+    scfg = cfg.data.sampler(seq_len, cfg.seed)
+    genomes = expand_genomes(cfg.data.genome)
+    has_val = bool(cfg.data.val_contigs or cfg.data.val_bed or cfg.data.val_fraction > 0)
+    n_val = max(1, cfg.eval_batches * cfg.data.batch_size)
     if len(genomes) > 1:  # windows drawn across genomes; each holds out its own validation part
-        weights = cfg.genome_weights
+        weights = cfg.data.genome_weights
         if weights in (None, "length"):
             weights = None
         elif weights == "equal":
@@ -678,7 +808,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     Returns a summary dict (final step, last train loss, last validation
     metrics, output directory).
     """
-    limit = None if cfg.scan_state_gib < 0 else int(cfg.scan_state_gib * (1 << 30))
+    limit = None if cfg.memory.scan_state_gib < 0 else int(cfg.memory.scan_state_gib * (1 << 30))
     with scan_saved_state_limit(limit):
         return _pretrain(cfg)
 
@@ -697,17 +827,16 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
     torch.manual_seed(cfg.seed)
     objective = cfg.model.objective
     use_amp = device.type == "cuda" and cfg.bf16
-    model = MambaDNA(cfg.model, MemoryConfig(
-        checkpoint_layers=cfg.gradient_checkpointing,
-        layer_chunk=resolve_layer_chunk(cfg.layer_chunk, device, cfg.seq_len),
-        residual_bf16=use_amp and cfg.residual_bf16))
+    model = MambaDNA(cfg.model, dataclasses.replace(
+        cfg.memory, layer_chunk=resolve_layer_chunk(cfg.memory.layer_chunk, device, cfg.data.seq_len),
+        residual_bf16=use_amp and cfg.memory.residual_bf16))
 
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
         (no_decay if p.ndim < 2 or n_.endswith(("A_log", "D", "bias")) or "norm" in n_ else decay).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1e-8)
 
     start_step, samples_seen = 0, 0
     resumed_from: Optional[Path] = None
@@ -753,7 +882,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
         (lambda: torch.autocast("cpu", enabled=False))
 
     schedule = seq_len_schedule(cfg)
-    tokens_per_step = cfg.batch_size * cfg.seq_len
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
 
     def stage_at(step):
         L = schedule[0][1]
@@ -767,12 +896,12 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
     def data_for(L):
         if L not in datasets:
             train, val = _make_datasets(cfg, L, num_train=2**62)
-            datasets[L] = (ObjectiveDataset(train, objective, cfg.seed, cfg.mlm_probability),
-                           None if val is None else ObjectiveDataset(val, objective, cfg.seed + 1, cfg.mlm_probability))
+            datasets[L] = (ObjectiveDataset(train, objective, cfg.seed, cfg.data.mlm_probability),
+                           None if val is None else ObjectiveDataset(val, objective, cfg.seed + 1, cfg.data.mlm_probability))
         return datasets[L]
 
     # validate inputs up front on the final length (clear errors before any output)
-    data_for(cfg.seq_len)
+    data_for(cfg.data.seq_len)
     if dist_info.main:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and (out / METRICS).exists():
@@ -781,8 +910,8 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
             _trim_metrics(out / METRICS, start_step)  # no duplicate rows for replayed steps
         log.info(f"pretraining {objective} model: {model.num_parameters():,} parameters, "
                  f"{cfg.model.n_layers} layers x d_model {cfg.model.d_model}, "
-                 f"{'bidirectional' if cfg.model.bidirectional else 'causal'}; seq_len {cfg.seq_len}, "
-                 f"batch {cfg.batch_size}, {tokens_per_step:,} tokens/step; device {device}"
+                 f"{'bidirectional' if cfg.model.bidirectional else 'causal'}; seq_len {cfg.data.seq_len}, "
+                 f"batch {cfg.data.batch_size}, {tokens_per_step:,} tokens/step; device {device}"
                  f"{f' x{dist_info.world}' if dist_info.world > 1 else ''}")
 
     from tqdm.auto import tqdm
@@ -803,16 +932,16 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
             if B % dist_info.world:
                 raise InputError(None, f"global batch {B} at length {L} is not divisible by {dist_info.world} GPUs")
             local_B = B // dist_info.world
-            micro = cfg.micro_batch_size or local_B
+            micro = cfg.data.micro_batch_size or local_B
             micro = min(micro, local_B)
             train_ds, _ = data_for(L)
             base = step * B + dist_info.rank * local_B  # data position is a function of step
             idx = list(range(base, base + local_B))
             batches = [idx[i:i + micro] for i in range(0, local_B, micro)]
-            samples = [train_ds[i] for i in idx] if cfg.num_workers == 0 else None
+            samples = [train_ds[i] for i in idx] if cfg.data.num_workers == 0 else None
             if samples is None:
                 loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_ds, idx), batch_size=local_B,
-                                                     num_workers=cfg.num_workers)
+                                                     num_workers=cfg.data.num_workers)
                 inp_all, lab_all = next(iter(loader))
             else:
                 inp_all = torch.stack([s[0] for s in samples])
@@ -843,7 +972,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
             step_loss = (loss_sum / max(n_tok, 1.0)).item()
             gnorm = None
             if math.isfinite(step_loss):
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             if not math.isfinite(step_loss) or not math.isfinite(float(gnorm)):
                 what = (f"non-finite loss ({step_loss})" if not math.isfinite(step_loss)
                         else f"non-finite gradient norm ({float(gnorm)}; loss {step_loss:.4g})")
@@ -867,9 +996,9 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
                     rec["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 t_last, tok_acc = now, 0
                 pbar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rec['tokens_per_s']:.3g}")
-            val_ds = data_for(cfg.seq_len)[1]
+            val_ds = data_for(cfg.data.seq_len)[1]
             if val_ds is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-                vl = torch.utils.data.DataLoader(val_ds, batch_size=max(1, cfg.micro_batch_size or cfg.batch_size))
+                vl = torch.utils.data.DataLoader(val_ds, batch_size=max(1, cfg.data.micro_batch_size or cfg.data.batch_size))
                 last_val = evaluate(model, vl, device, autocast)
                 rec.update(last_val)
             if metrics_f:
@@ -1010,6 +1139,8 @@ def _to_toml(d: Dict[str, Any]) -> str:
             return "[" + ", ".join(val(x) for x in v) + "]"
         return json.dumps(str(v))
 
-    top = [f"{k} = {val(v)}" for k, v in d.items() if k != "model" and v is not None]
-    model = [f"{k} = {val(v)}" for k, v in d["model"].items() if v is not None]
-    return "\n".join(top) + "\n\n[model]\n" + "\n".join(model) + "\n"
+    lines = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
+    for name, sec in d.items():
+        if isinstance(sec, dict):
+            lines += ["", f"[{name}]"] + [f"{k} = {val(v)}" for k, v in sec.items() if v is not None]
+    return "\n".join(lines) + "\n"
