@@ -178,13 +178,19 @@ def test_sequences_fasta_bed_bam(classifier_dir, tiny_model_dir, brca1, shared_d
     np.testing.assert_allclose(df["p_benign"] + df["p_damaging"], 1.0, atol=1e-5)
 
     bed = tmp_path / "r.bed"
-    bed.write_text("ref_brca1\t100\t140\tr1\t0\t+\nref_brca1\t200\t260\tr2\t0\t-\n")
+    bed.write_text("ref_brca1\t100\t140\tr1\t0\t+\nref_brca1\t200\t260\tr2\t0\t-\nref_brca1\t300\t330\n")
     out = tmp_path / "bed.tsv"
     code, _, se = run_cli(["classify", "--model", tiny_model_dir, "--bed", bed, "--reference", brca1[1],
                            "--out", out, "--no-progress"])
     assert code == 0, se
     df = pd.read_csv(out, sep="\t")
-    assert list(df["length"]) == [40, 60] and np.isfinite(df["loglik_per_base"]).all()
+    # the one input adapter names an unnamed interval by its 1-based region and strand, as embed does
+    assert list(df["name"]) == ["r1", "r2", "ref_brca1:301-330(+)"]
+    import mambadna
+
+    _, idx = mambadna.load(tiny_model_dir).embed(bed=bed, genome=brca1[1], return_index=True, progress=False)
+    assert list(idx["name"]) == list(df["name"])
+    assert list(df["length"]) == [40, 60, 30] and np.isfinite(df["loglik_per_base"]).all()
     assert (df["loglik_per_base"] < 0).all()
 
     import pysam

@@ -74,11 +74,17 @@ def interval_records(genome, intervals: Iterable) -> Iterator[Record]:
     for iv in intervals:
         contig, start, end, strand, name = _interval_parts(iv)
         strand = "+" if strand == "." else strand
+        name = None if name in ("", ".") else name
         if end <= start:
             raise InputError(g.path, f"empty interval {contig}:{start}-{end}")
         ids = g.fetch_ids(contig, start, end, strand=strand)
-        yield Record(ids, name or f"{contig}:{start}-{end}({strand})", g.resolve_contig(contig),
+        yield Record(ids, name or interval_name(contig, start, end, strand), g.resolve_contig(contig),
                      start, end, strand)
+
+
+def interval_name(contig: str, start: int, end: int, strand: str = "+") -> str:
+    """The name of an unnamed interval: its 1-based region and strand, ``chr1:101-200(+)``."""
+    return f"{contig}:{start + 1}-{end}({strand})"
 
 
 GENBANK_SUFFIXES = {".gb": "genbank", ".gbk": "genbank", ".genbank": "genbank", ".gbff": "genbank",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+
 
 import numpy as np
 
@@ -92,39 +92,23 @@ class AttributeConfig:
 
 
 def _read(cfg: AttributeConfig):
-    """(index rows (name, contig, start, end, strand), token id arrays)."""
-    from mambadna.tokenizer import encode
+    """(index rows (name, contig, start, end, strand), token id arrays), through the one input adapter."""
+    import itertools
 
-    rows: List[tuple] = []
-    seqs: List[np.ndarray] = []
+    from mambadna.io.records import iter_records
+
     if cfg.fasta:
-        from mambadna.io.labeled import read_fasta_records
-
-        for name, seq, _ in read_fasta_records(cfg.fasta):
-            if cfg.max_records is not None and len(seqs) >= cfg.max_records:
-                break
-            rows.append((name, ".", 0, len(seq), "+"))
-            seqs.append(encode(seq, name=name).astype(np.int64))
-        src = cfg.fasta
+        recs, src = iter_records(fasta=cfg.fasta), cfg.fasta
     else:
-        from mambadna.io.bed import read_bed
-        from mambadna.io.fasta import Genome
-
-        genome = Genome(cfg.reference)
-        for iv in read_bed(cfg.bed, genome):
-            if cfg.max_records is not None and len(seqs) >= cfg.max_records:
-                break
-            strand = "-" if iv.strand == "-" else "+"
-            name = iv.name if iv.name not in (None, "", ".") else f"{iv.contig}:{iv.start + 1}-{iv.end}"
-            rows.append((name, iv.contig, iv.start, iv.end, iv.strand))
-            seqs.append(genome.fetch_ids(iv.contig, iv.start, iv.end, strand=strand, pad=False).astype(np.int64))
-        src = cfg.bed
-    if not seqs:
+        recs, src = iter_records(bed=cfg.bed, genome=cfg.reference), cfg.bed
+    recs = list(itertools.islice(recs, cfg.max_records))
+    if not recs:
         raise InputError(src, "no sequences to attribute")
-    for (name, *_), s in zip(rows, seqs):
-        if len(s) == 0:
-            raise InputError(src, f"sequence {name!r} is empty")
-    return rows, seqs, src
+    for r in recs:
+        if len(r.ids) == 0:
+            raise InputError(src, f"sequence {r.name!r} is empty")
+    rows = [(r.name, r.contig or ".", r.start, r.end, r.strand) for r in recs]
+    return rows, [r.ids.astype(np.int64) for r in recs], src
 
 
 def attribute_file(cfg: AttributeConfig) -> Dict[str, Any]:

@@ -58,9 +58,9 @@ from mambadna.errors import InputError
 from mambadna.inference.pooling import normalize_pool
 from mambadna.inference.scoring import Scorer, VariantScorer, parse_scores
 from mambadna.io.files import atomic_path, prepare_output, publish_mode
+from mambadna.io.records import Record, iter_records
 from mambadna.io.vcf import tabix_index
 from mambadna.model.heads import iter_length_groups, predicted_labels
-from mambadna.tokenizer import encode, encode_input
 
 log = logging.getLogger("mambadna")
 
@@ -192,38 +192,19 @@ def _stat_counts(stats) -> "Counter[str]":
 
 
 # --------------------------------------------------------------------------- sequences
-@dataclass
-class _Seq:
-    name: str
-    contig: str
-    start: int
-    end: int
-    strand: str
-    ids: np.ndarray
-
-
-def _iter_sequences(cfg: ClassifyConfig) -> Iterator[_Seq]:
+def _iter_sequences(cfg: ClassifyConfig) -> Iterator[Record]:
+    """The sequences of --fasta, --bed (+ --reference) or --bam, through the one input adapter."""
     if cfg.fasta:
-        from mambadna.io.labeled import read_fasta_records
-
-        for name, seq, _ in read_fasta_records(cfg.fasta):
-            yield _Seq(name, ".", 0, len(seq), "+", encode(seq))
+        recs = iter_records(fasta=cfg.fasta)
     elif cfg.bed:
-        from mambadna.io.fasta import Genome
-        from mambadna.io.bed import read_bed
-
-        genome = Genome(cfg.reference)
-        for iv in read_bed(cfg.bed, genome):
-            strand = "-" if iv.strand == "-" else "+"
-            ids = genome.fetch_ids(iv.contig, iv.start, iv.end, strand=strand, pad=False)
-            name = iv.name if iv.name not in (None, "", ".") else f"{iv.contig}:{iv.start}-{iv.end}"
-            yield _Seq(name, iv.contig, iv.start, iv.end, iv.strand, ids)
+        recs = iter_records(bed=cfg.bed, genome=cfg.reference)
     else:
-        from mambadna.io.bam import iter_reads
-
-        for r in iter_reads(cfg.bam, region=cfg.region, reference=cfg.reference, min_mapq=cfg.min_mapq):
-            ids = encode_input(r.sequence, cfg.bam, name=r.name, lenient=False)
-            yield _Seq(r.name, r.contig or "*", r.start, r.end, r.strand, ids)
+        recs = iter_records(bam=cfg.bam, region=cfg.region, genome=cfg.reference, min_mapq=cfg.min_mapq)
+    unplaced = "." if cfg.fasta else "*"
+    for r in recs:
+        if not r.contig:
+            r.contig = unplaced
+        yield r
 
 
 def _sequence_columns(scorer: Scorer) -> List[str]:
@@ -232,7 +213,7 @@ def _sequence_columns(scorer: Scorer) -> List[str]:
     return ["loglik_per_base"]
 
 
-def _sequence_lines(scorer: Scorer, batch: List[_Seq], rc_average: bool, batch_size: int) -> List[str]:
+def _sequence_lines(scorer: Scorer, batch: List[Record], rc_average: bool, batch_size: int) -> List[str]:
     """TSV lines of one batch of sequences (scored in length groups)."""
     rows: List[Optional[List[str]]] = [None] * len(batch)
     for sel, ids in iter_length_groups([s.ids for s in batch], batch_size):
