@@ -23,6 +23,10 @@ With no tuning flags the recipe adapts to the data (all of it recorded in metric
 
 - binary tasks: the decision threshold that maximises MCC on the validation split is applied to the test set and saved with the head.
 
+- binary tasks, positive class (what sensitivity, the ROC curve, the threshold and a classifier's P(...) scores refer to; recorded in metrics.json): --positive NAME, else the first --class named, else for a label column the conventional one (1 over 0; true / yes / pos / positive / case over the other label; the label that is not false / no / neg / negative / control), else the second of the sorted labels.
+
+- faults: --out/checkpoints/ holds the run in progress (every finished seed, and the current seed after its latest checkpointed step: model, head, optimizer, RNG, batch position, early stopping; safetensors + JSON). Ctrl-C / SIGTERM checkpoint at the next step and exit 130 / 143; --resume continues bit-identically (CPU) after any interruption, kill -9 included. The finished outputs replace --out, checkpoints included.
+
 --seeds N runs N seeds on the same split (mean +- sd and their ensemble); --baselines trains a k-mer
 linear model and a CNNProm-style CNN on the same split and compares them in metrics.json and
 baselines.png. --task regression reads a numeric label column; --task token learns per-base classes
@@ -77,11 +81,13 @@ def register(app: typer.Typer) -> None:
         patience: Optional[int] = typer.Option(None, "--patience", help="Validations without improvement before stopping [1/5 of the validations, at least 3]."),
         min_steps: Optional[int] = typer.Option(None, "--min-steps", help="No early stop before this step [a third of the steps]."),
         metric: Optional[str] = typer.Option(None, "--metric", help="Early-stopping metric: auroc|auprc|mcc|accuracy|loss; regression loss|pearson|spearman|r2; token loss|macro_mcc|macro_f1 [auto: auroc for classification, else loss]."),
-        positive: Optional[str] = typer.Option(None, "--positive", help="Positive class of a binary task [the second class]."),
+        positive: Optional[str] = typer.Option(None, "--positive", help="Positive class of a binary task [the first --class named; for a label column the conventional one: 1 over 0, true/yes/pos/case over the other, else the second of the sorted labels]."),
         max_length: Optional[int] = typer.Option(None, "--max-length", help="Centre-crop longer sequences."),
         baselines: Optional[bool] = typer.Option(None, "--baselines", help="Also train a k-mer linear model and a CNNProm-style CNN on the same split."),
         cnn_epochs: Optional[int] = typer.Option(None, "--cnn-epochs", help="Epoch budget of the CNN baseline [40, as CNNProm]."),
-        overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing --out that is not an earlier finetune output."),
+        overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing --out that is not an earlier finetune output, or start afresh over an unfinished run's checkpoints (deletes them)."),
+        resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the unfinished run in --out/checkpoints/ (same options and data, else one line naming what differs; bit-identical to an uninterrupted run on CPU). Without checkpoints the run starts from the beginning."),
+        save_every: Optional[int] = typer.Option(None, "--save-every", help="Steps between checkpoints of the seed in progress (the latest is kept) [at every validation]. Finished seeds are always kept; Ctrl-C / SIGTERM also checkpoint, at the next step."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
     ) -> None:
         from mambadna.tasks.finetune import FinetuneConfig, finetune
@@ -93,7 +99,7 @@ def register(app: typer.Typer) -> None:
             rc_augment=rc_augment, batch_size=batch_size, lr=lr, head_lr=head_lr, weight_decay=weight_decay,
             val_fraction=val_fraction, test_fraction=test_fraction, eval_every=eval_every, patience=patience,
             min_steps=min_steps, metric=metric, positive=positive, max_length=max_length, baselines=baselines, cnn_epochs=cnn_epochs,
-            overwrite=overwrite, progress=progress)
+            overwrite=overwrite, progress=progress, resume=resume, save_every=save_every)
         kwargs = {k: v for k, v in given.items() if v is not None}
         if hidden:
             kwargs["hidden"] = [h for h in hidden if h > 0]
@@ -116,7 +122,7 @@ def summary(m) -> str:
     def line(d) -> str:
         return "  ".join(f"{k}={d[k]:.4f}" for k in keys if isinstance(d.get(k), (int, float)))
 
-    out = [line(m)]
+    out = [line(m) + (f"  (positive class: {m['positive']})" if m.get("positive") else "")]
     if "seeds" in m:
         s = m["seeds"]
         out.append(f"{s['n']} seeds: " + "  ".join(f"{k}={s['mean'][k]:.4f}±{s['sd'][k]:.4f}"

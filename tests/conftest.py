@@ -75,6 +75,17 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread in this process, and the environment that gives subprocesses one: tiny
+    models run faster so on a busy 2-core box, and every part of a resumed run computes with the
+    same threads as its reference. Yields the subprocess environment."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield dict(os.environ, OMP_NUM_THREADS="1")
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

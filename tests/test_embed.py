@@ -455,6 +455,27 @@ def test_cli_bad_input(case, tiny_model_dir, shared_data, tmp_path, capsys, run_
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".parquet"])
+def test_cli_non_finite_embeddings_are_an_error_and_nothing_is_written(suffix, tmp_path, run_cli):
+    """Finite weights whose product overflows (a final-norm gain of 3e38) give inf embeddings: one error line
+    naming the record, exit 2, no output and no shard left over."""
+    from mambadna.components.checkpoint import save_model
+
+    m = _model(True)
+    with torch.no_grad():
+        m.norm_f.weight.fill_(3e38)
+    (tmp_path / "m").mkdir()
+    save_model(m, tmp_path / "m")
+    fa = tmp_path / "in.fa"
+    fa.write_text(">a\nACGTACGTACGTAACCGGTT\n>b\nACGTTTGGCA\n")
+    out = tmp_path / f"e{suffix}"
+    cap = run_cli(["embed", "--model", tmp_path / "m", "--fasta", fa, "--out", out, "--no-progress"])
+    lines = [l for l in cap.err.splitlines() if l.strip()]
+    assert cap.code == 2 and len(lines) == 1, cap.err
+    assert lines[0].startswith(f"error: {out}: ") and "non-finite" in lines[0] and "record 'a'" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "m"]
+
+
 # --------------------------------------------------------------------------- benchmark
 def test_bench_embed_smoke(tmp_path):
     code = ("import sys, runpy; sys.argv=['bench_embed.py','--smoke']; "

@@ -280,3 +280,232 @@ def test_check_finite_refuses_nan_outputs(tmp_path):
     check_finite(np.ones((2, 3), dtype=np.float32), tmp_path / "e.npz")
     with pytest.raises(TrainingError, match="e.npz: 1 non-finite value"):
         check_finite(np.array([1.0, np.nan]), tmp_path / "e.npz", "embeddings")
+
+
+# --------------------------------------------------------------------------- fine-tuning: kill -9, SIGTERM, --resume
+def _ft_model_and_data(d: Path):
+    """A tiny random-init model (no pretraining needed: faults, not accuracy, are tested) and a
+    binary motif table."""
+    import numpy as np
+
+    from mambadna.components.checkpoint import save_model
+    from mambadna.model.encoder import MambaDNA
+
+    torch.manual_seed(0)
+    (d / "model").mkdir()
+    save_model(MambaDNA(ModelConfig(d_model=8, n_layers=1, d_state=4)), d / "model")
+    rng = np.random.default_rng(0)
+    rows = ["name,sequence,label"]
+    for i in range(64):
+        s = list(rng.choice(list("ACGT"), 32))
+        if i % 2:
+            p = int(rng.integers(0, 24))
+            s[p:p + 8] = list("GGGGGGGG")
+        rows.append(f"s{i},{''.join(s)},{i % 2}")
+    (d / "toy.csv").write_text("\n".join(rows) + "\n")
+    return d / "model", d / "toy.csv"
+
+
+def _ft_argv(inputs, out, *extra):
+    model, train = inputs
+    return ["finetune", "--model", model, "--train", train, "--out", out, "--max-steps", 12, "--batch-size", 8,
+            "--eval-every", 4, "--save-every", 2, "--seeds", 2, "--seed", 3, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def ft_reference(tmp_path_factory):
+    """The inputs and the uninterrupted run (same options) that interrupted runs must reproduce."""
+    d = tmp_path_factory.mktemp("ftref")
+    inputs = _ft_model_and_data(d)
+    from mambadna.cli.main import main
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([str(a) for a in _ft_argv(inputs, d / "ref")])
+    except SystemExit as e:
+        assert e.code in (0, None), e.code
+    finally:
+        torch.set_num_threads(n)
+    return inputs, d / "ref"
+
+
+def _ft_checkpoints(out: Path, seed: int, min_step: int):
+    """Complete step checkpoints of ``seed`` at a step >= min_step (older ones are pruned: never wait
+    for one step number)."""
+    found = []
+    for p in (out / "checkpoints").glob(f"seed-{seed}-step-*"):
+        if int(p.name.rsplit("-", 1)[1]) >= min_step and (p / "trainer_state.json").is_file():
+            found.append(p)
+    return found
+
+
+def _same_finetune(a: Path, b: Path) -> None:
+    for name in ("model.safetensors", "head.safetensors"):
+        wa, wb = load_file(str(a / name)), load_file(str(b / name))
+        assert wa.keys() == wb.keys(), name
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (name, k)
+    ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    ma.pop("time_s"), mb.pop("time_s")
+    assert ma == mb
+    assert (a / "test_predictions.tsv").read_text() == (b / "test_predictions.tsv").read_text()
+    assert not (a / "checkpoints").exists()  # the finished outputs replaced the run folder
+
+
+def test_finetune_kill9_in_second_seed_then_resume_is_bit_identical(tmp_path, ft_reference, one_thread, run_cli,
+                                                                    caplog):
+    inputs, ref = ft_reference
+    run = tmp_path / "run"
+    a = subprocess.Popen([sys.executable, "-m", "mambadna.cli", *map(str, _ft_argv(inputs, run))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=one_thread)
+    # the first seed (3) finished and the second (4) past a checkpoint: both kinds of state are resumed
+    _wait_for(lambda: (run / "checkpoints" / "seed-3" / "result.json").is_file()
+              and _ft_checkpoints(run, 4, 2), a)
+    a.kill()  # SIGKILL: no handler runs; the lock and perhaps a half-written checkpoint stay
+    a.wait()
+    assert (tmp_path / ".run.lock").is_file() and not (run / "model.safetensors").exists()
+    with caplog.at_level(logging.INFO, logger="mambadna"):
+        code, _, err = run_cli(_ft_argv(inputs, run, "--resume"))
+    assert code == 0, err
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("stale lock" in m for m in msgs)
+    assert any(m.startswith("seed 3: finished earlier") for m in msgs), msgs
+    assert any(re.match(r"seed 4: resuming at step \d+ from .*seed-4-step-", m) for m in msgs), msgs
+    _same_finetune(run, ref)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no lock, no temporary folders
+
+
+def test_finetune_sigterm_checkpoints_exits_143_and_resume_is_bit_identical(tmp_path, ft_reference, one_thread,
+                                                                           run_cli):
+    inputs, ref = ft_reference
+    run = tmp_path / "run"
+    a = subprocess.Popen([sys.executable, "-m", "mambadna.cli", *map(str, _ft_argv(inputs, run))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=one_thread)
+    _wait_for(lambda: _ft_checkpoints(run, 3, 2), a)
+    a.send_signal(signal.SIGTERM)
+    _, err = a.communicate(timeout=120)
+    assert a.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(r"interrupted \(SIGTERM\): stopped after step (\d+) of 12 \(seed 3, run 1 of 2\); "
+                     r"checkpoint (\S+); continue with the same command plus --resume", last)
+    assert m, err
+    n, ck = int(m.group(1)), Path(m.group(2))
+    assert ck == run / "checkpoints" / f"seed-3-step-{n:07d}" and (ck / "trainer_state.safetensors").is_file()
+    assert not list(tmp_path.glob(".*.lock"))
+    # a fresh run is refused (it would lose the checkpoints); a resume with other options names the difference
+    code, _, err = run_cli(_ft_argv(inputs, run))
+    assert code == 2 and "unfinished finetune run" in err and "--resume" in err, err
+    code, _, err = run_cli(_ft_argv(inputs, run, "--resume", "--lr", 1e-3))
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "another configuration: lr (checkpoint 0.0003, now 0.001)" in lines[0], err
+    assert ck.is_dir()
+    code, _, err = run_cli(_ft_argv(inputs, run, "--resume"))
+    assert code == 0, err
+    _same_finetune(run, ref)
+
+
+def _ft_cfg(inputs, out, **kw):
+    from mambadna.tasks.finetune import FinetuneConfig
+
+    base = dict(model=str(inputs[0]), train=str(inputs[1]), out=str(out), max_steps=12, batch_size=8, eval_every=4,
+                save_every=3, seed=3, progress=False)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _sigterm_at(monkeypatch, step: int, seed: int) -> None:
+    """SIGTERM to this process while ``seed``'s run is at ``step`` (in the loop, before its boundary)."""
+    from mambadna.tasks import finetune as ft
+
+    real = ft._StepCheckpoint.step_done
+
+    def step_done(self, s, total, state):
+        if s == step and self.seed == seed:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, s, total, state)
+
+    monkeypatch.setattr(ft._StepCheckpoint, "step_done", step_done)
+
+
+@pytest.mark.parametrize("mode", ["freeze", "probe"])
+def test_finetune_frozen_and_probe_resume_after_sigterm(tmp_path, ft_reference, one_thread, monkeypatch, mode):
+    """In process: the cached-feature head loop (--freeze) stops at the step boundary and resumes bit for bit;
+    a probe (no steps) is interrupted between seeds and keeps the finished one."""
+    from mambadna.errors import Interrupted
+    from mambadna.tasks.finetune import finetune
+
+    inputs, _ = ft_reference
+    kw = dict(freeze=True, head_lr=1e-2, seeds=2) if mode == "freeze" else dict(probe=True, seeds=2)
+    ref = finetune(_ft_cfg(inputs, tmp_path / "ref", **kw))
+    run = tmp_path / "run"
+    if mode == "freeze":
+        _sigterm_at(monkeypatch, 5, seed=4)
+        with pytest.raises(Interrupted, match=r"stopped after step 5 of 12 \(seed 4, run 2 of 2\); checkpoint "
+                                              r".*seed-4-step-0000005; .*--resume"):
+            finetune(_ft_cfg(inputs, run, **kw))
+    else:
+        import mambadna.tasks.finetune as ft
+
+        real = ft._Checkpoints._write
+
+        def write(self, target, fill):  # the signal arrives while the first seed is being recorded
+            if target.name == "seed-3":
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(self, target, fill)
+
+        monkeypatch.setattr(ft._Checkpoints, "_write", write)
+        with pytest.raises(Interrupted, match=r"1 of 2 seed\(s\) finished.*--resume"):
+            finetune(_ft_cfg(inputs, run, **kw))
+    monkeypatch.undo()
+    assert (run / "checkpoints" / "seed-3" / "result.json").is_file()
+    got = finetune(_ft_cfg(inputs, run, resume=True, **kw))
+    for m in (got, ref):
+        m.pop("time_s")
+    assert json.loads(json.dumps(got)) == json.loads(json.dumps(ref))
+    _same_finetune(run, tmp_path / "ref")
+
+
+def test_finetune_resume_checks_data_and_model_fresh_run_refuses_checkpoints(tmp_path, ft_reference, one_thread,
+                                                                             monkeypatch):
+    from mambadna.errors import Interrupted
+    from mambadna.tasks.finetune import finetune
+
+    (model, train), _ = ft_reference
+    run = tmp_path / "run"
+    kw = dict(freeze=True, seeds=1)
+    _sigterm_at(monkeypatch, 3, seed=3)
+    with pytest.raises(Interrupted):
+        finetune(_ft_cfg((model, train), run, **kw))
+    monkeypatch.undo()
+    # the same data under another name resumes (inputs are compared by content); changed data does not
+    moved = tmp_path / "moved.csv"
+    moved.write_text(train.read_text())
+    changed = tmp_path / "changed.csv"
+    changed.write_text(train.read_text().replace(",1\n", ",0\n", 1))
+    with pytest.raises(InputError, match=r"run.json: was written for other training data .*--overwrite"):
+        finetune(_ft_cfg((model, changed), run, resume=True, **kw))
+    other = tmp_path / "other_model"
+    other.mkdir()
+    from mambadna.components.checkpoint import load_model, save_model
+
+    m = load_model(model)
+    with torch.no_grad():
+        m.embedding.weight.add_(1.0)
+    save_model(m, other)
+    with pytest.raises(InputError, match=r"was written for other base model \(the weights of --model .*other_model"):
+        finetune(_ft_cfg((other, moved), run, resume=True, **kw))
+    with pytest.raises(InputError, match=r"another configuration: seeds \(checkpoint 1, now 2\)"):
+        finetune(_ft_cfg((model, moved), run, resume=True, freeze=True, seeds=2))
+    with pytest.raises(InputError, match="holds the checkpoints of an unfinished finetune run.*--resume.*--overwrite"):
+        finetune(_ft_cfg((model, moved), run, **kw))
+    assert finetune(_ft_cfg((model, moved), run, resume=True, **kw))["n_train"] > 0
+    assert not (run / "checkpoints").exists()
+    # --overwrite over an unfinished run starts afresh; --resume without checkpoints starts from the beginning
+    _sigterm_at(monkeypatch, 3, seed=3)
+    with pytest.raises(Interrupted):
+        finetune(_ft_cfg((model, moved), run, **kw))
+    monkeypatch.undo()
+    a = finetune(_ft_cfg((model, moved), run, overwrite=True, **kw))
+    b = finetune(_ft_cfg((model, moved), tmp_path / "fresh", resume=True, **kw))
+    assert a["auroc"] == b["auroc"] and a["history"] == b["history"]

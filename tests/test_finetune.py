@@ -91,7 +91,7 @@ def test_class_fastas_real_promoters_with_given_test(tiny_model_dir, shared_data
     src = shared_data / "cnnprom_promoters"
     files = {}
     test_rows = ["sequence,label"]
-    for cls, fn in (("non", "Bacillus_non_prom.fa"), ("prom", "Bacillus_prom.fa")):
+    for cls, fn in (("prom", "Bacillus_prom.fa"), ("non", "Bacillus_non_prom.fa")):
         recs = list(read_fasta_records(src / fn))
         p = tmp_path / f"{cls}.fa"
         p.write_text("".join(f">{n}\n{s}\n" for n, s, _ in recs[:40]))
@@ -99,12 +99,13 @@ def test_class_fastas_real_promoters_with_given_test(tiny_model_dir, shared_data
         test_rows += [f"{s},{cls}" for _, s, _ in recs[40:50]]
     (tmp_path / "test.csv").write_text("\n".join(test_rows) + "\n")
     out = tmp_path / "ft"
-    code, _, se = run_cli(["finetune", "--model", tiny_model_dir, "--class", f"non={files['non']}",
-                           "--class", f"prom={files['prom']}", "--test", tmp_path / "test.csv", "--out", out,
+    code, _, se = run_cli(["finetune", "--model", tiny_model_dir, "--class", f"prom={files['prom']}",
+                           "--class", f"non={files['non']}", "--test", tmp_path / "test.csv", "--out", out,
                            "--freeze", "--max-steps", 4, "--batch-size", 8, "--no-progress"])
     assert code == 0, se
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_test"] == 20 and m["n_train"] + m["n_val"] == 80 and m["classes"] == ["non", "prom"]
+    assert m["positive"] == "prom"  # the first --class named is the positive class
 
 
 def test_compute_metrics_multiclass_and_multilabel():
@@ -335,3 +336,95 @@ def test_cli_passes_only_the_options_given(tiny_model_dir, toy, tmp_path, run_cl
     assert code == 0, se
     c = seen["cfg"]
     assert c.rc_average is False and c.rc_augment is False and c.hidden == [] and c.seeds == 3
+
+
+# --------------------------------------------------------------------------- issue 24: the positive class
+def test_positive_class_rules():
+    from mambadna.errors import InputError
+    from mambadna.tasks.finetune import FinetuneConfig, positive_class
+
+    def pos(names, **kw):
+        kw.setdefault("train", None if "classes" in kw else "t.csv")
+        return positive_class(FinetuneConfig(model="m", out="o", **kw), names, "src")[0]
+
+    # --class NAME=FASTA: the first one named, whatever the names
+    assert pos(["promoter", "other"], classes=[("promoter", "a.fa"), ("other", "b.fa")]) == "promoter"
+    assert pos(["other", "promoter"], classes=[("other", "b.fa"), ("promoter", "a.fa")]) == "other"
+    # a label column (classes arrive sorted): the conventional positive
+    assert pos(["0", "1"]) == "1" and pos(["-1", "1"]) == "1" and pos(["1", "2"]) == "2"
+    assert pos(["false", "true"]) == "true" and pos(["No", "Yes"]) == "Yes" and pos(["neg", "pos"]) == "pos"
+    assert pos(["case", "control"]) == "case" and pos(["negative", "tata"]) == "tata"
+    assert pos(["pos", "zzz"]) == "pos"
+    assert pos(["motif", "none"]) == "none"  # nothing conventional: the second of the sorted labels
+    # --positive wins over every rule
+    assert pos(["0", "1"], positive="0") == "0"
+    assert pos(["promoter", "other"], classes=[("promoter", "a.fa"), ("other", "b.fa")], positive="other") == "other"
+    with pytest.raises(InputError, match=r"--positive 'x' is not a class \(0, 1\)"):
+        pos(["0", "1"], positive="x")
+
+
+def _random_model(d: Path) -> Path:
+    import torch
+
+    from mambadna.components.checkpoint import save_model
+    from mambadna.model.config import ModelConfig
+    from mambadna.model.encoder import MambaDNA
+
+    torch.manual_seed(0)
+    d.mkdir()
+    save_model(MambaDNA(ModelConfig(d_model=8, n_layers=1, d_state=4)), d)
+    return d
+
+
+def test_first_named_class_is_positive_in_metrics_head_predictions_and_vcf_header(tmp_path, run_cli, one_thread):
+    """--class promoter=... --class other=...: 'promoter' is the positive class of the metrics, the saved head,
+    the predictions and of classify's VCF INFO fields."""
+    import pysam
+
+    model = _random_model(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    for name in ("promoter", "other"):
+        recs = "".join(f">{name}{i}\n{''.join(rng.choice(list('ACGT'), 24))}\n" for i in range(12))
+        (tmp_path / f"{name}.fa").write_text(recs)
+    out = tmp_path / "ft"
+    code, so, se = run_cli(["finetune", "--model", model, "--class", f"promoter={tmp_path / 'promoter.fa'}",
+                            "--class", f"other={tmp_path / 'other.fa'}", "--out", out, "--freeze", "--max-steps", 2,
+                            "--no-progress"])
+    assert code == 0, se
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "binary" and m["positive"] == "promoter" and m["classes"] == ["other", "promoter"]
+    assert m["positive_rule"] == "the first --class named" and "(positive class: promoter)" in so
+    assert json.loads((out / "config.json").read_text())["head"]["classes"] == ["other", "promoter"]
+    assert (out / "test_predictions.tsv").read_text().split("\n")[0].split("\t")[2:4] == ["p_other", "p_promoter"]
+    # classify: the binary INFO fields are P(promoter)
+    ref = Path(__file__).resolve().parents[1] / "data" / "example_genome.fa"
+    seq = "".join(l.strip() for l in ref.read_text().split(">chrB")[0].splitlines()[1:])
+    vcf = tmp_path / "v.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##contig=<ID=chrA>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   + "".join(f"chrA\t{p}\t.\t{seq[p - 1]}\t{'A' if seq[p - 1] != 'A' else 'C'}\t.\t.\t.\n"
+                             for p in (100, 200)))
+    code, _, se = run_cli(["classify", "--model", out, "--vcf", vcf, "--reference", ref, "--out", tmp_path / "s.tsv",
+                           "--vcf-out", tmp_path / "s.vcf.gz", "--window", 32, "--no-progress"])
+    assert code == 0, se
+    info = pysam.VariantFile(str(tmp_path / "s.vcf.gz")).header.info
+    for key in ("MAMBADNA_PREF", "MAMBADNA_PALT", "MAMBADNA_DIFF"):
+        assert "promoter, the positive class" in info[key].description, (key, info[key].description)
+        assert "other" not in info[key].description
+
+
+def test_label_column_positive_is_conventional_and_positive_only_for_binary(tmp_path, run_cli, one_thread):
+    model = _random_model(tmp_path / "m")
+    rng = np.random.default_rng(1)
+    rows = ["sequence,label"] + [f"{''.join(rng.choice(list('ACGT'), 20))},{['yes', 'no'][i % 2]}" for i in range(40)]
+    (tmp_path / "yn.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "yn"
+    code, _, se = run_cli(["finetune", "--model", model, "--train", tmp_path / "yn.csv", "--out", out, "--freeze",
+                           "--max-steps", 2, "--no-progress"])
+    assert code == 0, se
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["positive"] == "yes" and m["classes"] == ["no", "yes"] and m["positive_rule"] == "the label that reads as positive"
+    three = tmp_path / "three.csv"
+    three.write_text("\n".join(["sequence,label"] + [f"ACGTACGTAC{'ACG'[i % 3]},{'abc'[i % 3]}" for i in range(12)]) + "\n")
+    code, _, err = run_cli(["finetune", "--model", model, "--train", three, "--out", tmp_path / "x", "--positive", "a"])
+    _one_line_error(code, err, three, "--positive applies to a binary task", "multiclass")
+    assert not (tmp_path / "x").exists()

@@ -6,6 +6,13 @@ AdamW, the warm-up + cosine schedule of pretraining, optional random
 reverse complements, and early stopping on a validation metric; the best
 state is restored at the end. Everything about *how long* and *how often*
 comes in a :class:`Plan` (fine-tuning derives it from the data size).
+
+A loop can be checkpointed at its step boundaries and continued bit for bit
+(on CPU): :class:`LoopState` is everything it depends on (the trained
+module, the optimizer, the numpy generator of batches and flips, the batch
+position, torch's RNG for dropout, early stopping); a ``checkpoint`` object
+given to :func:`fit` hands back a saved state at the start and is told of
+every finished step (see :class:`StepCheckpoint`).
 """
 from __future__ import annotations
 
@@ -13,12 +20,14 @@ import contextlib
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from mambadna.components.metrics import choose_threshold, compute_metrics, token_metrics
+from mambadna.components.resume import (arrays_to_tensors, generator_state, load_optimizer_state, optimizer_state,
+                                        rng_state, set_generator_state, set_rng_state, tensors_to_arrays)
 from mambadna.components.schedule import warmup_cosine
 from mambadna.errors import TrainingError
 from mambadna.model.heads import Predictor, predict_proba, predict_tokens
@@ -63,12 +72,42 @@ def take(y, idx) -> np.ndarray:
     return np.stack([y[i] for i in idx])
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator):
+class Batches:
+    """Endless shuffled batches of indices ``0..n-1``: a new permutation drawn
+    from ``rng`` at the start of every epoch. Its position (the epoch's
+    permutation and the next offset) is part of a loop's checkpoint."""
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+        self.perm: Optional[np.ndarray] = None
+        self.pos = 0
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.perm is None or self.pos >= self.n:
+            self.perm = self.rng.permutation(self.n)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        t = {} if self.perm is None else {"batches.perm": torch.from_numpy(np.ascontiguousarray(self.perm))}
+        return t, {"pos": self.pos, "n": self.n, "batch_size": self.batch_size}
+
+    def load(self, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
+        if int(meta["n"]) != self.n or int(meta["batch_size"]) != self.batch_size:
+            raise ValueError(f"batches of {meta['batch_size']} over {meta['n']} sequences, now {self.batch_size} "
+                             f"over {self.n}")
+        self.perm = tensors["batches.perm"].numpy() if "batches.perm" in tensors else None
+        self.pos = int(meta["pos"])
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> Batches:
     """Endless shuffled batches of indices (reshuffled every epoch)."""
-    while True:
-        perm = rng.permutation(n)
-        for k in range(0, n, batch_size):
-            yield perm[k:k + batch_size]
+    return Batches(n, batch_size, rng)
 
 
 def group_by_length(seqs: Sequence[np.ndarray], idx) -> List[List[int]]:
@@ -170,6 +209,30 @@ class EarlyStopping:
             return True
         return False
 
+    def state(self, with_best_state: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        """(tensors, JSON meta) of the bookkeeping, for a checkpoint; the best
+        state's tensors only when ``with_best_state``."""
+        from mambadna.io.files import jsonable
+
+        t: Dict[str, torch.Tensor] = {}
+        if with_best_state and self.best_state is not None:
+            t.update((f"early_stopping.best_state.{k}", v) for k, v in self.best_state.items())
+        pt, note = arrays_to_tensors("early_stopping.best_pred", self.best_pred)
+        t.update(pt)
+        return t, {"best": list(self.best), "best_step": self.best_step, "bad": self.bad,
+                   "best_val": jsonable(self.best_val), "history": jsonable(self.history), "best_pred": note,
+                   "best_state": bool(with_best_state and self.best_state is not None)}
+
+    def load(self, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
+        """Inverse of :meth:`state` (without the best state, ``best_state`` stays as it is)."""
+        self.best = tuple(float(x) for x in meta["best"])  # type: ignore[assignment]
+        self.best_step, self.bad = int(meta["best_step"]), int(meta["bad"])
+        self.best_val, self.history = meta["best_val"], list(meta["history"])
+        self.best_pred = tensors_to_arrays("early_stopping.best_pred", tensors, meta["best_pred"])
+        if meta["best_state"]:
+            pre = "early_stopping.best_state."
+            self.best_state = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+
     def restore(self) -> None:
         """Load the best state back into ``module``."""
         if self.best_state is not None:
@@ -177,6 +240,74 @@ class EarlyStopping:
 
     def info(self, steps: int) -> Dict[str, Any]:
         return {"steps": steps, "best_step": self.best_step, "val_metric": self.metric, "history": self.history}
+
+
+class LoopState:
+    """Everything a training loop's next steps depend on, at a step boundary:
+    the trained ``module``'s weights, the optimizer, the numpy generator that
+    draws batches and flips, the batch position, torch's RNG (dropout) and the
+    early-stopping record. :meth:`state` gives (tensors, JSON meta) for a
+    checkpoint (no pickle), :meth:`load` puts them back and returns the step;
+    the learning rate is a function of the step (nothing to save)."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+                 batches: Batches, stopper: EarlyStopping):
+        self.module, self.optimizer, self.rng, self.batches, self.stopper = module, optimizer, rng, batches, stopper
+
+    def state(self, step: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        t = {f"module.{k}": v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()}
+        ot, om = optimizer_state(self.optimizer, prefix="optimizer.")
+        t.update(ot)
+        t.update(rng_state())
+        bt, bm = self.batches.state()
+        t.update(bt)
+        current = self.stopper.best_step == step and self.stopper.best_state is not None  # not stored twice
+        st, sm = self.stopper.state(with_best_state=not current)
+        t.update(st)
+        sm["best_state_is_current"] = current
+        return t, {"step": step, "optimizer": om, "rng": generator_state(self.rng), "batches": bm,
+                   "early_stopping": sm}
+
+    def load(self, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path: Any) -> int:
+        """Restore a :meth:`state`; CheckpointError naming ``path`` when it does not fit."""
+        from mambadna.errors import CheckpointError
+
+        try:
+            own = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+            self.module.load_state_dict(own, strict=True)
+            load_optimizer_state(self.optimizer, tensors, meta["optimizer"], path, prefix="optimizer.")
+            set_generator_state(self.rng, meta["rng"])
+            self.batches.load(tensors, meta["batches"])
+            self.stopper.load(tensors, meta["early_stopping"])
+            if meta["early_stopping"].get("best_state_is_current"):
+                self.stopper.best_state = {k: v.detach().cpu().clone()
+                                           for k, v in self.stopper.module.state_dict().items()}
+            step = int(meta["step"])
+        except CheckpointError:
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise CheckpointError(path, f"trainer state does not fit this run ({e})") from None
+        set_rng_state(tensors)
+        return step
+
+
+class StepCheckpoint:
+    """What a training loop calls to be resumable (this base keeps nothing):
+    :meth:`start` returns a saved ``(tensors, meta, path)`` to continue from,
+    or None; :meth:`step_done` runs after every finished step (after its
+    validation) with a callable giving the loop's state: it may write a
+    checkpoint, and may end the run (raising, e.g. Interrupted)."""
+
+    def start(self) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any], Any]]:
+        return None
+
+    def loop(self):
+        """Context the loop's steps run in (e.g. signals wait for the step boundary)."""
+        return contextlib.nullcontext()
+
+    def step_done(self, step: int, total: int,
+                  state: Callable[[], Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]) -> None:
+        return None
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -189,14 +320,16 @@ def _progress(total: int, enabled: bool, desc: str):
 def fit(model: Predictor, groups: List[Dict[str, Any]], plan: Plan, seqs_tr: Sequence[np.ndarray], y_tr,
         seqs_va: Sequence[np.ndarray], y_va, device: Union[str, torch.device], seed: int = 0,
         weight_decay: float = 0.01, progress: bool = False, desc: str = "finetune", bf16: bool = True,
-        module: Optional[torch.nn.Module] = None) -> Tuple[EarlyStopping, int]:
+        module: Optional[torch.nn.Module] = None,
+        checkpoint: Optional[StepCheckpoint] = None) -> Tuple[EarlyStopping, int]:
     """Train ``model`` on (seqs_tr, y_tr) with early stopping on (seqs_va, y_va).
 
     groups: AdamW parameter groups, each with its peak ``lr``. ``module``: what
     early stopping snapshots and restores (default: the whole model).
     Per-token targets (a list of (L,) arrays) are reverse-complemented with
-    their sequence. Returns (the early-stopping record, steps done); the best
-    state is loaded back.
+    their sequence. ``checkpoint``: continue from its saved state and tell it
+    of every step (see :class:`StepCheckpoint`). Returns (the early-stopping
+    record, steps done); the best state is loaded back.
     """
     device = torch.device(device)
     task = model.head_cfg.task
@@ -208,44 +341,52 @@ def fit(model: Predictor, groups: List[Dict[str, Any]], plan: Plan, seqs_tr: Seq
     it = batches(len(seqs_tr), plan.batch_size, rng)
     stopper = EarlyStopping(module if module is not None else model, task, y_va, model.head_cfg.classes,
                             plan.metric, plan.patience, plan.min_steps, plan.total)
-    bar = _progress(plan.total, progress, desc)
+    loop = LoopState(model, opt, rng, it, stopper)
     step = 0
+    saved = checkpoint.start() if checkpoint is not None else None
+    if saved is not None:
+        step = loop.load(*saved)
+    bar = _progress(plan.total, progress, desc)
+    bar.update(step)
+    checkpoint = checkpoint or StepCheckpoint()
     try:
-        while step < plan.total:
-            model.train()
-            idx = next(it)
-            f = warmup_cosine(step, plan.total, max(plan.warmup, 1), plan.min_lr_ratio)
-            for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * f
-            opt.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for grp in group_by_length(seqs_tr, idx):
-                flip = rng.random(len(grp)) < 0.5 if plan.rc_augment else np.zeros(len(grp), bool)
-                ids = np.stack([reverse_complement(seqs_tr[i]) if fl else seqs_tr[i]
-                                for i, fl in zip(grp, flip)]).astype(np.int64)
-                tgt = take(y_tr, grp)
-                if per_token and flip.any():
-                    tgt = tgt.copy()
-                    tgt[flip] = tgt[flip][:, ::-1]
-                x = torch.as_tensor(ids, device=device)
-                t = torch.as_tensor(np.ascontiguousarray(tgt), device=device)
-                with autocast(device, bf16):
-                    logits = model(x)
-                loss = model.loss(logits, t) * (len(grp) / len(idx))
-                loss.backward()
-                loss_sum += float(loss.detach())
-            if not math.isfinite(loss_sum):
-                raise TrainingError(f"non-finite training loss at step {step}")
-            if plan.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}")
-            if step % plan.every == 0 or step == plan.total:
-                pred = predict(model, seqs_va, plan.batch_size * 2, device, plan.rc_average, bf16)
-                if stopper.update(step, loss_sum, pred):
-                    break
+        with checkpoint.loop():
+            while step < plan.total:
+                model.train()
+                idx = next(it)
+                f = warmup_cosine(step, plan.total, max(plan.warmup, 1), plan.min_lr_ratio)
+                for g, b in zip(opt.param_groups, base):
+                    g["lr"] = b * f
+                opt.zero_grad(set_to_none=True)
+                loss_sum = 0.0
+                for grp in group_by_length(seqs_tr, idx):
+                    flip = rng.random(len(grp)) < 0.5 if plan.rc_augment else np.zeros(len(grp), bool)
+                    ids = np.stack([reverse_complement(seqs_tr[i]) if fl else seqs_tr[i]
+                                    for i, fl in zip(grp, flip)]).astype(np.int64)
+                    tgt = take(y_tr, grp)
+                    if per_token and flip.any():
+                        tgt = tgt.copy()
+                        tgt[flip] = tgt[flip][:, ::-1]
+                    x = torch.as_tensor(ids, device=device)
+                    t = torch.as_tensor(np.ascontiguousarray(tgt), device=device)
+                    with autocast(device, bf16):
+                        logits = model(x)
+                    loss = model.loss(logits, t) * (len(grp) / len(idx))
+                    loss.backward()
+                    loss_sum += float(loss.detach())
+                if not math.isfinite(loss_sum):
+                    raise TrainingError(f"non-finite training loss at step {step}")
+                if plan.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
+                opt.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.4f}")
+                if step % plan.every == 0 or step == plan.total:
+                    pred = predict(model, seqs_va, plan.batch_size * 2, device, plan.rc_average, bf16)
+                    if stopper.update(step, loss_sum, pred):
+                        break
+                checkpoint.step_done(step, plan.total, lambda: loop.state(step))
     finally:
         bar.close()
     stopper.restore()

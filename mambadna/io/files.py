@@ -153,6 +153,8 @@ def _sniff_own(path: Path, command: Optional[str]) -> bool:
                     return True
             if command == "pretrain":
                 return any(path.glob("checkpoint-*")) or (path / "metrics.jsonl").is_file()
+            if command == "finetune":  # an unfinished run: its checkpoints (mambadna.tasks.finetune.CHECKPOINTS)
+                return (path / "checkpoints" / "run.json").is_file()
             return False
         name = path.name.lower()
         if name.endswith(".npz"):

@@ -155,10 +155,11 @@ def _info_fields(vs: VariantScorer) -> List[Tuple[str, str, str]]:
         f.append(("llr", "MAMBADNA_LLR", f"mambadna zero-shot {how}{rc}"))
     if "classifier" in vs.scores:
         if s.task == "binary":
-            pos = s.classes[1]
-            f += [("p_ref", "MAMBADNA_PREF", f"mambadna P({pos}) of the reference window"),
-                  ("p_alt", "MAMBADNA_PALT", f"mambadna P({pos}) of the alternative window"),
-                  ("diff", "MAMBADNA_DIFF", f"mambadna P_alt({pos}) - P_ref({pos})")]
+            pos = s.classes[1]  # a binary head's classes are [negative, positive] (finetune records which)
+            what = f"{pos}, the positive class"
+            f += [("p_ref", "MAMBADNA_PREF", f"mambadna P({what}) of the reference window"),
+                  ("p_alt", "MAMBADNA_PALT", f"mambadna P({what}) of the alternative window"),
+                  ("diff", "MAMBADNA_DIFF", f"mambadna P_alt({pos}) - P_ref({pos}) for {what}")]
         else:
             for c in s.classes:
                 f.append((f"diff_{c}", f"MAMBADNA_DIFF_{_info_key(c)}", f"mambadna P_alt({c}) - P_ref({c})"))

@@ -10,7 +10,7 @@ import numpy as np
 from mambadna.api import load
 from mambadna.errors import InputError
 from mambadna.inference.pooling import normalize_pool
-from mambadna.io.files import atomic_path, prepare_output, publish_mode
+from mambadna.io.files import atomic_path, check_finite, prepare_output, publish_mode
 from mambadna.io.records import as_genome, iter_records
 from mambadna.io.writers import NpzWriter, ParquetWriter
 
@@ -158,6 +158,8 @@ class _EmbedJob:
         with atomic_path(raw) as tmp, open(tmp, "wb") as fh:
             for r, arr in zip(records, self.emb.iter_embed([r.ids for r in records])):
                 a = np.ascontiguousarray(arr, dtype="<f4")
+                # NaN/inf (diverged weights, overflow) is an error before any byte of it is written
+                check_finite(a, self.out, f"embedding of {self.src} record {r.name!r}")
                 fh.write(a.tobytes())
                 lengths.append(int(a.shape[0]) if per_token else 1)
                 if self.bar is not None:

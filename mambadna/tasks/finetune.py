@@ -40,17 +40,40 @@ recorded in metrics.json under ``recipe``):
 very same split (see :mod:`mambadna.components.baselines`), reported under
 ``baselines`` with the same metric keys, plus ``baselines.png``.
 
+Binary tasks: the positive class (the one sensitivity, the ROC curve, the
+threshold and a classifier's ``P(...)`` scores refer to; the second entry of
+``classes``) is ``positive`` when given, else the first ``--class`` named,
+else, for a CSV/TSV/BED label column, the conventional one: a label that
+reads as positive (1, true, yes, pos, positive, case, ...) against one that
+does not, or one that does not read as negative (0, false, no, neg, control,
+...), else the second of the sorted labels. ``metrics.json`` records it
+(``positive`` and ``positive_rule``).
+
 The output directory (written atomically) holds the model (``model.safetensors``
 + ``head.safetensors`` + ``config.json`` with a ``head`` section),
 ``metrics.json``, the plots and the test predictions.
+
+Faults: while a run trains, ``<out>/checkpoints/`` holds what it needs to
+continue (see :class:`_Checkpoints`): the options and fingerprints of the data
+and the base model, every finished seed, and the seed in progress after its
+latest checkpointed step (model + head, optimizer, RNG, batch position and
+early stopping; safetensors + JSON, no pickle). ``resume`` continues from
+there, bit-identical to an uninterrupted run on CPU; SIGINT / SIGTERM stop at
+the next step boundary with a checkpoint (exit 130 / 143). The finished
+outputs replace ``out`` as a whole, checkpoints included.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import os
+import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -62,13 +85,15 @@ import torch
 
 from mambadna.components.checkpoint import load_model, read_config
 from mambadna.components.device import resolve_device
-from mambadna.components.fit import EarlyStopping, Plan, batches, evaluate, fit, predict
+from mambadna.components.fit import EarlyStopping, LoopState, Plan, StepCheckpoint, batches, evaluate, fit, predict
 from mambadna.components.metrics import (choose_threshold, compute_metrics, save_comparison, save_plots,
                                          save_scatter, summarize_runs)
 from mambadna.components.schedule import warmup_cosine
-from mambadna.errors import InputError, TrainingError
+from mambadna.components.resume import (StopRequest, arrays_to_tensors, load_trainer_state, save_trainer_state,
+                                        tensors_to_arrays)
+from mambadna.errors import CheckpointError, InputError, Interrupted, TrainingError
 from mambadna.inference.pooling import normalize_pool
-from mambadna.io.files import atomic_dir, jsonable, publish_mode
+from mambadna.io.files import atomic_dir, atomic_path, jsonable, publish_mode
 from mambadna.io.labeled import LabeledSet, load_labeled, stratified_split
 from mambadna.model.heads import (HeadConfig, SequenceClassifier, linear_head_from_logistic, pooled_embeddings,
                                   save_classifier)
@@ -105,10 +130,18 @@ class FinetuneConfig:
     predictions; rc_augment [= rc_average]: random reverse complements in
     training. val_fraction [recipe: 10%, at least min(min_val, 25%)].
     eval_every / patience / min_steps [recipe]. metric: early-stopping metric
-    ('auto': AUROC for classification, the loss otherwise). positive: binary
-    positive class (default: the second class). baselines: also train the
-    k-mer and CNN baselines on the same split; cnn_epochs: the CNN's epoch
-    budget (CNNProm's 40, with early stopping).
+    ('auto': AUROC for classification, the loss otherwise). positive: the
+    positive class of a binary task [with ``classes``: the first one named;
+    with a label column: the conventional positive (1 over 0, true / yes /
+    pos / case over the rest; else the second of the sorted labels)], recorded
+    in metrics.json. baselines: also train the k-mer and CNN baselines on the
+    same split; cnn_epochs: the CNN's epoch budget (CNNProm's 40, with early
+    stopping). resume: continue the run whose checkpoints are in
+    ``out/checkpoints`` (same options and data, else a CheckpointError naming
+    what differs). save_every: steps between checkpoints of the seed in
+    progress [at every validation]. overwrite: replace an ``out`` that is not
+    an earlier finetune output, or start afresh over an unfinished run's
+    checkpoints.
     """
 
     model: str
@@ -156,6 +189,8 @@ class FinetuneConfig:
     bf16: bool = True
     overwrite: bool = False
     progress: bool = True
+    resume: bool = False
+    save_every: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -181,7 +216,7 @@ class FinetuneConfig:
             v = getattr(self, name)
             if v is not None and not 0 < v < 1:
                 raise InputError(None, f"{name} must be in (0, 1), got {v}")
-        for name in ("eval_every", "patience"):
+        for name in ("eval_every", "patience", "save_every"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise InputError(None, f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -202,6 +237,8 @@ class FinetuneConfig:
                 raise InputError(None, "--feature-type and --window apply to --task token only")
         if self.task == "regression" and self.positive is not None:
             raise InputError(None, "--positive applies to binary classification, not --task regression")
+        if self.resume and self.overwrite:
+            raise InputError(None, "--resume and --overwrite are exclusive (continue the run, or start afresh)")
         if self.rc_average is None:
             self.rc_average = True
         if self.rc_augment is None:
@@ -367,6 +404,41 @@ def _split(cfg: FinetuneConfig, full: LabeledSet, task: str, src: str, genome, c
     return train, val, test
 
 
+POSITIVE_LABELS = ("true", "t", "yes", "y", "pos", "positive", "case", "+")
+NEGATIVE_LABELS = ("false", "f", "no", "n", "neg", "negative", "control", "-")
+
+
+def positive_class(cfg: FinetuneConfig, classes: Sequence[str], src: str) -> Tuple[str, str]:
+    """(the positive class of a binary task, the rule that chose it): ``--positive``;
+    else the first ``--class`` named; else the conventional positive label of
+    a label column: the larger of two numbers (1 over 0), a word that reads
+    as positive (true, yes, pos, case, ...) against one that does not, the
+    word that does not read as negative (false, no, neg, control, ...), else
+    the second of the sorted labels."""
+    if cfg.positive is not None:
+        if cfg.positive not in classes:
+            raise InputError(src, f"--positive {cfg.positive!r} is not a class ({', '.join(classes)})")
+        return cfg.positive, "--positive"
+    if cfg.classes:
+        return cfg.classes[0][0], "the first --class named"
+    try:
+        nums = [float(c) for c in classes]
+    except ValueError:
+        nums = None
+    if nums is not None:
+        big = classes[int(np.argmax(nums))]
+        return big, "the larger number of the two labels"
+    low = [c.strip().lower() for c in classes]
+    pos = [c for c, l in zip(classes, low) if l in POSITIVE_LABELS]
+    if len(pos) == 1:
+        return pos[0], "the label that reads as positive"
+    neg = [c for c, l in zip(classes, low) if l in NEGATIVE_LABELS]
+    if len(neg) == 1:
+        other = classes[1 - list(classes).index(neg[0])]
+        return other, f"the label other than the negative-reading {neg[0]!r}"
+    return classes[1], "the second of the sorted labels (--positive chooses another)"
+
+
 def _load_sequences(cfg: FinetuneConfig, genome) -> _Data:
     numeric = cfg.task == "regression"
     if cfg.classes:
@@ -383,12 +455,16 @@ def _load_sequences(cfg: FinetuneConfig, genome) -> _Data:
         task = "regression"
     else:
         task = "multilabel" if full.multilabel is not None else ("binary" if len(classes) == 2 else "multiclass")
-    if task == "binary" and cfg.positive is not None:
-        if cfg.positive not in classes:
-            raise InputError(src, f"--positive {cfg.positive!r} is not a class ({', '.join(classes)})")
-        if classes[1] != cfg.positive:
+    if cfg.positive is not None and task != "binary":
+        raise InputError(src, f"--positive applies to a binary task; this one is {task} with {len(classes)} "
+                              f"classes ({', '.join(classes)})")
+    extra: Dict[str, Any] = {}
+    if task == "binary":
+        positive, rule = positive_class(cfg, classes, src)
+        if classes[1] != positive:  # binary classes are [negative, positive]
             classes = [classes[1], classes[0]]
             full = _align_classes(full, classes, src, False)
+        extra["positive_rule"] = rule
     if task in ("binary", "multiclass"):
         counts = np.bincount(full.labels, minlength=len(classes))
         if (counts < 2).any():
@@ -398,7 +474,8 @@ def _load_sequences(cfg: FinetuneConfig, genome) -> _Data:
     tokens = tuple(_tokenize(d, cfg.max_length) for d in (train, val, test))
     test_source = cfg.test or f"held-out stratified {cfg.test_fraction:.0%} split (seed {cfg.seed})"
     return _Data(task, classes, (train.names, val.names, test.names), tokens,  # type: ignore[arg-type]
-                 tuple(_targets(d, task) for d in (train, val, test)), src, test_source)  # type: ignore[arg-type]
+                 tuple(_targets(d, task) for d in (train, val, test)), src, test_source,  # type: ignore[arg-type]
+                 extra=extra)
 
 
 def _load_tokens(cfg: FinetuneConfig, genome) -> _Data:
@@ -447,9 +524,11 @@ def _head_predict(model: SequenceClassifier, f: torch.Tensor, f_rc: Optional[tor
     return p.cpu().numpy()
 
 
-def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, plan: Plan, data: _Data, seed: int, device):
+def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, plan: Plan, data: _Data, seed: int, device,
+                  checkpoint: Optional[StepCheckpoint] = None):
     """Frozen encoder, sequence-level task: cache pooled features once, train
-    the head on them. Returns (test predictions, stopper, steps)."""
+    the head on them (resumable like :func:`fit`: ``checkpoint``). Returns
+    (test predictions, stopper, steps)."""
     (seqs_tr, seqs_va, seqs_te), (y_tr, y_va, _) = data.seqs, data.y
     model.encoder.requires_grad_(False)
     model.encoder.eval()
@@ -465,26 +544,31 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, plan: Plan, da
     it = batches(len(seqs_tr), plan.batch_size, rng)
     stopper = EarlyStopping(model.head, data.task, y_va, data.classes, plan.metric, plan.patience, plan.min_steps,
                             plan.total)
-    step = 0
-    while step < plan.total:
-        model.head.train()
-        idx = torch.as_tensor(next(it), device=device)
-        x = F_tr[idx]
-        if plan.rc_augment and F_tr_rc is not None:
-            flip = torch.as_tensor(rng.random(len(idx)) < 0.5, device=device)
-            x = torch.where(flip[:, None], F_tr_rc[idx], x)
-        for g in opt.param_groups:
-            g["lr"] = cfg.head_lr * warmup_cosine(step, plan.total, plan.warmup, plan.min_lr_ratio)
-        opt.zero_grad(set_to_none=True)
-        loss = model.loss(model.head(x), Y_tr[idx])
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite training loss at step {step}")
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % plan.every == 0 or step == plan.total:
-            if stopper.update(step, float(loss.detach()), _head_predict(model, F_va, F_va_rc)):
-                break
+    loop = LoopState(model.head, opt, rng, it, stopper)
+    checkpoint = checkpoint or StepCheckpoint()
+    saved = checkpoint.start()
+    step = loop.load(*saved) if saved is not None else 0
+    with checkpoint.loop():
+        while step < plan.total:
+            model.head.train()
+            idx = torch.as_tensor(next(it), device=device)
+            x = F_tr[idx]
+            if plan.rc_augment and F_tr_rc is not None:
+                flip = torch.as_tensor(rng.random(len(idx)) < 0.5, device=device)
+                x = torch.where(flip[:, None], F_tr_rc[idx], x)
+            for g in opt.param_groups:
+                g["lr"] = cfg.head_lr * warmup_cosine(step, plan.total, plan.warmup, plan.min_lr_ratio)
+            opt.zero_grad(set_to_none=True)
+            loss = model.loss(model.head(x), Y_tr[idx])
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite training loss at step {step}")
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % plan.every == 0 or step == plan.total:
+                if stopper.update(step, float(loss.detach()), _head_predict(model, F_va, F_va_rc)):
+                    break
+            checkpoint.step_done(step, plan.total, lambda: loop.state(step))
     stopper.restore()
     F_te = _features(model, seqs_te, cfg, device, False)
     F_te_rc = _features(model, seqs_te, cfg, device, True) if use_rc_eval else None
@@ -555,9 +639,10 @@ def _fit_probe(model: SequenceClassifier, cfg: FinetuneConfig, data: _Data, seed
 
 # --------------------------------------------------------------------------- one run
 def _one_run(cfg: FinetuneConfig, data: _Data, head_cfg: HeadConfig, plan: Plan, seed: int, device,
-             encoder=None) -> Dict[str, Any]:
-    """Train one model (one seed). Returns the model (on CPU), its test and
-    validation predictions, validation metrics, threshold and training info."""
+             encoder=None, checkpoint: Optional[StepCheckpoint] = None) -> Dict[str, Any]:
+    """Train one model (one seed), resumable through ``checkpoint``. Returns
+    the model (on CPU), its test and validation predictions, validation
+    metrics, threshold and training info."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     enc = encoder if encoder is not None else load_model(cfg.model, "cpu")
@@ -571,7 +656,7 @@ def _one_run(cfg: FinetuneConfig, data: _Data, head_cfg: HeadConfig, plan: Plan,
         score_ = None
     else:
         if cfg.freeze and not head_cfg.per_token:
-            test_pred, stopper, steps = _train_frozen(model, cfg, plan, data, seed, device)
+            test_pred, stopper, steps = _train_frozen(model, cfg, plan, data, seed, device, checkpoint)
         else:
             if cfg.freeze:  # token head on a frozen encoder: per-token features are too big to cache
                 model.encoder.requires_grad_(False)
@@ -580,7 +665,8 @@ def _one_run(cfg: FinetuneConfig, data: _Data, head_cfg: HeadConfig, plan: Plan,
                 groups = [{"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.lr},
                           {"params": list(model.head.parameters()), "lr": cfg.head_lr}]
             stopper, steps = fit(model, groups, plan, seqs_tr, y_tr, seqs_va, y_va, device, seed=seed,
-                                 weight_decay=cfg.weight_decay, progress=cfg.progress, bf16=cfg.bf16)
+                                 weight_decay=cfg.weight_decay, progress=cfg.progress, bf16=cfg.bf16,
+                                 checkpoint=checkpoint)
             # test predictions in fp32: what the saved classifier gives when loaded again
             test_pred = predict(model, seqs_te, cfg.batch_size * 2, device, plan.rc_average, bf16=False)
         val_pred, val_metrics, score_ = stopper.best_pred, stopper.best_val, stopper.best
@@ -613,6 +699,298 @@ def _mean_pred(preds: List[Any]):
     return np.mean(np.stack(preds), axis=0)
 
 
+# --------------------------------------------------------------------------- checkpoints
+CHECKPOINTS = "checkpoints"  # subfolder of --out holding an unfinished run (gone once the outputs are written)
+RUN_JSON = "run.json"
+RUN_RESULT = "result.json"
+RUN_PREDICTIONS = "predictions.safetensors"
+RUN_WEIGHTS = "classifier.safetensors"
+# options that may change on --resume: they do not change what is computed. Input paths may change
+# too (files moved): the data and the base model are compared by content (fingerprints) instead.
+_RESUMABLE = {"out", "resume", "overwrite", "progress", "device", "save_every", "model", "train", "classes", "val",
+              "test", "reference"}
+_STEP_DIR = re.compile(r"^seed-(-?\d+)-step-(\d+)$")
+
+
+def _sha256_arrays(h, arrays) -> None:
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+
+
+def _data_fingerprint(data: _Data) -> str:
+    """sha256 of what training sees: task, classes (in order: binary is [negative,
+    positive]) and every split's names, token ids and targets."""
+    h = hashlib.sha256(json.dumps([data.task, list(data.classes)]).encode())
+    for names, seqs, y in zip(data.names, data.seqs, data.y):
+        h.update(json.dumps(list(names)).encode())
+        _sha256_arrays(h, seqs)
+        _sha256_arrays(h, y if isinstance(y, (list, tuple)) else [y])
+    return h.hexdigest()
+
+
+def _model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's tensors (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _run_identity(cfg: FinetuneConfig, data: _Data, encoder, plan: Plan, seeds: List[int]) -> Dict[str, Any]:
+    """What --resume compares: the options that shape the run, and fingerprints
+    of the data split and of the base model's weights."""
+    from mambadna import __version__
+
+    opts = jsonable(dataclasses.asdict(cfg))
+    opts["class_names"] = [n for n, _ in cfg.classes]
+    return {"command": "finetune", "mambadna_version": __version__,
+            "options": {k: v for k, v in opts.items() if k not in _RESUMABLE},
+            "data": _data_fingerprint(data), "model": _model_fingerprint(encoder), "seeds": seeds,
+            "sizes": list(data.sizes), "classes": list(data.classes), "plan": plan.to_dict()}
+
+
+class _Checkpoints:
+    """The checkpoints of a run in progress, in ``<out>/checkpoints/``:
+
+    * ``run.json``: the options and the fingerprints of the data split and of
+      the base model: what ``--resume`` checks, one line naming what differs;
+    * ``seed-<s>/``: a finished run of seed ``s``: ``result.json`` (validation
+      record, score, threshold, training info), ``predictions.safetensors``
+      (test and validation predictions) and, while it is the best run so far,
+      ``classifier.safetensors`` (encoder + head weights);
+    * ``seed-<s>-step-<n>/``: the run of seed ``s`` in progress after step
+      ``n`` (``trainer_state.safetensors`` + ``.json``: model and head,
+      optimizer, RNG, batch position, early stopping); only the latest is kept.
+
+    Every folder is written under a temporary name and renamed (a kill leaves
+    the previous one whole). The folder goes when the finished outputs
+    replace --out. No pickle anywhere."""
+
+    def __init__(self, out: Path, cfg: FinetuneConfig, identity: Dict[str, Any]):
+        self.out, self.cfg, self.identity = Path(out), cfg, identity
+        self.dir = self.out / CHECKPOINTS
+        self.stop = StopRequest()
+        self.n_seeds = len(identity["seeds"])
+        self.created_out = False
+
+    # -- the run folder
+    def open(self, stop: StopRequest) -> None:
+        """Fresh run: refuse another run's checkpoints (unless --overwrite), then
+        record this run. --resume: check the record (same options, data, model)."""
+        self.stop = stop
+        run_json = self.dir / RUN_JSON
+        if self.cfg.resume and run_json.is_file():
+            self._check(run_json)
+            self._clear_leftovers()
+            log.info("resuming from %s (%s)", self.dir, self._progress_note())
+            self._update_detail()
+            return
+        if self.cfg.resume:
+            log.warning("--resume: no checkpoint in %s; starting from the beginning", self.dir)
+        if self.dir.exists():
+            if not (self.cfg.overwrite or self.cfg.resume):
+                raise InputError(self.out, f"holds the checkpoints of an unfinished finetune run ({self.dir}); "
+                                           f"continue it with --resume, start afresh with --overwrite (deletes "
+                                           f"them), or choose another --out")
+            shutil.rmtree(self.dir)
+        self.created_out = not self.out.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        publish_mode(self.dir, 0o755)
+        with atomic_path(run_json) as tmp:
+            tmp.write_text(json.dumps(self.identity, indent=1) + "\n")
+            publish_mode(tmp)
+        self._update_detail()
+
+    def _check(self, path: Path) -> None:
+        try:
+            saved = json.loads(path.read_text())
+            old = saved["options"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(path, f"corrupt run record ({e}); start afresh with --overwrite") from None
+        now = self.identity["options"]
+        diff = [f"{k} (checkpoint {old.get(k)!r}, now {now.get(k)!r})" for k in sorted(set(old) | set(now))
+                if k not in _RESUMABLE and old.get(k) != now.get(k)]
+        if diff:
+            raise CheckpointError(path, "was written by another configuration: " + "; ".join(diff[:4])
+                                  + "; resume with the same options, or start afresh with --overwrite")
+        for key, what in (("data", "training data (the sequences, labels or split differ)"),
+                          ("model", f"base model (the weights of --model {self.cfg.model} differ)")):
+            if saved.get(key) != self.identity[key]:
+                raise CheckpointError(path, f"was written for other {what}; resume with the same inputs, or "
+                                            f"start afresh with --overwrite")
+
+    def _clear_leftovers(self) -> None:
+        """Temporary folders of writes a kill interrupted (we hold the output's lock)."""
+        for p in self.dir.iterdir():
+            if p.name.startswith(".") and p.name.endswith((".tmp", ".old")):
+                (shutil.rmtree if p.is_dir() else os.unlink)(p)
+
+    def _progress_note(self) -> str:
+        done = [s for s in self.identity["seeds"] if (self.dir / f"seed-{s}" / RUN_RESULT).is_file()]
+        steps = self._steps()
+        note = f"{len(done)} of {self.n_seeds} seed(s) finished"
+        if steps:
+            s, n = _STEP_DIR.match(steps[-1].name).groups()  # type: ignore[union-attr]
+            note += f", seed {s} at step {int(n)}"
+        return note
+
+    def _update_detail(self, what: str = "") -> None:
+        self.stop.detail = (f"{what}the checkpoints in {self.dir} are kept ({self._progress_note()}); continue "
+                            f"with the same command plus --resume")
+
+    def discard_if_unused(self) -> None:
+        """Remove the folder when nothing but the run record was written."""
+        if self.dir.is_dir() and all(p.name == RUN_JSON for p in self.dir.iterdir()):
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.created_out:
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
+
+    # -- finished runs
+    def load_run(self, seed: int) -> Optional[Dict[str, Any]]:
+        """A finished run of ``seed`` (model not loaded), or None."""
+        from mambadna.io.weights import load_state_dict
+
+        d = self.dir / f"seed-{seed}"
+        if not (d / RUN_RESULT).is_file():
+            return None
+        try:
+            meta = json.loads((d / RUN_RESULT).read_text())
+            t = load_state_dict(d / RUN_PREDICTIONS)
+            r = {"seed": seed, "model": None, "val": meta["val"], "score": tuple(float(x) for x in meta["score"]),
+                 "threshold": float(meta["threshold"]), "info": meta["info"],
+                 "test_pred": tensors_to_arrays("test_pred", t, meta["test_pred"]),
+                 "val_pred": tensors_to_arrays("val_pred", t, meta["val_pred"])}
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(d, f"corrupt finished run ({e}); start afresh with --overwrite") from None
+        log.info("seed %d: finished earlier (%s)", seed, d)
+        return r
+
+    def load_run_model(self, r: Dict[str, Any], head_cfg: HeadConfig) -> SequenceClassifier:
+        """The classifier of a finished run (its weights, its threshold)."""
+        from mambadna.components.checkpoint import check_state_dict
+        from mambadna.io.weights import load_state_dict
+
+        path = self.dir / f"seed-{r['seed']}" / RUN_WEIGHTS
+        if not path.is_file():
+            raise CheckpointError(path, "missing: the best finished run has no weights; start afresh with "
+                                        "--overwrite")
+        model = SequenceClassifier(load_model(self.cfg.model, "cpu"), copy.deepcopy(head_cfg))
+        state = load_state_dict(path)
+        check_state_dict(state, model.state_dict(), path, against="the run's configuration")
+        model.load_state_dict(state, strict=True)
+        model.head_cfg.threshold = r["threshold"]
+        return model
+
+    def save_run(self, r: Dict[str, Any], is_best: bool) -> None:
+        """Record a finished run (its weights when it is the best so far), then
+        drop its step checkpoints and the weights of runs it beat."""
+        from safetensors.torch import save_file
+
+        target = self.dir / f"seed-{r['seed']}"
+        t1, n1 = arrays_to_tensors("test_pred", r["test_pred"])
+        t2, n2 = arrays_to_tensors("val_pred", r["val_pred"])
+        meta = {"seed": r["seed"], "val": jsonable(r["val"]), "score": list(r["score"]),
+                "threshold": r["threshold"], "info": jsonable(r["info"]), "test_pred": n1, "val_pred": n2}
+
+        def fill(tmp: Path) -> None:
+            save_file(dict(t1, **t2), str(tmp / RUN_PREDICTIONS))
+            if is_best:
+                state = {k: v.detach().contiguous().cpu() for k, v in r["model"].state_dict().items()}
+                save_file(state, str(tmp / RUN_WEIGHTS), metadata={"format": "pt", "library": "mambadna"})
+            (tmp / RUN_RESULT).write_text(json.dumps(meta, indent=1) + "\n")  # last: marks the run finished
+
+        with self.stop.deferred():
+            self._write(target, fill)
+            for p in self._steps(r["seed"]):
+                shutil.rmtree(p, ignore_errors=True)
+            if is_best:
+                for s in self.identity["seeds"]:
+                    if s != r["seed"]:
+                        with contextlib.suppress(FileNotFoundError):
+                            (self.dir / f"seed-{s}" / RUN_WEIGHTS).unlink()
+            last = r["seed"] == self.identity["seeds"][-1]
+            self._update_detail("all seeds are finished; " if last else "")
+        self.stop.check()
+
+    # -- the run in progress
+    def _steps(self, seed: Optional[int] = None) -> List[Path]:
+        found = []
+        for p in self.dir.iterdir() if self.dir.is_dir() else []:
+            m = _STEP_DIR.match(p.name)
+            if m and (seed is None or int(m.group(1)) == seed) and (p / "trainer_state.json").is_file():
+                found.append((int(m.group(1)), int(m.group(2)), p))
+        return [p for _, _, p in sorted(found)]
+
+    def step_checkpoint(self, seed: int, k: int, n: int, plan: Plan) -> "_StepCheckpoint":
+        return _StepCheckpoint(self, seed, k, n, self.cfg.save_every or plan.every)
+
+    def save_step(self, seed: int, step: int, state) -> Path:
+        target = self.dir / f"seed-{seed}-step-{step:07d}"
+        tensors, meta = state()
+        meta = dict(meta, seed=seed)
+        with self.stop.deferred():
+            self._write(target, lambda tmp: save_trainer_state(tmp, tensors, meta))
+            for old in self._steps(seed):
+                if old != target:
+                    shutil.rmtree(old, ignore_errors=True)
+            self._update_detail()
+        return target
+
+    def _write(self, target: Path, fill) -> None:
+        """Write a checkpoint folder atomically; a full disk or an unwritable
+        folder leaves the earlier checkpoints as they were."""
+        try:
+            with atomic_dir(target, replace=True) as tmp:
+                fill(tmp)
+                for f in tmp.iterdir():
+                    publish_mode(f)
+                publish_mode(tmp, 0o755)
+        except OSError as e:
+            raise TrainingError(f"cannot write checkpoint {target} ({e.strerror or e}); the earlier checkpoints "
+                                f"in {self.dir} are intact; free space or fix the folder, then continue with "
+                                f"--resume") from None
+
+
+class _StepCheckpoint(StepCheckpoint):
+    """One seed's loop: continue from its latest checkpoint, save every
+    ``every`` steps, and on SIGINT/SIGTERM save at the step boundary and stop."""
+
+    def __init__(self, owner: _Checkpoints, seed: int, k: int, n: int, every: int):
+        self.owner, self.seed, self.k, self.n, self.every = owner, seed, k, n, every
+        self.last: Optional[Path] = None
+
+    def start(self):
+        found = self.owner._steps(self.seed)
+        if not found:
+            return None
+        ck = found[-1]
+        tensors, meta = load_trainer_state(ck)
+        if meta.get("seed") != self.seed:
+            raise CheckpointError(ck, f"holds seed {meta.get('seed')!r}, expected {self.seed}")
+        log.info("seed %d: resuming at step %s from %s", self.seed, meta.get("step"), ck)
+        self.last = ck
+        return tensors, meta, ck
+
+    def loop(self):
+        return self.owner.stop.deferred()
+
+    def step_done(self, step: int, total: int, state) -> None:
+        stop = self.owner.stop
+        if (step % self.every == 0 and step < total) or stop.signum is not None:
+            if self.last is None or self.last.name != f"seed-{self.seed}-step-{step:07d}":
+                self.last = self.owner.save_step(self.seed, step, state)
+        if stop.signum is not None:
+            run = f" (seed {self.seed}, run {self.k + 1} of {self.n})" if self.n > 1 else ""
+            raise Interrupted(stop.signum, f"stopped after step {step} of {total}{run}; checkpoint {self.last}; "
+                                           f"continue with the same command plus --resume")
+
+
 # --------------------------------------------------------------------------- main entry
 def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     """Fine-tune (or probe) a head and evaluate it; see the module doc.
@@ -632,6 +1010,7 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     out = Path(cfg.out)
     inputs = [cfg.model, cfg.train, cfg.val, cfg.test, cfg.reference] + [p for _, p in cfg.classes]
     prepare_output(out, "dir", overwrite=cfg.overwrite, inputs=inputs, command="finetune")
+    _clear_leftovers(out)
 
     # model first: a bad model dir fails before any data work
     encoder = load_model(cfg.model, "cpu")
@@ -663,11 +1042,56 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         head_cfg.target_mean, head_cfg.target_std = float(y.mean()), float(y.std() or 1.0)
 
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
-    runs = [_one_run(cfg, data, head_cfg, plan, s, device, encoder if k == 0 else None)
-            for k, s in enumerate(seeds)]
+    if task == "binary":
+        log.info("positive class %r (%s)", classes[1], data.extra.get("positive_rule"))
+    ck = _Checkpoints(out, cfg, _run_identity(cfg, data, encoder, plan, seeds))
+    with StopRequest() as stop:
+        ck.open(stop)
+        try:
+            runs, best = _all_runs(cfg, data, head_cfg, plan, seeds, device, encoder, ck)
+        except InputError:
+            ck.discard_if_unused()  # a late input error leaves no output behind either
+            raise
+        return _finish(cfg, data, plan, runs, best, seeds, device, head_cfg, ck, t0)
+
+
+def _all_runs(cfg: FinetuneConfig, data: _Data, head_cfg: HeadConfig, plan: Plan, seeds: List[int], device,
+              encoder, ck: "_Checkpoints") -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """Every seed's run: a finished one from the checkpoints, the others trained
+    (the one in progress from its latest checkpoint). Only the best run so far
+    keeps its model (the first of equal scores, as ``max`` picks)."""
+    runs: List[Dict[str, Any]] = []
+    best: Optional[Dict[str, Any]] = None
+    for k, s in enumerate(seeds):
+        r = ck.load_run(s)
+        fresh = r is None
+        if r is None:
+            r = _one_run(cfg, data, head_cfg, plan, s, device, encoder if k == 0 else None,
+                         checkpoint=ck.step_checkpoint(s, k, len(seeds), plan))
+        is_best = best is None or r["score"] > best["score"]
+        if fresh:
+            ck.save_run(r, is_best)
+        if is_best:
+            if best is not None:
+                best["model"] = None
+            best = r
+        else:
+            r["model"] = None
+        runs.append(r)
+    assert best is not None
+    if best["model"] is None:
+        best["model"] = ck.load_run_model(best, head_cfg)
+    return runs, best
+
+
+def _finish(cfg: FinetuneConfig, data: _Data, plan: Plan, runs: List[Dict[str, Any]], best: Dict[str, Any],
+            seeds: List[int], device, head_cfg: HeadConfig, ck: "_Checkpoints", t0: float) -> Dict[str, Any]:
+    """Metrics, ensemble, baselines and the outputs of the finished runs."""
+    task, classes = data.task, data.classes
+    n_tr, n_va, n_te = data.sizes
+    out = Path(cfg.out)
     for r in runs:
         r["test"] = _test_metrics(data, r["test_pred"], r["threshold"])
-    best = max(runs, key=lambda r: r["score"])
     model = best["model"]
 
     metrics: Dict[str, Any] = dict(best["test"])
@@ -707,7 +1131,8 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     metrics["time_s"] = round(time.time() - t0, 2)
 
     # ------------------------------------------------------------- outputs (atomic)
-    with atomic_dir(out) as tmp:
+    # they replace --out as a whole (prepare_output vouched for it; the checkpoints go with it)
+    with ck.stop.deferred(), atomic_dir(out, replace=True) as tmp:
         card = {k: metrics[k] for k in ("accuracy", "mcc", "auroc", "mse", "pearson", "spearman", "macro_mcc",
                                         "macro_f1") if isinstance(metrics.get(k), float)}
         save_classifier(model, tmp, extra={"finetune": jsonable(dataclasses.asdict(cfg)),
@@ -716,6 +1141,16 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         _write_outputs(tmp, data, best, ensemble_pred, cfg, baseline_res)
         publish_mode(tmp, 0o755)
     return metrics
+
+
+def _clear_leftovers(out: Path) -> None:
+    """Temporary folders beside ``out`` that a killed run left (``.<name>.<8 chars>.tmp``
+    / ``.old`` of :func:`atomic_dir`): this run holds the output's lock, so they are no one else's."""
+    pat = re.compile(r"^\.%s\.[a-z0-9_]{8}\.(tmp|old)$" % re.escape(out.name))
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            if pat.match(p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _val_rule(cfg: FinetuneConfig) -> str:
