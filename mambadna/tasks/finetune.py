@@ -707,8 +707,8 @@ RUN_PREDICTIONS = "predictions.safetensors"
 RUN_WEIGHTS = "classifier.safetensors"
 # options that may change on --resume: they do not change what is computed. Input paths may change
 # too (files moved): the data and the base model are compared by content (fingerprints) instead.
-_RESUMABLE = {"out", "resume", "overwrite", "progress", "device", "save_every", "model", "train", "classes", "val",
-              "test", "reference"}
+_RESUMABLE = {"out", "resume", "overwrite", "progress", "device", "save_every", "baselines", "cnn_epochs", "model",
+              "train", "classes", "val", "test", "reference"}
 _STEP_DIR = re.compile(r"^seed-(-?\d+)-step-(\d+)$")
 
 
@@ -813,8 +813,8 @@ class _Checkpoints:
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise CheckpointError(path, f"corrupt run record ({e}); start afresh with --overwrite") from None
         now = self.identity["options"]
-        diff = [f"{k} (checkpoint {old.get(k)!r}, now {now.get(k)!r})" for k in sorted(set(old) | set(now))
-                if k not in _RESUMABLE and old.get(k) != now.get(k)]
+        diff = [f"{k} (checkpoint {old[k]!r}, now {now[k]!r})" for k in sorted(set(old) & set(now))
+                if k not in _RESUMABLE and old[k] != now[k]]
         if diff:
             raise CheckpointError(path, "was written by another configuration: " + "; ".join(diff[:4])
                                   + "; resume with the same options, or start afresh with --overwrite")
@@ -1145,12 +1145,21 @@ def _finish(cfg: FinetuneConfig, data: _Data, plan: Plan, runs: List[Dict[str, A
 
 def _clear_leftovers(out: Path) -> None:
     """Temporary folders beside ``out`` that a killed run left (``.<name>.<8 chars>.tmp``
-    / ``.old`` of :func:`atomic_dir`): this run holds the output's lock, so they are no one else's."""
+    / ``.old`` of :func:`atomic_dir`): this run holds the output's lock, so they are no one else's.
+    A kill between the two renames of the final write leaves ``out`` moved aside into
+    ``.old/x``: it is put back first (its checkpoints let --resume finish the run)."""
     pat = re.compile(r"^\.%s\.[a-z0-9_]{8}\.(tmp|old)$" % re.escape(out.name))
-    if out.parent.is_dir():
-        for p in out.parent.iterdir():
-            if pat.match(p.name) and p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
+    if not out.parent.is_dir():
+        return
+    found = [p for p in out.parent.iterdir() if pat.match(p.name) and p.is_dir() and not p.is_symlink()]
+    if not out.exists() and not out.is_symlink():
+        moved = sorted((p for p in found if p.name.endswith(".old") and (p / "x").is_dir()),
+                       key=lambda p: p.stat().st_mtime)
+        if moved:
+            os.replace(moved[-1] / "x", out)
+            log.warning("put %s back from %s (a run was killed while replacing it)", out, moved[-1])
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _val_rule(cfg: FinetuneConfig) -> str:
