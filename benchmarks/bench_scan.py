@@ -15,6 +15,7 @@ mamba_ssm (each shape) and the reference (small shapes).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -93,12 +94,27 @@ def mamba_ssm_scan():
 
 
 def scan_internals():
-    """The Triton scan module (its CONFIG), under today's name or the pre-regroup one."""
+    """The Triton scan module, under today's name or the pre-regroup one."""
     try:
         from mambadna.kernels.scan import triton as ts
     except ImportError:
         from mambadna.kernels import triton_scan as ts  # revisions before the kernels were grouped by op
     return ts
+
+
+def apply_config(text):
+    """For this process, the JSON object text: ScanTuning fields, and "fwd"/"bwd" for the
+    saved-state budget's bounds (revisions before ScanTuning: an update of their CONFIG)."""
+    ts, upd = scan_internals(), json.loads(text)
+    if not hasattr(ts, "use_tuning"):
+        ts.CONFIG.update(upd)
+        return
+    bounds = {k: upd.pop(k) for k in ("fwd", "bwd") if k in upd}
+    _CONFIG_SCOPE.enter_context(ts.use_tuning(**upd))
+    _CONFIG_SCOPE.enter_context(ts.BUDGET.bounded(**bounds))
+
+
+_CONFIG_SCOPE = contextlib.ExitStack()  # (left open: the process's)
 
 
 def floor_bytes(b, D, N, L, mode, bidir=False):
@@ -113,7 +129,8 @@ def main(argv=None):
     ap = common.parser(__doc__)
     ap.add_argument("--shapes", default="", help="indices into SHAPES (comma separated)")
     ap.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"])
-    ap.add_argument("--config", default="", help="JSON update of the Triton scan's CONFIG (A/B of a knob)")
+    ap.add_argument("--config", default="", help='JSON of ScanTuning fields and budget bounds ("fwd", "bwd"): '
+                    'an A/B of a tunable')
     ap.add_argument("--skip-bidir", action="store_true")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of one fwd+bwd per shape, nothing else")
     a = ap.parse_args(argv)
@@ -123,7 +140,7 @@ def main(argv=None):
     dev = common.device(a.device)
     dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if a.config:
-        scan_internals().CONFIG.update(json.loads(a.config))
+        apply_config(a.config)
     shapes = QUICK_SHAPES if a.quick else SHAPES
     if a.shapes:
         shapes = [shapes[int(i)] for i in a.shapes.split(",")]
@@ -136,7 +153,7 @@ def main(argv=None):
     bw = common.copy_bandwidth(dev)
     extra = f"copy bandwidth {bw / 1e12:.2f} TB/s" if bw else ""
     if a.config:
-        extra += f"; CONFIG update {a.config}"
+        extra += f"; tuning {a.config}"
     print(common.header(dev, extra.strip("; ")))
     print("# baseline: mamba_ssm selective_scan_fn" + (f" unavailable ({why})" if base is None else ""))
     rows = []

@@ -92,22 +92,17 @@ _CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @contextlib.contextmanager
-def scan_saved_state_limit(nbytes: Optional[int]) -> Iterator[None]:
+def scan_saved_state_limit(nbytes: Optional[int], device=None) -> Iterator[None]:
     """Within the block, bound the fp32 states that Triton scans' forwards keep for
-    their backwards (all such buffers alive at once) to ``nbytes``; 0 keeps none (each
-    backward recomputes them: less memory, slower), None the default (1/8 of the device
-    memory). The previous bound is restored on exit. No effect without Triton."""
-    if not triton_available():
-        yield
-        return
-    from .scan import triton as ts
+    their backwards (all such buffers alive at once on a device) to ``nbytes``; 0 keeps
+    none (each backward recomputes them: less memory, slower), None the default (1/8 of
+    the device memory). ``device``: that device only (default: every device without a
+    bound of its own). The previous bound is restored on exit; the bound is the
+    process's (:data:`.scan.budget.BUDGET`, thread-safe), not the calling thread's."""
+    from .scan.budget import BUDGET
 
-    old = ts.CONFIG["fwd_ckpt_bytes"]
-    ts.CONFIG["fwd_ckpt_bytes"] = None if nbytes is None else int(nbytes)
-    try:
+    with BUDGET.bounded(fwd=nbytes, device=device):
         yield
-    finally:
-        ts.CONFIG["fwd_ckpt_bytes"] = old
 
 
 def _pick(backend: str, t: torch.Tensor) -> str:

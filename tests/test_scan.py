@@ -1,10 +1,14 @@
 """Triton selective scan vs the sequential reference (issue 3).
 
-On CPU these run under TRITON_INTERPRET=1 (set in conftest.py) with tiny chunks so
-the multi-chunk and multi-block paths are exercised; on a GPU the `gpu` tests also
-check realistic shapes.
+On CPU these run under TRITON_INTERPRET=1 (set in conftest.py) with tiny blocks
+(``ScanTuning.small()``) so the multi-segment and multi-block paths are exercised; on a
+GPU (the default tuning) the `gpu` tests also check realistic shapes.
 """
 from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
 
 import pytest
 import torch
@@ -29,18 +33,12 @@ NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"]
 
 @pytest.fixture(autouse=True)
 def small_chunks():
-    """Tiny chunks/blocks on the interpreter so every cross-chunk path runs."""
-    old = dict(ts.CONFIG)
-    if DEV == "cpu":
-        # segments of 16 positions: two or more per sequence at these shapes, so the
-        # segment-state kernel, the cross-segment combine (in blocks of 2), partial
-        # segments and partial 8-step checkpoint blocks all run; 4 channels a program
-        # (the backward uses 2 channels a program, so its blocking differs from the forward's)
-        ts.CONFIG.update(seg=16, block_d=4, block_d_bwd=2, combine_chunks=2, combine_lanes=16,
-                         min_programs=10**9)
-    yield
-    ts.CONFIG.clear()
-    ts.CONFIG.update(old)
+    """Tiny blocks on the interpreter so every cross-segment path runs: segments of 16
+    positions (two or more per sequence at these shapes: the segment-state kernel, the
+    cross-segment combine in blocks of 2 segments, partial segments and checkpoint blocks
+    all run), 4 channels a program (2 in the backward, so its blocking differs)."""
+    with ts.use_tuning(ts.ScanTuning.small()) if DEV == "cpu" else contextlib.nullcontext():
+        yield
 
 
 def rel(a, b):
@@ -109,9 +107,10 @@ def test_matches_reference_all_options(dtype, rev):
 def test_single_pass_and_many_segments(rev):
     """One segment per sequence (no segment-state pass; forward) and the shortest
     segments, one checkpoint block each (reverse)."""
-    ts.CONFIG.update(min_programs=1) if not rev else ts.CONFIG.update(seg=8)
     args = make(2, 29, 8, 4, 1, torch.float32, seed=13 + rev)
-    check(args, softplus=True, rev=rev, dtype=torch.float32)
+    with ts.use_tuning(**({"seg": 8} if rev else {"min_programs": 1})):
+        assert ts._Geom(args[0], args[2], args[3], ts.tuning()).NS == (4 if rev else 1)
+        check(args, softplus=True, rev=rev, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("rev", [False, True])
@@ -119,54 +118,59 @@ def test_longer_segments_when_programs_suffice(rev):
     """seg_long: segments of 32 instead of 16 once batch x d-blocks x segments of 32
     reaches seg_long_programs (2 x 2 x 2 = 8 here), with the same results."""
     args = make(2, 37, 8, 4, 2, torch.float32, seed=17 + rev)
-    ts.CONFIG.update(seg=16, block_d=4, min_programs=10**9)  # (the CPU fixture's; also on a GPU)
-    ts.CONFIG.update(seg_long=32, seg_long_programs=9)
-    assert ts._Geom(args[0], args[2], args[3]).SEG == 16
-    ts.CONFIG.update(seg_long_programs=8)
-    assert ts._Geom(args[0], args[2], args[3]).SEG == 32
-    check(args, softplus=True, rev=rev, dtype=torch.float32)
+    small = ts.ScanTuning.small()  # (the CPU fixture's; also on a GPU)
+    with ts.use_tuning(small, seg_long=32, seg_long_programs=9) as tu:
+        assert ts._Geom(args[0], args[2], args[3], tu).SEG == 16
+    with ts.use_tuning(small, seg_long=32, seg_long_programs=8) as tu:
+        assert ts._Geom(args[0], args[2], args[3], tu).SEG == 32
+        check(args, softplus=True, rev=rev, dtype=torch.float32)
 
 
+@pytest.mark.parametrize("tile,steps", [(16, 5), (64, 2)])
 @pytest.mark.parametrize("rev", [False, True])
-def test_unvectorised_kernel_variant(rev):
-    """The other compilation of every kernel compute the same: the forward kernels with
-    the channel stride unknown (vec False; the default specialises it) and the backward
-    kernel with it specialised (vec_bwd True; the default leaves it unknown)."""
-    ts.CONFIG.update(vec=False, vec_bwd=True)
-    args = make(2, 21, 8, 4, 2, torch.bfloat16, seed=23 + rev)
-    check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
+def test_combine_segments_a_step(tile, steps, rev):
+    """combine_tile: the cross-segment combine takes combine_tile // lanes segments a block
+    step (16 lanes here: one segment a step, or 4 instead of the fixture's 2), carrying the
+    state from step to step, with the same results."""
+    args = make(1, 70, 4, 4, 1, torch.float32, seed=71 + rev)  # 5 segments of 16
+    seen = []
+    kernel = ts._chunk_combine_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(**kw):
+                seen.append(-(-kw["NC"] // kw["CB"]))
+                return kernel[grid](**kw)
+            return launch
+
+    with ts.use_tuning(combine_tile=tile), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ts, "_chunk_combine_kernel", Spy())
+        check(args, softplus=True, rev=rev, dtype=torch.float32)
+    assert set(seen) == {steps}
 
 
-@pytest.mark.parametrize("rev", [False, True])
-def test_combine_more_chunks_a_step(rev):
-    """combine_tile: the cross-segment combine takes more segments a block step when its
-    programs have few lanes (here 4 instead of 2), with the same results."""
-    ts.CONFIG.update(combine_tile=64)
-    args = make(1, 70, 4, 4, 1, torch.float32, seed=71 + rev)
-    check(args, softplus=True, rev=rev, dtype=torch.float32)
-
-
-@pytest.mark.parametrize("ckpt,sub,bd_bwd", [(8, 4, 4), (8, 2, 8), (4, 4, 4), (4, 2, 4)])
-def test_backward_blockings(ckpt, sub, bd_bwd):
-    """Other backward tunables (checkpoint spacing, recompute sub-block, channels a
-    program) give the same gradients, including partial blocks at the segment end."""
-    ts.CONFIG.update(ckpt=ckpt, sub=sub, block_d_bwd=bd_bwd)
-    args = make(2, 29, 8, 4, 2, torch.float32, seed=31 + ckpt + sub)
-    check(args, softplus=True, rev=sub == 2, dtype=torch.float32)
+@pytest.mark.parametrize("ckpt,bd_bwd,rev", [(8, 4, False), (8, 8, True), (4, 4, False), (4, 2, True)])
+def test_backward_blockings(ckpt, bd_bwd, rev):
+    """Other backward blockings (checkpoint spacing: 2, 4 sub-blocks of 2 recomputed into
+    registers; channels a program) give the same gradients, including partial blocks at
+    the segment end."""
+    with ts.use_tuning(ckpt=ckpt, block_d_bwd=bd_bwd):
+        args = make(2, 29, 8, 4, 2, torch.float32, seed=31 + ckpt + bd_bwd)
+        check(args, softplus=True, rev=rev, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("rev", [False, True])
 def test_backward_in_segment_groups(groups, rev):
-    """A checkpoint budget smaller than the whole sequence's checkpoints: the backward
-    runs over groups of `groups` segments (the last one partial: 3 segments), each group's
-    checkpoints then its gradients, with the same results."""
+    """A backward checkpoint bound smaller than the whole sequence's checkpoints: the
+    backward runs over groups of `groups` segments (the last one partial: 3 segments),
+    each group's checkpoints then its gradients, with the same results."""
     b, L, D, N = 2, 37, 8, 4
-    F = ts.CONFIG["ckpt"]
-    ts.CONFIG["bwd_ckpt_bytes"] = groups * b * (16 // F) * N * D * 4  # 16: the fixture's segment
-    ts.CONFIG["fwd_ckpt_bytes"] = 0  # the backward computes its checkpoints itself
-    args = make(b, L, D, N, 2, torch.float32, seed=41 + groups)
-    check(args, softplus=True, rev=rev, dtype=torch.float32)
+    F = ts.tuning().ckpt
+    # 16: the fixture's segment; fwd 0: the backward computes its checkpoints itself
+    with ts.BUDGET.bounded(fwd=0, bwd=groups * b * (16 // F) * N * D * 4):
+        args = make(b, L, D, N, 2, torch.float32, seed=41 + groups)
+        check(args, softplus=True, rev=rev, dtype=torch.float32)
 
 
 def _saved_ckpt(y):
@@ -177,51 +181,48 @@ def _saved_ckpt(y):
 @pytest.mark.parametrize("rev", [False, True])
 def test_backward_checkpoints_from_forward(rev):
     """The forward writes the backward's checkpoints when gradients are to come, while the
-    buffers alive stay within fwd_ckpt_bytes; the gradients equal those of the backward's
-    own checkpoint pass (and the reference); a CONFIG changed between forward and backward
-    still gives them (the saved checkpoints where the kernel takes them, else recomputed)."""
+    buffers alive on the device stay within the budget's fwd bound; the gradients equal
+    those of the backward's own checkpoint pass (and the reference); the backward runs with
+    its forward's tuning even when another one is active by then."""
     # on a GPU a shape the Gluon backward takes (32-channel blocks, segments of 128)
     b, L, D, N, G = (2, 37, 8, 4, 2) if DEV == "cpu" else (2, 300, 64, 16, 1)
     args = make(b, L, D, N, G, torch.float32, seed=45 + rev)
     u, delta, A, B, C, Dv, z, bias, h = args
-    geom = ts._Geom(u, A, B)
-    live0 = ts._LIVE_CK[0]
+    tu = ts.tuning()
+    geom = ts._Geom(u, A, B, tu)
+    live0 = ts.BUDGET.live(u.device)
     y, hT = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, True, rev)
     ck = _saved_ckpt(y)
     assert ck is not None and ck.shape[0] == b and ck.shape[2:] == (N, D)
     CK = geom.NS * geom.SEG // ck.shape[1]
-    if DEV == "cpu":  # the Triton backward: every ckpt positions
-        assert CK == ts.CONFIG["ckpt"]
-    else:  # the Gluon backward: fwd_fine
-        assert CK == ts.CONFIG["fwd_fine"]
+    assert CK == (tu.ckpt if DEV == "cpu" else tu.fwd_fine)  # the Triton backward / the Gluon one
     size = ck.numel() * 4
-    assert ts._LIVE_CK[0] == live0 + size
+    assert ts.BUDGET.live(u.device) == live0 + size
     y2, hT2 = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, True, rev)
-    assert _saved_ckpt(y2) is not None and ts._LIVE_CK[0] == live0 + 2 * size
+    assert _saved_ckpt(y2) is not None and ts.BUDGET.live(u.device) == live0 + 2 * size
     del y, hT, y2, hT2, ck  # freed with their graphs: no longer counted
-    assert ts._LIVE_CK[0] == live0
-    ts.CONFIG["fwd_ckpt_bytes"] = live0 + size - 1
-    y, hT = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, True, rev)
+    assert ts.BUDGET.live(u.device) == live0
+    with ts.BUDGET.bounded(fwd=live0 + size - 1):
+        y, hT = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, True, rev)
     ck = _saved_ckpt(y)
     if DEV == "cpu":  # no other spacing: none saved
         assert ck is None
     else:  # the sparser bwd_fine fits
-        assert ck is not None and geom.NS * geom.SEG // ck.shape[1] == ts.CONFIG["bwd_fine"]
+        assert ck is not None and geom.NS * geom.SEG // ck.shape[1] == tu.bwd_fine
     del y, hT, ck
     assert ts._fwd_ckpt(geom, u, A, B, False) == (None, 0)  # no gradient to come: nothing allocated
     g = torch.Generator().manual_seed(7)
     gy = torch.randn(b, L, D, generator=g).to(DEV)
     gh = torch.randn(b, D, N, generator=g).to(DEV)
-    ts.CONFIG["fwd_ckpt_bytes"] = 0
-    _, _, g_re = run(ts.selective_scan_triton, args, True, rev, gy, gh)
-    ts.CONFIG["fwd_ckpt_bytes"] = None
+    with ts.BUDGET.bounded(fwd=0):
+        _, _, g_re = run(ts.selective_scan_triton, args, True, rev, gy, gh)
     _, _, g_fw = run(ts.selective_scan_triton, args, True, rev, gy, gh)
     for name, a, c in zip(NAMES, g_fw, g_re):
         assert rel(a, c) < 1e-5, name
     y, hT = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, True, rev)
     assert _saved_ckpt(y) is not None
-    ts.CONFIG.update(ckpt=4, bwd_fine=0)
-    g_mis = torch.autograd.grad((y.float() * gy).sum() + (hT * gh).sum(), [t for t in args if t is not None])
+    with ts.use_tuning(ckpt=4, bwd_fine=0, seg=8):  # another tuning by the backward: not used
+        g_mis = torch.autograd.grad((y.float() * gy).sum() + (hT * gh).sum(), [t for t in args if t is not None])
     for name, a, c in zip(NAMES, g_mis, g_re):
         assert rel(a, c) < 1e-5, name
     check(args, softplus=True, rev=rev, dtype=torch.float32)
@@ -345,8 +346,8 @@ def test_bidirectional(dtype, with_z):
     assert rel(y3, y1) < 1e-6
     # both directions' checkpoints came from the forward; without them, the same gradients
     assert all(t is not None for t in y3.grad_fn.saved_tensors[-2:])
-    ts.CONFIG["fwd_ckpt_bytes"] = 0
-    y4 = ts.bidirectional_selective_scan_triton(*args, delta_softplus=True)
+    with ts.BUDGET.bounded(fwd=0):
+        y4 = ts.bidirectional_selective_scan_triton(*args, delta_softplus=True)
     assert all(t is None for t in y4.grad_fn.saved_tensors[-2:])
     g4 = torch.autograd.grad((y4.float() * gy).sum(), live)
     for i, (a, c) in enumerate(zip(g1, g4)):
@@ -398,6 +399,108 @@ def test_dispatch_and_grad_only_through_final_state():
         assert rel(a, c) < 1e-4
 
 
+@pytest.mark.parametrize("D,N,G,small", [(40, 5, 1, True), (40, 4, 1, False), (96, 4, 1, False), (36, 3, 2, False)])
+def test_d_inner_not_a_multiple_of_32(D, N, G, small):
+    """d_inner 40, 96, 36 (channel blocks of 4 or 8, 32, 2: the largest power of two
+    dividing a group, up to block_d), d_state 3-5 (combine lanes past N * D masked), under
+    the small tuning (several segments) and the default one (one segment), and the
+    single-step update (64-channel blocks, partly masked)."""
+    with ts.use_tuning(None if small else ts.ScanTuning()):
+        args = make(1, 37, D, N, G, torch.float32, seed=D + N)
+        check(args, softplus=True, rev=D == 40, dtype=torch.float32)
+        u, delta, A, B, C, Dv, z, bias, h = [t.detach() for t in args]
+        y1, s1 = ts.selective_state_update_triton(h, u[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], Dv, z[:, 0], bias, True)
+        y2, s2 = selective_scan_ref(u[:, :1], delta[:, :1], A, B[:, :1], C[:, :1], Dv, z[:, :1], bias, True, h, True)
+        assert rel(y1, y2[:, 0]) < 1e-5 and rel(s1, s2) < 1e-5
+
+
+@pytest.mark.parametrize("rev", [False, True])
+def test_d_state_32_through_triton(rev):
+    """d_state 32 (the most the Gluon backward takes) through the Triton kernels, forward
+    and backward, bf16."""
+    args = make(1, 35, 8, 32, 1, torch.bfloat16, seed=32 + rev)
+    check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
+
+
+def test_checkpoints_past_int32_offsets_within_a_segment():
+    """The kernels offset a (batch, segment)'s checkpoints in int64 but a checkpoint within
+    it in int32: one segment of 16384 positions x 16 states x 65536 channels spans 2^31
+    elements at a spacing of 8 (checked on meta tensors: nothing allocated). There the
+    forward writes no checkpoints (the backward's own pass, int64, makes them) and the
+    Gluon backward is not taken; a lowered threshold runs that path here, with the same
+    gradients."""
+    meta = dict(device="meta", dtype=torch.bfloat16)
+    u, A, B = torch.empty(1, 16384, 65536, **meta), torch.empty(65536, 16), torch.empty(1, 16384, 1, 16, **meta)
+    geom = ts._Geom(u, A, B, ts.ScanTuning())  # 1024 programs: one segment
+    assert geom.NS == 1 and not ts._fits_i32(geom, 8) and ts._fits_i32(geom, 16)
+    assert ts._fwd_ckpt(geom, u, A, B, True) == (None, 0)  # (the interpreter's spacing: 2)
+    args = make(2, 37, 8, 4, 2, torch.float32, seed=47)
+    u, delta, A, B, C, Dv, z, bias, h = args
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ts, "_I32", ts._Geom(u, A, B, ts.tuning()).SEG // 2 * 4 * 8)
+        y = ts.selective_scan_triton(u, delta, A, B, C, Dv, z, bias, True, h, False, False)
+        assert _saved_ckpt(y) is None
+        check(args, softplus=True, rev=False, dtype=torch.float32)
+
+
+def test_tuning_is_frozen_scoped_and_checked():
+    t = ts.ScanTuning()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.seg = 8
+    for bad in ({"ckpt": 3}, {"ckpt": 0}, {"block_d": 48}, {"combine_tile": 100}):
+        with pytest.raises(ValueError):
+            ts.ScanTuning(**bad)
+    outer = ts.tuning()
+    with ts.use_tuning(seg=32) as tu:
+        assert tu == ts.tuning() == dataclasses.replace(outer, seg=32)
+        seen = []
+        th = threading.Thread(target=lambda: seen.append(ts.tuning()))
+        th.start()
+        th.join()
+        assert seen == [ts.ScanTuning()]  # another thread: the default
+    assert ts.tuning() == outer
+
+
+def test_saved_state_budget_per_device_and_thread_safe():
+    from mambadna.kernels import scan_saved_state_limit
+    from mambadna.kernels.scan.budget import SavedStateBudget
+
+    bud = SavedStateBudget(fwd=1000, bwd=64)
+    cpu, other = torch.device("cpu"), torch.device("cuda", 1)  # (a key only: nothing allocated)
+    with bud.bounded(fwd=10, device=other):
+        assert bud.setting(other) == (10, 64) and bud.setting(cpu) == (1000, 64)
+        assert bud.reserve(other, 10) and not bud.reserve(other, 1) and bud.reserve(cpu, 500)
+        assert bud.live(other) == 10 and bud.live(cpu) == 500
+        bud.release(other, 10)
+        bud.release(cpu, 500)
+    assert bud.setting(other) == (1000, 64) and bud.live(other) == 0 and bud.live(cpu) == 0
+    with bud.bounded(fwd=None, bwd=1):
+        assert bud.setting() == (None, 1) and bud.fwd_bytes(cpu) == (8 << 30) // 8
+    assert bud.setting() == (1000, 64)
+
+    # many threads reserving and releasing: never past the bound, nothing lost
+    peak, lock = [0], threading.Lock()
+
+    def work():
+        for _ in range(300):
+            if bud.reserve(cpu, 7):
+                with lock:
+                    peak[0] = max(peak[0], bud.live(cpu))
+                bud.release(cpu, 7)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert bud.live(cpu) == 0 and 0 < peak[0] <= 1000
+    # the public context manager sets the module's budget, restored on exit
+    before = ts.BUDGET.setting()
+    with scan_saved_state_limit(123):
+        assert ts.BUDGET.setting()[0] == 123
+    assert ts.BUDGET.setting() == before
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(2, 64, 16, 1, 4097), (1, 128, 16, 2, 6000)])
 @pytest.mark.parametrize("rev", [False, True])
@@ -410,25 +513,41 @@ def test_gpu_bf16_realistic(shape, rev):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(2, 64, 16, 1, 4097), (1, 128, 16, 2, 6000), (3, 96, 8, 1, 700)])
 @pytest.mark.parametrize("rev", [False, True])
-@pytest.mark.parametrize("variant", [{}, {"gluon_mask_bc": True}, {"bwd_ckpt_bytes": 1, "fwd_ckpt_bytes": 0},
-                                     {"fwd_ckpt_bytes": 0}, {"bwd_bc_fp32": False},
-                                     {"ckpt": 4},
-                                     {"prefetch_bwd": 0}, {"prefetch_bwd": 3, "prefetch_level": "L1"},
-                                     {"gluon_reuse": False, "prefetch_bwd": 0},
-                                     {"ckpt": 4, "sub": 4, "prefetch_bwd": 2},
-                                     {"bwd_fine": 0}, {"bwd_fine": 64}, {"bwd_fine": 16, "bwd_ckpt_bytes": 1, "fwd_ckpt_bytes": 0},
-                                     {"bwd_fine": 32, "ckpt": 4, "sub": 2, "prefetch_bwd": 0}])
+@pytest.mark.parametrize("variant", [{}, {"bwd": 1, "fwd": 0}, {"fwd": 0}, {"ckpt": 4},
+                                     {"prefetch_bwd": 0}, {"prefetch_bwd": 3}, {"ckpt": 4, "prefetch_bwd": 2},
+                                     {"bwd_fine": 0}, {"bwd_fine": 64}, {"bwd_fine": 16, "bwd": 1, "fwd": 0},
+                                     {"bwd_fine": 32, "ckpt": 4, "prefetch_bwd": 0}])
 def test_gpu_gluon_backward(shape, rev, variant):
     """The Gluon backward kernel against the reference: output and every gradient, both
-    directions, with n_groups > 1 and d_state 8, for each variant (B/C masking, segment
-    groups, checkpoint blocking, prefetch, reuse of the forward step's decay and rows, states
-    refined in shared memory from sparser checkpoints, checkpoints from the backward's own
-    pass instead of the forward)."""
+    directions, with n_groups > 1 and d_state 8, for each variant (tuning fields; the
+    saved-state budget's bounds "fwd"/"bwd": segment groups, checkpoints from the backward's
+    own pass instead of the forward): checkpoint blocking, prefetch, states refined in
+    shared memory from sparser checkpoints."""
     from mambadna.kernels.scan import gluon_bwd as gluon_scan_bwd
 
     if not gluon_scan_bwd.available():
         pytest.skip("this Triton has no Gluon")
-    ts.CONFIG.update(dict({"bwd_impl": "gluon"}, **variant))  # restored by the autouse fixture
+    bounds = {k: variant[k] for k in ("fwd", "bwd") if k in variant}
+    changes = {k: v for k, v in variant.items() if k not in bounds}
     b, D, N, G, L = shape
     args = make(b, L, D, N, G, torch.bfloat16, seed=62)
-    check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
+    with ts.use_tuning(**changes), ts.BUDGET.bounded(**bounds):
+        check(args, softplus=True, rev=rev, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,D,N,G,gluon", [(torch.float16, 64, 16, 1, True), (torch.bfloat16, 64, 32, 2, True),
+                                               (torch.bfloat16, 96, 16, 1, True), (torch.bfloat16, 80, 16, 1, False),
+                                               (torch.bfloat16, 64, 64, 1, False)])
+@pytest.mark.parametrize("rev", [False, True])
+def test_gpu_dtypes_states_and_widths(dtype, D, N, G, gluon, rev):
+    """fp16 and d_state 32 through the Gluon backward, d_inner 96 (not a power of two: 32
+    channels a backward block) and 80 (16-channel blocks: the Triton backward), d_state 64
+    (the Triton backward), at a length of several segments."""
+    from mambadna.kernels.scan import gluon_bwd as gluon_scan_bwd
+
+    b, L = 2, 3001
+    args = make(b, L, D, N, G, dtype, seed=63)
+    geom = ts._Geom(args[0], args[2], args[3], ts.tuning(), bwd=True)
+    assert ("FINE" in ts._bwd_kernel(geom)[3]) == (gluon and gluon_scan_bwd.available())
+    check(args, softplus=True, rev=rev, dtype=dtype)

@@ -1,5 +1,5 @@
 """The scan's backward kernel in Gluon (Triton's explicit-layout language): the GPU
-default (``scan.triton.CONFIG["bwd_impl"] = "gluon"``; timings against the Triton kernel
+default where it applies (``scan.triton._bwd_kernel``; timings against the Triton kernel
 in benchmarks/README.md).
 
 Same algorithm, arguments and outputs as ``scan.triton._rows_bwd_kernel``, which the
@@ -17,14 +17,14 @@ through shared memory (per-channel vectors into the tile and back) and 48 shuffl
   (a lane per state and half the channels), then in-thread adds and one shuffle:
   ~2 conversions and 2 shuffles a step instead of ~9 and 48.
 
-``REUSE``: the sub-block's first step takes its decay, dt and u from the forward
-step that produced the sub-block's second state, instead of reloading and
-exponentiating again (reusing the B row as well spilled and measured slower). ``PF`` > 0:
-rows (and checkpoints) are prefetched that many positions ahead, rounded up to blocks of F.
+The sub-block's first step takes its decay, dt and u from the forward step that
+produced the sub-block's second state, instead of reloading and exponentiating again
+(reusing the B row as well spilled and measured slower). ``PF`` > 0: rows (and
+checkpoints) are prefetched to L2 that many positions ahead, rounded up to blocks of F.
 ``FINE`` > 0: global checkpoints every FINE positions, refined per sub-segment to every F in
 shared memory. ``SAME_L``/``SAME_BC``: strides known equal, one row offset a step for all.
-``MASK_BC`` False loads B/C rows unmasked past the segment end,
-where the row index is clamped and dt is 0 (measured faster). ``S0``/``NSH``: this
+B/C rows load unmasked past the segment end, where the row index is clamped and dt is 0
+(measured faster than masking them). ``S0``/``NSH``: this
 launch's first segment and how many segments its checkpoint buffer holds.
 
 Gluon has no interpreter, so this kernel runs only on a GPU; ``tests/test_scan.py``
@@ -64,30 +64,30 @@ if _OK:
         return _g_ptx1(x, "rcp.approx.ftz.f32")
 
     @gluon.jit
-    def _g_prefetch(ptr, LEVEL: gl.constexpr):
-        """Hint, no effect on results: start fetching the lines at ptr (valid addresses)."""
-        gl.inline_asm_elementwise("prefetch.global." + LEVEL + " [$1];\n\tmov.u32 $0, 0;", "=r,l",
+    def _g_prefetch(ptr):
+        """Hint, no effect on results: start fetching the lines at ptr (valid addresses) into L2."""
+        gl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l",
                                   [ptr.to(gl.int64, bitcast=True)], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _g_prefetch_block(kp, t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf, ck_pf,
                           s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, ck_step,
                           F: gl.constexpr, HAS_Z: gl.constexpr, HAS_Y: gl.constexpr, REV: gl.constexpr,
-                          LEVEL: gl.constexpr, CKDIV: gl.constexpr = 1):
+                          CKDIV: gl.constexpr = 1):
         """Prefetch the rows of block kp and its checkpoint (number kp // CKDIV; bases clamped
         to valid addresses)."""
         for q in gl.static_range(F):
             t, _ = _g_t(t0, nsteps, kp * F + q, REV)
-            _g_prefetch(u_pf + t * s_ul, LEVEL)
-            _g_prefetch(d_pf + t * s_dl, LEVEL)
-            _g_prefetch(g_pf + t * s_gl, LEVEL)
+            _g_prefetch(u_pf + t * s_ul)
+            _g_prefetch(d_pf + t * s_dl)
+            _g_prefetch(g_pf + t * s_gl)
             if HAS_Z:
-                _g_prefetch(z_pf + t * s_zl, LEVEL)
+                _g_prefetch(z_pf + t * s_zl)
             if HAS_Y:
-                _g_prefetch(y_pf + t * s_yl, LEVEL)
-            _g_prefetch(B_pf + t * s_Bl, LEVEL)
-            _g_prefetch(C_pf + t * s_Cl, LEVEL)
-        _g_prefetch(ck_pf + (kp // CKDIV) * ck_step, LEVEL)
+                _g_prefetch(y_pf + t * s_yl)
+            _g_prefetch(B_pf + t * s_Bl)
+            _g_prefetch(C_pf + t * s_Cl)
+        _g_prefetch(ck_pf + (kp // CKDIV) * ck_step)
 
     @gluon.jit
     def _g_sigmoid(x):
@@ -106,13 +106,6 @@ if _OK:
         return gl.where(m, dt, 0.0), v
 
     @gluon.jit
-    def _g_bcmask(mask_n, valid, MASK_BC: gl.constexpr):
-        if MASK_BC:
-            return mask_n & valid
-        else:
-            return mask_n
-
-    @gluon.jit
     def _g_t(t0, nsteps, i, REV: gl.constexpr):
         valid = i < nsteps
         if REV:
@@ -124,14 +117,14 @@ if _OK:
 
     @gluon.jit
     def _g_fstep(e, a2, i, t0, nsteps, mask_d, mask_n, bias, u_row, d_row, B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl,
-                 HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, REV: gl.constexpr, MASK_BC: gl.constexpr):
+                 HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, REV: gl.constexpr):
         t, valid = _g_t(t0, nsteps, i, REV)
         m = mask_d & valid
         dt, vpre = _g_dt(d_row, t, s_dl, m, bias, HAS_BIAS, SOFTPLUS)
         uu = gl.load(u_row + t * s_ul, mask=m, other=0.0).to(gl.float32)
-        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
+        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=mask_n, other=0.0).to(gl.float32)
         a = _g_ex2(a2 * dt[None, :])
-        # the step's decay and rows too, for a caller that reuses them (REUSE)
+        # the step's decay and rows too, for the caller to reuse
         return a * e + (dt * uu)[None, :] * bt[:, None], a, dt, vpre, uu
 
     @gluon.jit
@@ -139,7 +132,7 @@ if _OK:
                  u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
                  dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q: gl.constexpr,
                  HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                 SOFTPLUS: gl.constexpr, REV: gl.constexpr, DZ: gl.constexpr, MASK_BC: gl.constexpr,
+                 SOFTPLUS: gl.constexpr, REV: gl.constexpr, DZ: gl.constexpr,
                  a_in=None, dt_in=None, v_in=None, u_in=None, HAVE: gl.constexpr = False):
         t, valid = _g_t(t0, nsteps, i, REV)
         m = mask_d & valid
@@ -150,9 +143,9 @@ if _OK:
         else:
             dt, vpre = _g_dt(d_row, t, s_dl, m, bias, HAS_BIAS, SOFTPLUS)
             uu = gl.load(u_row + t * s_ul, mask=m, other=0.0).to(gl.float32)
-        # past the end t is clamped to t0 and dt is 0, so without MASK_BC B and C load unmasked there and add nothing
-        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
-        ct = gl.load(C_ptr + (C_off + t * s_Cl) + n_ar, mask=_g_bcmask(mask_n, valid, MASK_BC), other=0.0).to(gl.float32)
+        # past the end t is clamped to t0 and dt is 0, so B and C load unmasked there and add nothing
+        bt = gl.load(B_ptr + (B_off + t * s_Bl) + n_ar, mask=mask_n, other=0.0).to(gl.float32)
+        ct = gl.load(C_ptr + (C_off + t * s_Cl) + n_ar, mask=mask_n, other=0.0).to(gl.float32)
         g = gl.load(g_row + t * s_gl, mask=m, other=0.0).to(gl.float32)
         if HAS_Z:
             zz = gl.load(z_row + t * s_zl, mask=m, other=0.0).to(gl.float32)
@@ -212,12 +205,10 @@ if _OK:
         N: gl.constexpr, NP: gl.constexpr, BD: gl.constexpr, F: gl.constexpr, SUB: gl.constexpr,
         HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
         SOFTPLUS: gl.constexpr, REV: gl.constexpr, DZ: gl.constexpr, HAS_MINIT: gl.constexpr,
-        MASK_BC: gl.constexpr = True,
-        PF: gl.constexpr = 0, PFL: gl.constexpr = "L2", REUSE: gl.constexpr = False,
-        FINE: gl.constexpr = 0, SAME_L: gl.constexpr = False, SAME_BC: gl.constexpr = False,
+        PF: gl.constexpr = 0, FINE: gl.constexpr = 0, SAME_L: gl.constexpr = False, SAME_BC: gl.constexpr = False,
     ):
         """As ``scan.triton._rows_bwd_kernel`` (one warp; BD = 32 channels, a lane per
-        channel holding all NP <= 32 states; SUB 2 or 4). FINE > 0: hfine holds a state every FINE
+        channel holding all NP <= 32 states; SUB 2). FINE > 0: hfine holds a state every FINE
         positions only; the kernel walks each FINE-position sub-segment forwards from it,
         keeping a state every F positions in shared memory, then runs its blocks from there.
         SAME_L: the (batch, length, d_inner) tensors share one position stride (SAME_BC: B, C,
@@ -304,13 +295,13 @@ if _OK:
             for kk in range(PFB):
                 _g_prefetch_block(gl.maximum(nblk - 1 - kk, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf,
                                   ck_pf, s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, N * D, F, HAS_Z,
-                                  HAS_Z and DZ == 1, REV, PFL, CKF // F)
+                                  HAS_Z and DZ == 1, REV, CKF // F)
         for kk in range(nblk):
             k = nblk - 1 - kk
             if PFB > 0:
                 _g_prefetch_block(gl.maximum(k - PFB, 0), t0, nsteps, u_pf, d_pf, z_pf, g_pf, y_pf, B_pf, C_pf,
                                   ck_pf, s_ul, s_dl, s_zl, s_gl, s_yl, s_Bl, s_Cl, N * D, F, HAS_Z,
-                                  HAS_Z and DZ == 1, REV, PFL, CKF // F)
+                                  HAS_Z and DZ == 1, REV, CKF // F)
             if FINE > 0:
                 if (k % KB == KB - 1) | (kk == 0):  # entering a sub-segment: walk it, keep its states
                     c = k // KB
@@ -320,7 +311,7 @@ if _OK:
                         for r in gl.static_range(F):
                             e, _, _, _, _ = _g_fstep(e, a2, c * FINE + q * F + r, t0, nsteps, mask_d, mask_n,
                                                      bias, u_row, d_row, B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl,
-                                                     HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                                                     HAS_BIAS, SOFTPLUS, REV)
                     ck_s.index(KB - 1).store(e)
             for j in gl.static_range(F // SUB - 1, -1, -1):
                 i0 = k * F + j * SUB
@@ -330,34 +321,19 @@ if _OK:
                     e0 = gl.load(hfine_ptr + (fbase + k) * N * D + nd_off, mask=mask_nd, other=0.0)
                 for q in gl.static_range(j * SUB):  # walk to the sub-block's start
                     e0, _, _, _, _ = _g_fstep(e0, a2, k * F + q, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
+                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
                 e1, a0, dt0, v0, u0 = _g_fstep(e0, a2, i0, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                               B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                if SUB == 4:
-                    e2, _, _, _, _ = _g_fstep(e1, a2, i0 + 1, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                    e3, _, _, _, _ = _g_fstep(e2, a2, i0 + 2, t0, nsteps, mask_d, mask_n, bias, u_row, d_row,
-                                              B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV, MASK_BC)
-                    mu, dA_acc, dDacc, dbacc = _g_rstep(
-                        e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
-                        dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
-                    mu, dA_acc, dDacc, dbacc = _g_rstep(
-                        e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
-                        u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
-                        dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
+                                               B_ptr, B_off, n_ar, s_ul, s_dl, s_Bl, HAS_BIAS, SOFTPLUS, REV)
                 mu, dA_acc, dDacc, dbacc = _g_rstep(
                     e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                     u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
                     dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC)
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ)
                 mu, dA_acc, dDacc, dbacc = _g_rstep(
                     e0, mu, dA_acc, dDacc, dbacc, a2, i0, t0, nsteps, mask_d, mask_n, mask_nq, bias, dd,
                     u_row, d_row, B_ptr, B_off, C_ptr, C_off, n_ar, z_row, g_row, y_row, du_row, dd_row, dz_row, dB_row,
                     dC_row, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_gl, s_yl, s_dBl, s_dCl, s_ol, Q,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, MASK_BC, a0, dt0, v0, u0, REUSE)
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ, a0, dt0, v0, u0, True)
         gl.store(dA_ptr + seg * N * D + nd_off, dA_acc, mask=mask_nd)
         if HAS_D:
             gl.store(dD_ptr + seg * D + d_idx, dDacc, mask=mask_d)

@@ -27,62 +27,100 @@ and runs through the same state kernel with ``ADJ``.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import weakref
-from typing import Optional
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from .budget import BUDGET
 
 LOG2E = 1.4426950408889634
 
-# Tunables (chosen on the H100; what was tried and lost: benchmarks/README.md); overridable in tests.
-CONFIG = {
-    "seg": 128,          # positions per segment
-    "seg_long": 256,     # longer segments where they still leave seg_long_programs programs
-    "seg_long_programs": 8192,  # (fewer segment states and combine steps: long sequences)
-    "block_d": 64,       # channels per program (forward kernels)
-    "block_d_bwd": 32,   # channels per program (backward kernels: register-bound)
-    "warps": 1,          # warps per program (lanes run along the channels)
-    "combine_chunks": 32,
-    "combine_lanes": 128,
-    "warps_combine": 4,
-    "combine_programs": 512,  # the combine narrows its programs' lanes to reach this many
-    "combine_tile": 4096,  # combine: at least this many (chunk, lane) pairs a block step (0: off)
-    "min_programs": 1024,  # below this many (batch x d-blocks) programs, use segments
-    "ckpt": 2,           # backward: positions between stored states (transient, fp32)
-    "sub": 2,            # backward: positions recomputed into registers at a time
-    "vec": True,         # let loads along the channels vectorise (Triton then spreads a
-                         # thread's state over channels and states, not one channel)
-    "vec_bwd": False,    # as vec, for the backward kernel alone
-    "bwd_maxnreg": 0,    # register cap for the backward kernel (0: the compiler's choice)
-    "bwd_impl": "gluon",  # the explicit-layout backward kernel (gluon_bwd.py) on the GPU
-                          # (one warp, block_d_bwd a multiple of 32); "triton": _rows_bwd_kernel,
-                          # which the interpreter (CPU) always runs
-    "gluon_mask_bc": False,  # Gluon backward: mask the B/C loads past the end (else clamped rows)
-    "bwd_bc_fp32": True,  # Gluon backward (and its adjoint pass): B and C read from fp32 copies
-                          # (every lane holds whole rows: no per-lane bf16 conversions; -10% SASS)
-    "gluon_reuse": True,  # Gluon backward: a sub-block's first step reuses the forward step's
-                          # decay, dt and u (False: reloads and recomputes them)
-    "bwd_ckpt_bytes": 4 << 30,  # bound on the backward's transient checkpoints (segments are
-                                # processed in groups that fit it)
-    "prefetch_bwd": 12,  # Gluon backward: rows and checkpoints prefetched this many positions ahead
-                         # of its walk (rounded up to checkpoint blocks; 0: off). The same hint in
-                         # the forward, state and adjoint walks measured slower (benchmarks/README.md)
-    "prefetch_level": "L2",  # cache level the prefetch fills ("L1" or "L2")
-    "bwd_fine": 16,      # Gluon backward: > ckpt, a multiple of it dividing seg: global checkpoints
-                         # every bwd_fine positions only, refined to every ckpt in shared memory
-    "fwd_ckpt_bytes": None,  # a forward whose inputs need gradients writes the backward's
-                             # checkpoints (fp32) as it walks, while all such buffers alive (saved
-                             # for backwards to come) stay within this many bytes; None: 1/8 of the
-                             # device's memory; 0: never (the backward then computes them itself)
-    "fwd_fine": 8,       # their spacing for the Gluon backward (8 bytes a (batch, position,
-                         # channel)); bwd_fine (4 bytes) where that does not fit the bound
-    "bidir_acc": "input",  # dtype of the bidirectional forward's intermediate output and of the
-                           # pre-gate sum kept for dz: "input" (u's dtype) or "fp32"
-}
+SUB = 2  # backward: positions recomputed into registers at a time (the walks are written for 2)
+_COMBINE_PROGRAMS = 512  # the combine narrows its programs' lanes (to 32) to reach this many
+_COMBINE_WARPS = 4  # (every other kernel: one warp a program, lanes along the channels)
+
+
+@dataclass(frozen=True)
+class ScanTuning:
+    """The blocking of the Triton scan (chosen on the H100; what was tried and lost:
+    benchmarks/README.md). Scans use :func:`tuning`, the default ``ScanTuning()`` unless
+    inside :func:`use_tuning`; a backward uses its forward's. Under the interpreter the
+    tests use :meth:`small`, so that tiny shapes run several segments, channel blocks,
+    checkpoint blocks and combine steps: ``with use_tuning(ScanTuning.small()): ...``."""
+
+    seg: int = 128
+    """Positions per segment (a multiple of ckpt)."""
+    seg_long: int = 256
+    """Longer segments where they still leave seg_long_programs (batch x d-blocks x
+    segments) programs: fewer segment states and combine steps on long sequences."""
+    seg_long_programs: int = 8192
+    """Programs (batch x d-blocks x segments of seg_long) from which seg_long is taken."""
+    min_programs: int = 1024
+    """From this many (batch x d-blocks) programs, one segment a sequence (a single pass)."""
+    block_d: int = 64
+    """Channels a program in the forward kernels (a power of two)."""
+    block_d_bwd: int = 32
+    """Channels a program in the backward (register-bound; the Gluon kernel takes 32
+    a program from any multiple of 32)."""
+    ckpt: int = 2
+    """Backward: positions between the states it keeps (fp32; even)."""
+    combine_lanes: int = 128
+    """Cross-segment combine: at most this many (state, channel) lanes a program (a power of two)."""
+    combine_tile: int = 4096
+    """Cross-segment combine: (segment, lane) pairs a block step (a power of two)."""
+    bwd_fine: int = 16
+    """Gluon backward: global checkpoints every bwd_fine positions (> ckpt, a multiple of
+    it dividing seg), refined to every ckpt in shared memory; 0 or unfit: every ckpt."""
+    fwd_fine: int = 8
+    """Their spacing when the forward writes them (8 bytes a (batch, position, channel));
+    bwd_fine where that does not fit the saved-state budget."""
+    prefetch_bwd: int = 12
+    """Gluon backward: rows and checkpoints prefetched (to L2) this many positions ahead
+    of its walk, rounded up to checkpoint blocks; 0: off. (The same hint in the forward,
+    state and adjoint walks measured slower.)"""
+
+    def __post_init__(self):
+        if self.ckpt < 2 or self.ckpt % 2:
+            raise ValueError(f"ckpt must be even and >= 2, got {self.ckpt}")
+        for name in ("block_d", "block_d_bwd", "combine_lanes", "combine_tile"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+
+    @classmethod
+    def small(cls) -> "ScanTuning":
+        """Tiny blocks for tests under the interpreter: segments of 16 positions, 4
+        channels a program (2 in the backward, so its blocking differs from the
+        forward's), the combine in blocks of 2 segments over 16 lanes, segments at any
+        number of programs."""
+        return cls(seg=16, block_d=4, block_d_bwd=2, combine_lanes=16, combine_tile=32, min_programs=10**9)
+
+
+_TUNING: ContextVar[ScanTuning] = ContextVar("mambadna_scan_tuning", default=ScanTuning())
+
+
+def tuning() -> ScanTuning:
+    """The tuning that scans started now (in this thread / context) use."""
+    return _TUNING.get()
+
+
+@contextlib.contextmanager
+def use_tuning(base: Optional[ScanTuning] = None, **changes) -> Iterator[ScanTuning]:
+    """Within the block (this thread / context), scans use base (default: the current
+    tuning) with the given fields changed."""
+    token = _TUNING.set(dataclasses.replace(base or tuning(), **changes))
+    try:
+        yield _TUNING.get()
+    finally:
+        _TUNING.reset(token)
 
 
 def _interpret() -> bool:
@@ -174,7 +212,7 @@ def _row_dt(delta_ptr, off, mask_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
     return _dt_of(v, mask_d, bias, False, SOFTPLUS), v
 
 
-@triton.jit(do_not_specialize=["SD"])
+@triton.jit
 def _rows_state_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, z_ptr,
     sloc_ptr, ssum_ptr, hseg_ptr, hfine_ptr,
@@ -204,7 +242,7 @@ def _rows_state_kernel(
     mask_n = n_ar < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
     grp = (pid_d * BD) // DPG
-    dcol = d_idx * SD  # SD == 1 at run time; not specialised, so loads stay scalar
+    dcol = d_idx * SD  # SD == 1, specialised: loads along the channels may vectorise
     a2 = tl.load(A_ptr + n_ar[:, None] * D + dcol[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
@@ -314,6 +352,7 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
     else:
         an = un
     CKS: tl.constexpr = CK if CK > 0 else SEG  # (ck_base is defined either way: the loop's analysis sees it)
+    # (int64 up to the segment; int32 within it: see _fits_i32)
     ck_base = ck_ptr + (pid_b * NS + pid_s) * (SEG // CKS) * N * D + n_ar[:, None] * D + d_idx[None, :]
     for i in range(nsteps):
         if CK > 0:
@@ -353,7 +392,7 @@ def _walk_out(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
     return h
 
 
-@triton.jit(do_not_specialize=["SD"])
+@triton.jit
 def _rows_out_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hseg_ptr,
     u2_ptr, delta2_ptr, bias2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, hseg2_ptr,
@@ -370,7 +409,7 @@ def _rows_out_kernel(
     SAME_L: tl.constexpr = False, SAME_BC: tl.constexpr = False, CK: tl.constexpr = 0,
 ):
     """Outputs of one segment (one direction, or BIDIR: the forward direction into the
-    buffer acc (fp32 or the input dtype, CONFIG["bidir_acc"]), then the reverse one adding
+    buffer acc (in the input dtype), then the reverse one adding
     it, gated, into out; SAVE_Y: the pre-gate sum back into acc). STORE_END: the
     segment's final state into hend[b, s] (N, D), for the final state. SAME_L: the
     (batch, length, d_inner) tensors share one position stride; SAME_BC: B, C (and B2, C2) do.
@@ -584,7 +623,7 @@ def _rows_bwd_kernel(
     SOFTPLUS: tl.constexpr, REV: tl.constexpr, DZ: tl.constexpr, HAS_MINIT: tl.constexpr,
 ):
     """All gradients of one segment, walking its blocks of F steps against the scan,
-    each from its checkpoint hfine[b, s * SEG / F + k] (sub-blocks of SUB steps are
+    each from its checkpoint hfine[b, s * SEG / F + k] (sub-blocks of SUB = 2 steps are
     recomputed into registers, then walked back), carrying the adjoint mu (entering
     value mseg[b, s]). dB, dC: fp32 atomics; dA partials (b, NS, N, D); dD, dbias
     partials (b, NS, D); mend (b, N, D): mu out of the scan's first segment (dh0)."""
@@ -598,7 +637,7 @@ def _rows_bwd_kernel(
     mask_nd = mask_n[:, None] & mask_d[None, :]
     nd_off = n_ar[:, None] * D + d_idx[None, :]
     grp = (pid_d * BD) // DPG
-    dcol = d_idx * SD
+    dcol = d_idx * SD  # SD == 1 at run time; not specialised (as chosen), so loads stay scalar
     a2 = tl.load(A_ptr + n_ar[:, None] * D + dcol[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
@@ -632,25 +671,6 @@ def _rows_bwd_kernel(
             e1 = _fstep(e0, a2, i0, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
                         u_ptr, delta_ptr, B_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg,
                         HAS_BIAS, SOFTPLUS, REV)
-            if SUB == 4:
-                e2 = _fstep(e1, a2, i0 + 1, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
-                            u_ptr, delta_ptr, B_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg,
-                            HAS_BIAS, SOFTPLUS, REV)
-                e3 = _fstep(e2, a2, i0 + 2, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n, grp, bias,
-                            u_ptr, delta_ptr, B_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg,
-                            HAS_BIAS, SOFTPLUS, REV)
-                mu, dA_acc, dDacc, dbacc = _rstep(
-                    e3, mu, dA_acc, dDacc, dbacc, a2, i0 + 3, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
-                    grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, y_ptr, du_ptr, ddelta_ptr, dz_ptr,
-                    dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
-                    s_gb, s_gl, s_yb, s_yl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ)
-                mu, dA_acc, dDacc, dbacc = _rstep(
-                    e2, mu, dA_acc, dDacc, dbacc, a2, i0 + 2, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
-                    grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, y_ptr, du_ptr, ddelta_ptr, dz_ptr,
-                    dB_ptr, dC_ptr, s_ub, s_ul, s_db, s_dl, s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_zb, s_zl,
-                    s_gb, s_gl, s_yb, s_yl, s_dBb, s_dBl, s_dBg, s_dCb, s_dCl, s_dCg, s_ob, s_ol,
-                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REV, DZ)
             mu, dA_acc, dDacc, dbacc = _rstep(
                 e1, mu, dA_acc, dDacc, dbacc, a2, i0 + 1, t0, nsteps, pid_b, dcol, mask_d, n_ar, mask_n,
                 grp, bias, dd, u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, g_ptr, y_ptr, du_ptr, ddelta_ptr, dz_ptr,
@@ -736,10 +756,22 @@ def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-class _Geom:
-    """Blocking of one scan: d-blocks of BD channels, NS segments of SEG positions."""
+def _or(t, alt):
+    """t, or alt (a valid pointer for an argument the kernel does not read) when t is None."""
+    return t if t is not None else alt
 
-    def __init__(self, u, A, B, bwd=False):
+
+def _s(name, t, k=2):
+    """The strides of t along (batch, length[, group]) as the kernels' keyword arguments
+    s_<name>b, s_<name>l[, s_<name>g] (zeros when t is None)."""
+    return {f"s_{name}{c}": t.stride(i) if t is not None else 0 for i, c in enumerate("blg"[:k])}
+
+
+class _Geom:
+    """Blocking of one scan under a tuning: d-blocks of BD channels, NS segments of SEG positions."""
+
+    def __init__(self, u, A, B, tu: ScanTuning, bwd=False):
+        self.tu = tu
         self.batch, self.L, self.D = u.shape
         self.N = A.shape[1]
         self.NP = triton.next_power_of_2(self.N)
@@ -747,24 +779,25 @@ class _Geom:
         if self.D % self.G:
             raise ValueError(f"d_inner={self.D} is not divisible by n_groups={self.G}")
         self.DPG = self.D // self.G
-        low = self.DPG & -self.DPG  # a d-block never straddles two groups
+        low = self.DPG & -self.DPG  # a d-block never straddles two groups (so BD divides D)
         cap = max(1, min(low, triton.next_power_of_2(self.D)))
         # the segmentation follows the forward blocking, so both passes agree on it
-        nd_fwd = triton.cdiv(self.D, min(CONFIG["block_d"], cap))
-        self.BD = min(CONFIG["block_d_bwd"] if bwd else CONFIG["block_d"], cap)
+        nd_fwd = triton.cdiv(self.D, min(tu.block_d, cap))
+        self.BD = min(tu.block_d_bwd if bwd else tu.block_d, cap)
         self.ND = triton.cdiv(self.D, self.BD)
-        F = CONFIG["ckpt"]
-        seg = max(F, (CONFIG["seg"] // F) * F)
-        seg_long = (CONFIG["seg_long"] // F) * F
-        if seg_long > seg and self.batch * nd_fwd * triton.cdiv(self.L, seg_long) >= CONFIG["seg_long_programs"]:
+        F = tu.ckpt
+        seg = max(F, (tu.seg // F) * F)
+        seg_long = (tu.seg_long // F) * F
+        if seg_long > seg and self.batch * nd_fwd * triton.cdiv(self.L, seg_long) >= tu.seg_long_programs:
             seg = seg_long
-        if self.batch * nd_fwd >= CONFIG["min_programs"] or self.L <= seg:
+        if self.batch * nd_fwd >= tu.min_programs or self.L <= seg:
             seg = triton.cdiv(self.L, F) * F  # one segment: a single pass
         self.SEG = seg
         self.F = F
         self.NS = triton.cdiv(self.L, seg)
         self.grid = (self.ND, self.NS, self.batch)
-        self.warps = max(1, CONFIG["warps"]) if not _interpret() else 1
+        # the launch arguments every row kernel takes
+        self.kw = dict(L=self.L, D=self.D, NS=self.NS, SEG=seg, DPG=self.DPG, SD=1, N=self.N, NP=self.NP)
 
 
 def _dense(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -778,48 +811,42 @@ def _same_l(*ts) -> bool:
     return len(s) <= 1
 
 
-_LIVE_CK = [0]  # bytes of forward-written checkpoints now alive (awaiting their backward)
+_I32 = 1 << 31
 
 
-def _release_ck(nbytes):
-    _LIVE_CK[0] -= nbytes
-
-
-def _fwd_ckpt_budget(device) -> int:
-    b = CONFIG["fwd_ckpt_bytes"]
-    if b is None:
-        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 8 << 30
-        return total // 8
-    return int(b)
+def _fits_i32(geom, CK):
+    """Whether one segment's checkpoints every CK positions span fewer than 2^31 elements.
+    The kernels offset a (batch, segment)'s checkpoints in int64, but a checkpoint within
+    it in int32 (the forward's writes, the Gluon backward's prefetch): past that, the
+    forward writes none and the backward is Triton's (int64 throughout)."""
+    return (geom.SEG // CK) * geom.N * geom.D < _I32
 
 
 def _fwd_ckpt(geom, u, A, B, grad, count=1):
     """([count buffers (b, NS * SEG / CK, N, D) fp32], CK) for the forward to fill with the
     backward's checkpoints every CK positions, or (None, 0): no gradient to come, or
-    no spacing the backward takes fits within fwd_ckpt_bytes of live buffers."""
+    no spacing the backward takes fits the device's saved-state budget (:data:`BUDGET`)."""
     if not grad:
         return None, 0
-    budget = _fwd_ckpt_budget(u.device)
-    extra = _bwd_kernel(_Geom(u, A, B, bwd=True))[3]
+    extra = _bwd_kernel(_Geom(u, A, B, geom.tu, bwd=True))[3]
     if extra.get("FINE", 0):  # the Gluon kernel refining sub-segments: fwd_fine first
-        cands = [c for c in (int(CONFIG["fwd_fine"]), extra["FINE"]) if c and _fine_ok(c, geom)]
+        cands = [c for c in (geom.tu.fwd_fine, extra["FINE"]) if c and _fine_ok(c, geom)]
     else:
         cands = [geom.F]
-    for CK in cands:
+    for CK in filter(lambda c: _fits_i32(geom, c), cands):
         rows = geom.NS * (geom.SEG // CK)
         nbytes = geom.batch * rows * geom.N * geom.D * 4
-        if _LIVE_CK[0] + count * nbytes <= budget:
-            bufs = [torch.empty(geom.batch, rows, geom.N, geom.D, device=u.device, dtype=torch.float32)
-                    for _ in range(count)]
+        if BUDGET.reserve(u.device, count * nbytes):
+            try:
+                bufs = [torch.empty(geom.batch, rows, geom.N, geom.D, device=u.device, dtype=torch.float32)
+                        for _ in range(count)]
+            except BaseException:
+                BUDGET.release(u.device, count * nbytes)
+                raise
             for t in bufs:  # counted until the buffer is freed (after its backward, or with its graph)
-                _LIVE_CK[0] += nbytes
-                weakref.finalize(t, _release_ck, nbytes)
+                weakref.finalize(t, BUDGET.release, u.device, nbytes)
             return bufs, CK
     return None, 0
-
-
-def _strides(t, k=2):
-    return [t.stride(i) for i in range(k)] if t is not None else [0] * k
 
 
 def _combine(geom, sloc, ssum, A, h0, rev):
@@ -828,15 +855,14 @@ def _combine(geom, sloc, ssum, A, h0, rev):
     hseg = torch.empty(b, NS, N, D, device=sloc.device, dtype=torch.float32)
     hT = torch.empty(b, D, N, device=sloc.device, dtype=torch.float32)
     # lanes per program: at most combine_lanes, fewer when that leaves the GPU idle (batch 1)
-    BL = min(CONFIG["combine_lanes"], triton.next_power_of_2(N * D),
-             max(32, triton.next_power_of_2(triton.cdiv(b * N * D, CONFIG["combine_programs"]))))
-    # chunks a block step: combine_chunks, or more when the lanes are few (combine_tile)
-    CB = min(max(CONFIG["combine_chunks"], CONFIG["combine_tile"] // BL), triton.next_power_of_2(NS))
+    BL = min(geom.tu.combine_lanes, triton.next_power_of_2(N * D),
+             max(32, triton.next_power_of_2(triton.cdiv(b * N * D, _COMBINE_PROGRAMS))))
+    # segments a block step: combine_tile (segment, lane) pairs, more when the lanes are few
+    CB = min(max(1, geom.tu.combine_tile // BL), triton.next_power_of_2(NS))
     h0c = None if h0 is None else h0.float().contiguous()
     _chunk_combine_kernel[(b, triton.cdiv(N * D, BL))](
-        sloc, ssum, A, h0c if h0c is not None else sloc, hseg, hT,
-        D, NS, N=N, CB=CB, BL=BL, HAS_H0=h0c is not None, REV=rev,
-        num_warps=CONFIG["warps_combine"],
+        sloc_ptr=sloc, ssum_ptr=ssum, A_ptr=A, h0_ptr=_or(h0c, sloc), hin_ptr=hseg, hT_ptr=hT,
+        D=D, NC=NS, N=N, CB=CB, BL=BL, HAS_H0=h0c is not None, REV=rev, num_warps=_COMBINE_WARPS,
     )
     return hseg, hT
 
@@ -847,16 +873,15 @@ def _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj, z=None):
     b, D, N, NS = geom.batch, geom.D, geom.N, geom.NS
     if NS == 1:
         return (None if h0 is None else h0.float().transpose(1, 2).contiguous()), None
-    dev = u.device
-    sloc = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
-    ssum = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
+    sloc = torch.empty(b, NS, N, D, device=u.device, dtype=torch.float32)
+    ssum = torch.empty(b, NS, D, device=u.device, dtype=torch.float32)
     desc = rev != adj
-    _k(_rows_state_kernel)[geom.grid](
-        u, delta, bias if bias is not None else delta, At, B, z if z is not None else u,
-        sloc, ssum, sloc, sloc, geom.L, D, NS, geom.SEG, geom.DPG, 1, 0, NS,
-        *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(z),
-        N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=desc,
-        ADJ=adj, HAS_Z=z is not None, HAS_INIT=False, F=0, SAME_L=_same_l(u, delta, z), num_warps=geom.warps,
+    _rows_state_kernel[geom.grid](
+        u_ptr=u, delta_ptr=delta, bias_ptr=_or(bias, delta), A_ptr=At, B_ptr=B, z_ptr=_or(z, u),
+        sloc_ptr=sloc, ssum_ptr=ssum, hseg_ptr=sloc, hfine_ptr=sloc, S0=0, NSH=NS, **geom.kw,
+        **_s("u", u), **_s("d", delta), **_s("B", B, 3), **_s("z", z),
+        BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=desc, ADJ=adj, HAS_Z=z is not None,
+        HAS_INIT=False, F=0, SAME_L=_same_l(u, delta, z), num_warps=1,
     )
     return _combine(geom, sloc, ssum, A, h0, desc)
 
@@ -867,19 +892,18 @@ def _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev, ck=None, C
     hseg, hT = _seg_states(geom, u, delta, bias, At, A, B, h0, softplus, rev, adj=False)
     out = torch.empty(b, L, D, device=u.device, dtype=u.dtype)
     hend = torch.empty(b, N, D, device=u.device, dtype=torch.float32) if geom.NS == 1 else out
-    _k(_rows_out_kernel)[geom.grid](
-        u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
-        hseg if hseg is not None else out,
-        u, delta, delta, At, B, C, At, out,
-        z if z is not None else u, out, out, hend, ck if ck is not None else out, out,
-        L, D, geom.NS, geom.SEG, geom.DPG, 1,
-        *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3),
-        *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3),
-        *_strides(z), *_strides(out), *_strides(out),
-        N=N, NP=geom.NP, BD=geom.BD, HAS_D=D_ is not None, HAS_D2=False, HAS_Z=z is not None,
+    _rows_out_kernel[geom.grid](
+        u_ptr=u, delta_ptr=delta, bias_ptr=_or(bias, delta), A_ptr=At, B_ptr=B, C_ptr=C, D_ptr=_or(D_, At),
+        hseg_ptr=_or(hseg, out),
+        u2_ptr=u, delta2_ptr=delta, bias2_ptr=delta, A2_ptr=At, B2_ptr=B, C2_ptr=C, D2_ptr=At, hseg2_ptr=out,
+        z_ptr=_or(z, u), out_ptr=out, acc_ptr=out, hend_ptr=hend, ck_ptr=_or(ck, out), ck2_ptr=out, **geom.kw,
+        **_s("u", u), **_s("d", delta), **_s("B", B, 3), **_s("C", C, 3),
+        **_s("u2", u), **_s("d2", delta), **_s("B2", B, 3), **_s("C2", C, 3),
+        **_s("z", z), **_s("o", out), **_s("a", out),
+        BD=geom.BD, HAS_D=D_ is not None, HAS_D2=False, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, HAS_BIAS2=False, SOFTPLUS=softplus, REV=rev,
         HAS_INIT=hseg is not None, HAS_INIT2=False, BIDIR=False, STORE_END=geom.NS == 1,
-        SAME_L=_same_l(u, delta, z, out), SAME_BC=_same_l(B, C), CK=CK, num_warps=geom.warps,
+        SAME_L=_same_l(u, delta, z, out), SAME_BC=_same_l(B, C), CK=CK, num_warps=1,
     )
     if geom.NS == 1:
         hT = hend.transpose(1, 2)
@@ -891,22 +915,22 @@ def _fine_ok(fine, geom):
 
 
 def _bwd_kernel(geom, fine=None):
-    """(kernel, grid, BD, extra constexprs) of the backward kernel to launch: the Gluon one
-    when selected and usable (FINE: fine, else bwd_fine, where valid), else Triton's."""
-    if CONFIG["bwd_impl"] == "gluon" and not _interpret() and geom.warps == 1 and geom.BD % 32 == 0 \
-            and geom.NP <= 32 and min(CONFIG["sub"], geom.F) >= 2:
+    """(kernel, grid, BD, extra constexprs) of the backward kernel to launch: on a GPU
+    with Gluon, for blocks of a multiple of 32 channels, d_state <= 32 and int32 offsets
+    within a segment (:func:`_fits_i32`), the Gluon one
+    (FINE: fine, else the tuning's bwd_fine, where valid, else 0); else Triton's."""
+    if not _interpret() and geom.BD % 32 == 0 and geom.NP <= 32 and _fits_i32(geom, geom.F):
         from . import gluon_bwd as gluon_scan_bwd
 
         if gluon_scan_bwd.available():
             bd = 32  # a lane per channel; divides BD, so a block still never straddles two groups
             if fine is None or not _fine_ok(fine, geom):
-                fine = int(CONFIG["bwd_fine"])
+                fine = geom.tu.bwd_fine
             if not _fine_ok(fine, geom):
                 fine = 0
             return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
-                    {"MASK_BC": bool(CONFIG["gluon_mask_bc"]), "REUSE": bool(CONFIG["gluon_reuse"]),
-                     "PF": int(CONFIG["prefetch_bwd"]), "PFL": str(CONFIG["prefetch_level"]), "FINE": fine})
-    return _k(_rows_bwd_kernel), geom.grid, geom.BD, {}
+                    {"PF": geom.tu.prefetch_bwd, "FINE": fine})
+    return _rows_bwd_kernel, geom.grid, geom.BD, {}
 
 
 def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, rev,
@@ -916,52 +940,50 @@ def _bwd(geom, gout, ghT, u, delta, At, A, B, C, D_, z, bias, hseg, softplus, re
     output (b, L, D), 2 not written) and adds into dB, dC (fp32). ck: the checkpoints
     the forward wrote every CK positions (else computed here). Returns (dA (D, N),
     dD, dbias, dh0 (b, D, N))."""
-    b, L, D, N, NS, SEG, F = geom.batch, geom.L, geom.D, geom.N, geom.NS, geom.SEG, geom.F
+    b, D, N, NS, SEG, F = geom.batch, geom.D, geom.N, geom.NS, geom.SEG, geom.F
     dev = u.device
     kern, grid, bd, extra = _bwd_kernel(geom, CK if ck is not None else None)
-    if "FINE" in extra and CONFIG["bwd_bc_fp32"]:  # the Gluon kernel: B, C rows as fp32 copies
-        B, C = B.float().contiguous(), C.float().contiguous()
+    gluon = "FINE" in extra
+    if gluon:  # the Gluon kernel (and its adjoint pass): B, C rows read from fp32 copies
+        B, C = B.float().contiguous(), C.float().contiguous()  # (whole rows a lane: no conversions)
     mseg, _ = _seg_states(geom, gout, delta, bias, At, A, C, ghT, softplus, rev, adj=True, z=z)
-    if "FINE" in extra:  # the Gluon kernel: say which position strides coincide
+    if gluon:  # say which position strides coincide
         extra = dict(extra, SAME_L=_same_l(u, delta, gout, du, z, yfull if dz_mode == 1 else None),
                      SAME_BC=_same_l(B, C, dB, dC))
     # transient checkpoints (fp32, every CK positions: F, or the Gluon kernel's FINE
-    # sub-segments, which it refines to every F in shared memory), bounded by bwd_ckpt_bytes:
-    # the segments are processed in groups of NSG, each group's checkpoints then gradients
+    # sub-segments, which it refines to every F in shared memory), bounded by the budget's
+    # bwd bytes: the segments are processed in groups of NSG, each group's checkpoints then gradients
     need = extra.get("FINE", 0) or F
-    saved = ck is not None and CK == need  # (the CONFIG may have changed since the forward)
+    saved = ck is not None and CK == need  # (as the forward chose them, under the same tuning)
     CK = need
     per_seg = b * (SEG // CK) * N * D * 4
-    NSG = NS if saved else max(1, min(NS, CONFIG["bwd_ckpt_bytes"] // per_seg))
+    NSG = NS if saved else max(1, min(NS, BUDGET.bwd_bytes(dev) // per_seg))
     hfine = ck if saved else torch.empty(b, NSG * (SEG // CK), N, D, device=dev, dtype=torch.float32)
     dA_part = torch.empty(b, NS, N, D, device=dev, dtype=torch.float32)
     dD_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     db_part = torch.empty(b, NS, D, device=dev, dtype=torch.float32)
     mend = torch.empty(b, N, D, device=dev, dtype=torch.float32)
+    bias_p = _or(bias, delta)
     for s0 in range(0, NS, NSG):
         ns = min(NSG, NS - s0)
         if not saved:
-            _k(_rows_state_kernel)[(geom.ND, ns, b)](
-                u, delta, bias if bias is not None else delta, At, B, u,
-                hfine, hfine, hseg if hseg is not None else hfine, hfine,
-                L, D, NS, SEG, geom.DPG, 1, s0, NSG,
-                *_strides(u), *_strides(delta), *_strides(B, 3), 0, 0,
-                N=N, NP=geom.NP, BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev,
-                ADJ=False, HAS_Z=False, HAS_INIT=hseg is not None, F=CK, SAME_L=_same_l(u, delta),
-                num_warps=geom.warps,
+            _rows_state_kernel[(geom.ND, ns, b)](
+                u_ptr=u, delta_ptr=delta, bias_ptr=bias_p, A_ptr=At, B_ptr=B, z_ptr=u,
+                sloc_ptr=hfine, ssum_ptr=hfine, hseg_ptr=_or(hseg, hfine), hfine_ptr=hfine, S0=s0, NSH=NSG,
+                **geom.kw, **_s("u", u), **_s("d", delta), **_s("B", B, 3), **_s("z", None),
+                BD=geom.BD, HAS_BIAS=bias is not None, SOFTPLUS=softplus, DESC=rev, ADJ=False, HAS_Z=False,
+                HAS_INIT=hseg is not None, F=CK, SAME_L=_same_l(u, delta), num_warps=1,
             )
         kern[(grid[0], ns, b)](
-            u, delta, bias if bias is not None else delta, At, B, C, D_ if D_ is not None else At,
-            z if z is not None else u, gout, yfull if yfull is not None else gout, hfine,
-            mseg if mseg is not None else hfine,
-            du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, db_part, mend,
-            L, D, NS, SEG, geom.DPG, 1, s0, NSG,
-            *_strides(u), *_strides(delta), *_strides(B, 3), *_strides(C, 3), *_strides(z), *_strides(gout),
-            *_strides(yfull), *_strides(dB, 3), *_strides(dC, 3), *_strides(du),
-            N=N, NP=geom.NP, BD=bd, F=F, SUB=min(CONFIG["sub"], F), HAS_D=D_ is not None, HAS_Z=z is not None,
+            u_ptr=u, delta_ptr=delta, bias_ptr=bias_p, A_ptr=At, B_ptr=B, C_ptr=C, D_ptr=_or(D_, At),
+            z_ptr=_or(z, u), g_ptr=gout, y_ptr=_or(yfull, gout), hfine_ptr=hfine, mseg_ptr=_or(mseg, hfine),
+            du_ptr=du, ddelta_ptr=ddelta, dz_ptr=_or(dz, du), dB_ptr=dB, dC_ptr=dC,
+            dA_ptr=dA_part, dD_ptr=dD_part, dbias_ptr=db_part, mend_ptr=mend, S0=s0, NSH=NSG, **geom.kw,
+            **_s("u", u), **_s("d", delta), **_s("B", B, 3), **_s("C", C, 3), **_s("z", z), **_s("g", gout),
+            **_s("y", yfull), **_s("dB", dB, 3), **_s("dC", dC, 3), **_s("o", du),
+            BD=bd, F=F, SUB=SUB, HAS_D=D_ is not None, HAS_Z=z is not None,
             HAS_BIAS=bias is not None, SOFTPLUS=softplus, REV=rev, DZ=dz_mode,
-            HAS_MINIT=mseg is not None, num_warps=geom.warps, **extra,
-            **({"maxnreg": CONFIG["bwd_maxnreg"]} if CONFIG["bwd_maxnreg"] and not _interpret() else {}),
+            HAS_MINIT=mseg is not None, num_warps=1, **extra,
         )
     del hfine
     dA = dA_part.sum(dim=(0, 1)).t()
@@ -985,19 +1007,19 @@ class _ScanFn(torch.autograd.Function):
         dtypes = (A.dtype, None if D_ is None else D_.dtype, None if bias is None else bias.dtype,
                   None if h0 is None else h0.dtype)
         u, delta, A, At, B, C, D_, z, bias = _prep(u, delta, A, B, C, D_, z, bias)
-        geom = _Geom(u, A, B)
+        geom = _Geom(u, A, B, tuning())
         cks, CK = _fwd_ckpt(geom, u, A, B, any(ctx.needs_input_grad))
         ck = None if cks is None else cks[0]
         out, hT, hseg = _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev, ck, CK)
         ctx.save_for_backward(u, delta, A, At, B, C, D_, z, bias, hseg, ck)
-        ctx.flags = (softplus, rev, dtypes, CK)
+        ctx.flags = (softplus, rev, dtypes, CK, geom.tu)
         return out, hT
 
     @staticmethod
     def backward(ctx, gout, ghT):
         u, delta, A, At, B, C, D_, z, bias, hseg, ck = ctx.saved_tensors
-        softplus, rev, (A_dt, D_dt, b_dt, h0_dt), CK = ctx.flags
-        geom = _Geom(u, A, B, bwd=True)
+        softplus, rev, (A_dt, D_dt, b_dt, h0_dt), CK, tu = ctx.flags
+        geom = _Geom(u, A, B, tu, bwd=True)
         gout = torch.zeros_like(u) if gout is None else _c(gout)
         # the kernels write du, ddelta, dz with one set of strides: all contiguous
         du, ddelta, dz = _dense(u), _dense(delta), _dense(z)
@@ -1012,7 +1034,7 @@ class _ScanFn(torch.autograd.Function):
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                        initial_state=None, return_final_state=False, reverse=False):
+                          initial_state=None, return_final_state=False, reverse=False):
     """Triton selective scan (row-recurrent kernels); see :func:`mambadna.kernels.selective_scan`."""
     if u.shape[1] == 0:
         from .reference import selective_scan_ref
@@ -1031,38 +1053,36 @@ class _BidirFn(torch.autograd.Function):
         dtypes = tuple(None if t is None else t.dtype for t in (A_f, A_r, D_f, D_r, bias_f, bias_r))
         u_f, delta_f, A_f, At_f, B_f, C_f, D_f, z, bias_f = _prep(u_f, delta_f, A_f, B_f, C_f, D_f, z, bias_f)
         u_r, delta_r, A_r, At_r, B_r, C_r, D_r, _, bias_r = _prep(u_r, delta_r, A_r, B_r, C_r, D_r, None, bias_r)
-        g = _Geom(u_f, A_f, B_f)
-        gr = _Geom(u_r, A_r, B_r)
+        tu = tuning()
+        g = _Geom(u_f, A_f, B_f, tu)
+        gr = _Geom(u_r, A_r, B_r, tu)
         if (g.batch, g.L, g.D, g.N, g.BD, g.SEG) != (gr.batch, gr.L, gr.D, gr.N, gr.BD, gr.SEG):
             raise ValueError("forward and reverse inputs must have matching shapes")
         hseg_f, _ = _seg_states(g, u_f, delta_f, bias_f, At_f, A_f, B_f, None, softplus, False, False)
         hseg_r, _ = _seg_states(g, u_r, delta_r, bias_r, At_r, A_r, B_r, None, softplus, True, False)
-        b, L, D, N = g.batch, g.L, g.D, g.N
+        b, L, D = g.batch, g.L, g.D
         out = torch.empty(b, L, D, device=u_f.device, dtype=u_f.dtype)
         # the first direction's output, then the pre-gate sum: in the input dtype (as
-        # mamba_ssm keeps its output) or fp32 (bidir_acc "fp32": twice the traffic and memory)
-        acc_dt = torch.float32 if CONFIG["bidir_acc"] == "fp32" else u_f.dtype
-        acc = torch.empty(b, L, D, device=u_f.device, dtype=acc_dt)
+        # mamba_ssm keeps its output; fp32 measured twice the traffic and memory)
+        acc = torch.empty(b, L, D, device=u_f.device, dtype=u_f.dtype)
         grad = any(ctx.needs_input_grad)
         save_y = z is not None and grad
         cks, CK = _fwd_ckpt(g, u_f, A_f, B_f, grad, count=2)
         ck_f, ck_r = (None, None) if cks is None else cks
-        _k(_rows_out_kernel)[g.grid](
-            u_f, delta_f, bias_f if bias_f is not None else delta_f, At_f, B_f, C_f,
-            D_f if D_f is not None else At_f, hseg_f if hseg_f is not None else acc,
-            u_r, delta_r, bias_r if bias_r is not None else delta_r, At_r, B_r, C_r,
-            D_r if D_r is not None else At_r, hseg_r if hseg_r is not None else acc,
-            z if z is not None else u_f, out, acc, acc,
-            ck_f if ck_f is not None else acc, ck_r if ck_r is not None else acc,
-            L, D, g.NS, g.SEG, g.DPG, 1,
-            *_strides(u_f), *_strides(delta_f), *_strides(B_f, 3), *_strides(C_f, 3),
-            *_strides(u_r), *_strides(delta_r), *_strides(B_r, 3), *_strides(C_r, 3),
-            *_strides(z), *_strides(out), *_strides(acc),
-            N=N, NP=g.NP, BD=g.BD, HAS_D=D_f is not None, HAS_D2=D_r is not None, HAS_Z=z is not None,
+        _rows_out_kernel[g.grid](
+            u_ptr=u_f, delta_ptr=delta_f, bias_ptr=_or(bias_f, delta_f), A_ptr=At_f, B_ptr=B_f, C_ptr=C_f,
+            D_ptr=_or(D_f, At_f), hseg_ptr=_or(hseg_f, acc),
+            u2_ptr=u_r, delta2_ptr=delta_r, bias2_ptr=_or(bias_r, delta_r), A2_ptr=At_r, B2_ptr=B_r, C2_ptr=C_r,
+            D2_ptr=_or(D_r, At_r), hseg2_ptr=_or(hseg_r, acc),
+            z_ptr=_or(z, u_f), out_ptr=out, acc_ptr=acc, hend_ptr=acc, ck_ptr=_or(ck_f, acc), ck2_ptr=_or(ck_r, acc),
+            **g.kw, **_s("u", u_f), **_s("d", delta_f), **_s("B", B_f, 3), **_s("C", C_f, 3),
+            **_s("u2", u_r), **_s("d2", delta_r), **_s("B2", B_r, 3), **_s("C2", C_r, 3),
+            **_s("z", z), **_s("o", out), **_s("a", acc),
+            BD=g.BD, HAS_D=D_f is not None, HAS_D2=D_r is not None, HAS_Z=z is not None,
             HAS_BIAS=bias_f is not None, HAS_BIAS2=bias_r is not None, SOFTPLUS=softplus, REV=False,
             HAS_INIT=hseg_f is not None, HAS_INIT2=hseg_r is not None, BIDIR=True, STORE_END=False,
             # no SAME_L / SAME_BC here: measured neutral / 1 ms slower at (8, 512, 16, 131072)
-            SAVE_Y=save_y, CK=CK, num_warps=g.warps,
+            SAVE_Y=save_y, CK=CK, num_warps=1,
         )
         # with a gate and a gradient to come, acc now holds both directions' pre-gate sum,
         # from which the backward takes dz instead of recomputing both outputs
@@ -1070,6 +1090,7 @@ class _BidirFn(torch.autograd.Function):
                               D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, acc if save_y else None,
                               ck_f, ck_r)
         ctx.CK = CK
+        ctx.tu = tu
         ctx.softplus = softplus
         ctx.dtypes = dtypes
         return out
@@ -1080,7 +1101,7 @@ class _BidirFn(torch.autograd.Function):
          D_f, D_r, z, bias_f, bias_r, hseg_f, hseg_r, yfull, ck_f, ck_r) = ctx.saved_tensors
         sp = ctx.softplus
         gout = torch.zeros_like(u_f) if gout is None else _c(gout)
-        g = _Geom(u_f, A_f, B_f, bwd=True)
+        g = _Geom(u_f, A_f, B_f, ctx.tu, bwd=True)
         dev = u_f.device
         dz = _dense(z)
         grads = []
@@ -1104,8 +1125,8 @@ class _BidirFn(torch.autograd.Function):
 
 
 def bidirectional_selective_scan_triton(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
-                                      D_f=None, D_r=None, z=None, delta_bias_f=None,
-                                      delta_bias_r=None, delta_softplus=False):
+                                        D_f=None, D_r=None, z=None, delta_bias_f=None,
+                                        delta_bias_r=None, delta_softplus=False):
     """Fused BiMamba scan (row-recurrent kernels); see
     :func:`mambadna.kernels.bidirectional_selective_scan`."""
     if u_f.shape[1] == 0:
@@ -1115,15 +1136,6 @@ def bidirectional_selective_scan_triton(u_f, delta_f, A_f, B_f, C_f, u_r, delta_
                                                 delta_bias_r, delta_softplus)
     return _BidirFn.apply(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
                           D_f, D_r, z, delta_bias_f, delta_bias_r, bool(delta_softplus))
-
-
-# the same kernels with the channel stride specialised (SD == 1 known at compile time)
-_VEC = {k: triton.jit(k.fn) for k in (_rows_state_kernel, _rows_out_kernel, _rows_bwd_kernel)}
-
-
-def _k(kernel):
-    vec = CONFIG["vec_bwd"] if kernel is _rows_bwd_kernel else CONFIG["vec"]
-    return _VEC[kernel] if vec else kernel
 
 
 def selective_state_update_triton(state, u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -1141,10 +1153,7 @@ def selective_state_update_triton(state, u, delta, A, B, C, D=None, z=None, delt
     batch, D_inner = u.shape
     N = A.shape[1]
     G = B.shape[1]
-    u, delta = _c(u), _c(delta)
-    z = _c(z)
-    B, C = _c(B), _c(C)
-    state = _c(state)
+    u, delta, z, B, C, state = _c(u), _c(delta), _c(z), _c(B), _c(C), _c(state)
     A = A.float().contiguous()
     Dv = None if D is None else D.float().contiguous()
     bias = None if delta_bias is None else delta_bias.float().contiguous()
@@ -1153,12 +1162,11 @@ def selective_state_update_triton(state, u, delta, A, B, C, D=None, z=None, delt
     BN = triton.next_power_of_2(N)
     BD = max(1, min(64, triton.next_power_of_2(D_inner), 4096 // BN))
     _state_update_kernel[(batch, triton.cdiv(D_inner, BD))](
-        state, u, delta, bias if bias is not None else delta, A, B, C,
-        Dv if Dv is not None else A, z if z is not None else u, out, new_state,
-        D_inner, D_inner // G,
-        state.stride(0), state.stride(1), u.stride(0), delta.stride(0),
-        B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-        z.stride(0) if z is not None else 0,
+        state_ptr=state, u_ptr=u, delta_ptr=delta, bias_ptr=_or(bias, delta), A_ptr=A, B_ptr=B, C_ptr=C,
+        D_ptr=_or(Dv, A), z_ptr=_or(z, u), out_ptr=out, new_state_ptr=new_state, D=D_inner, DPG=D_inner // G,
+        s_sb=state.stride(0), s_sd=state.stride(1), s_ub=u.stride(0), s_db=delta.stride(0),
+        s_Bb=B.stride(0), s_Bg=B.stride(1), s_Cb=C.stride(0), s_Cg=C.stride(1),
+        s_zb=z.stride(0) if z is not None else 0,
         N=N, BD=BD, BN=BN, HAS_D=Dv is not None, HAS_Z=z is not None,
         HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
     )
