@@ -25,6 +25,10 @@ from mambadna.components.checkpoint import CONFIG, WEIGHTS, load_state_dict, rea
 from mambadna.model.config import MemoryConfig, ModelConfig
 from mambadna.components.distributed import Dist, init_distributed, torchrun_command, torchrun_env
 from mambadna.components.sampler import SamplerConfig
+from mambadna.components.resume import (TRAINER_JSON, StopRequest, load_optimizer_state,
+                                        optimizer_state, rng_state, set_rng_state)
+from mambadna.components.resume import load_trainer_state as read_trainer_state
+from mambadna.components.resume import save_trainer_state as write_trainer_state
 from mambadna.components.schedule import warmup_cosine
 from mambadna.errors import CheckpointError, InputError, Interrupted, TrainingError
 from mambadna.io.files import atomic_dir, atomic_path, output_lock, publish_mode, jsonable
@@ -34,8 +38,6 @@ from mambadna.tokenizer import A, MASK, T
 
 log = logging.getLogger("mambadna")
 
-TRAINER_TENSORS = "trainer_state.safetensors"
-TRAINER_JSON = "trainer_state.json"
 METRICS = "metrics.jsonl"
 
 
@@ -489,51 +491,22 @@ def _all_reduce(t: torch.Tensor, dist_info: _Dist) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# trainer state (no pickle: tensors in safetensors, the rest in JSON)
+# trainer state (no pickle: tensors in safetensors, the rest in JSON; components/resume.py)
 def save_trainer_state(directory: Path, optimizer: torch.optim.Optimizer, step: int,
                        samples_seen: int, extra: Dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{pid}.{k}"] = v.detach().contiguous().cpu()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    tensors["rng.torch"] = torch.get_rng_state()
-    save_file(tensors, str(directory / TRAINER_TENSORS))
-    meta = {"step": step, "samples_seen": samples_seen, "param_groups": sd["param_groups"],
-            "scalars": scalars, **extra}
-    (directory / TRAINER_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    tensors, meta = optimizer_state(optimizer)
+    write_trainer_state(directory, {**tensors, **rng_state()},
+                        {"step": step, "samples_seen": samples_seen, **meta, **extra})
 
 
 def load_trainer_state(directory: Path, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
-    path = directory / TRAINER_JSON
+    tensors, meta = read_trainer_state(directory)
     try:
-        meta = json.loads(path.read_text())
-        step = int(meta["step"])
-    except FileNotFoundError:
-        raise CheckpointError(directory, f"no {TRAINER_JSON}: cannot resume") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(path, f"corrupt trainer state ({e})") from None
-    tensors = load_state_dict(directory / TRAINER_TENSORS)
-    state: Dict[int, Dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("state."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    for k, v in meta.get("scalars", {}).items():
-        pid, name = k.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(path, f"optimizer state does not match the model ({e})") from None
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    meta["step"] = step
+        meta["step"] = int(meta["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(directory / TRAINER_JSON, f"corrupt trainer state ({e})") from None
+    load_optimizer_state(optimizer, tensors, meta, directory / TRAINER_JSON)
+    set_rng_state(tensors)
     return meta
 
 
@@ -673,40 +646,6 @@ def _trim_metrics(path: Path, step: int) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(l + "\n" for l in keep))
         publish_mode(tmp)
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM during training: remembered, acted on at the next step
-    boundary (checkpoint, then :class:`Interrupted`); a second signal stops at once."""
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._prev: Dict[int, Any] = {}
-
-    def _handler(self, signum, frame):
-        import signal
-
-        if self.signum is not None:
-            raise Interrupted(signum, "second signal: stopped at once, without a checkpoint")
-        self.signum = signum
-        log.warning("%s received: stopping after the current step with a checkpoint (send it again to stop "
-                    "at once)", signal.Signals(signum).name)
-
-    def __enter__(self) -> "_StopRequest":
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._prev[sig] = signal.getsignal(sig)
-                signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        for sig, h in self._prev.items():
-            signal.signal(sig, h)
 
 
 def _describe_sample(ds, i: int, L: int) -> str:
@@ -923,7 +862,9 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
     t_last, tok_acc = time.perf_counter(), 0
     last_ckpt = resumed_from
     model.train()
-    stop = _StopRequest().__enter__()  # SIGINT/SIGTERM: checkpoint at the next step boundary
+    stop = StopRequest().__enter__()  # SIGINT/SIGTERM: checkpoint at the next step boundary
+    deferred = stop.deferred()  # the whole loop defers: each step boundary checks (across ranks too)
+    deferred.__enter__()
     try:
         end_step = min(cfg.max_steps, cfg.stop_after) if cfg.stop_after > 0 else cfg.max_steps
         for step in range(start_step, end_step):
@@ -1017,6 +958,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
                 raise Interrupted(stop.signum or 15, f"stopped after step {done} of {cfg.max_steps}; checkpoint "
                                   f"{last_ckpt}; continue with the same command plus --resume")
     finally:
+        deferred.__exit__(None, None, None)
         stop.__exit__(None, None, None)
         pbar.close()
         if metrics_f:
@@ -1037,7 +979,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
     return {"step": end_step, "loss": last_loss, "val": last_val, "out": str(out)}
 
 
-def _stop_requested(stop: _StopRequest, dist_info: _Dist, device: torch.device) -> bool:
+def _stop_requested(stop: StopRequest, dist_info: _Dist, device: torch.device) -> bool:
     """True on every rank when any rank got SIGINT/SIGTERM."""
     if dist_info.world <= 1:
         return stop.signum is not None
