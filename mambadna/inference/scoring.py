@@ -31,9 +31,8 @@ import torch.nn.functional as F
 
 from mambadna.errors import InputError
 from mambadna.inference.engine import Embedder, prefetch, to_host_async
-from mambadna.inference.pooling import pool
 from mambadna.model.encoder import MambaDNA
-from mambadna.model.heads import SequenceClassifier, rc_hidden_valid
+from mambadna.model.heads import SequenceClassifier, pool_features
 from mambadna.tokenizer import A, C, G, MASK, T, reverse_complement
 
 Tensor = torch.Tensor
@@ -104,11 +103,7 @@ class Scorer:
 
     # -- features ----------------------------------------------------------
     def _pooled(self, h: Tensor, pooling: str, center_width: int) -> Tensor:
-        p = pool(h, pooling, None, center_width)
-        if self.rc_equivariant:  # RC-invariant features, as SequenceClassifier.features
-            p = 0.5 * (p + pool(rc_hidden_valid(h), pooling, None, center_width))
-            p = p[:, : h.shape[-1] // 2]
-        return p
+        return pool_features(h, pooling, center_width, self.rc_equivariant)
 
     @torch.no_grad()
     def embed(self, ids: Tensor, h: Optional[Tensor] = None) -> Tensor:

@@ -125,6 +125,17 @@ def rc_hidden_valid(h: Tensor) -> Tensor:
     return h.flip(1).flip(2)
 
 
+def pool_features(h: Tensor, pooling: str, center_width: int = 64, rc_equivariant: bool = False) -> Tensor:
+    """Pooled features (batch, d) of hidden states (batch, L, d_model): the one
+    pooling of heads, probes and scorers. An RC-equivariant encoder's features
+    are made RC-invariant (the pooled forward and RC images averaged; d = d_model // 2)."""
+    p = pool(h, pooling, None, center_width)
+    if rc_equivariant:
+        p = 0.5 * (p + pool(rc_hidden_valid(h), pooling, None, center_width))  # mirror-symmetric for mean/max
+        p = p[:, : h.shape[-1] // 2]
+    return p
+
+
 class Predictor(nn.Module):
     """What every model with a head shares (the fine-tuned classifier and the
     CNN baselines): ``head_cfg``, ``forward(ids) -> logits``, and from them
@@ -228,12 +239,7 @@ class SequenceClassifier(Predictor):
             if self.rc_equivariant:
                 h = (0.5 * (h + h.flip(2)))[..., : self.feature_dim]
             return h
-        p = pool(h, cfg.pooling, None, cfg.center_width)
-        if self.rc_equivariant:
-            p_rc = pool(rc_hidden_valid(h), cfg.pooling, None, cfg.center_width)
-            p = 0.5 * (p + p_rc)  # RC-invariant; mirror-symmetric for mean/max
-            p = p[:, : self.feature_dim]
-        return p
+        return pool_features(h, cfg.pooling, cfg.center_width, self.rc_equivariant)
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids (batch, L) -> logits (batch, n_outputs) ((batch, L, n_outputs) per token)."""
@@ -323,24 +329,21 @@ def pooled_embeddings(encoder: MambaDNA, seqs: Sequence[np.ndarray], pooling: st
     otherwise feature_dim = d_model and ``rc_average`` averages the pooled
     embeddings of x and RC(x).
     """
-    head_cfg = HeadConfig(classes=["0", "1"], pooling=pooling, center_width=center_width,
-                          layer=layer, hidden=[])
-    clf = SequenceClassifier(encoder, head_cfg).to(device)
-    clf.eval()
-    out = None
-    for sel, ids in iter_length_groups(seqs, batch_size):
-        x = torch.as_tensor(ids, device=device)
-        f = clf.features(x)
-        if rc_average and not clf.rc_equivariant:
-            f = 0.5 * (f + clf.features(reverse_complement(x)))
-        f = f.float().cpu().numpy()
-        if out is None:
-            out = np.zeros((len(seqs), f.shape[1]), dtype=np.float32)
-        out[sel] = f
-        if progress is not None:
-            progress.update(len(sel))
-    if out is None:
-        out = np.zeros((0, clf.feature_dim), dtype=np.float32)
+    from mambadna.inference.engine import Embedder
+
+    engine = Embedder(encoder.to(device), device=device, pool=None, layer=layer, batch_size=batch_size)
+    rc_eq = bool(encoder.config.rc_equivariant)
+    d = encoder.config.d_model // 2 if rc_eq else encoder.config.d_model
+    out = np.zeros((len(seqs), d), dtype=np.float32)
+    with torch.no_grad():
+        for sel, ids in iter_length_groups(seqs, batch_size):
+            x = torch.as_tensor(ids, device=engine.device)
+            f = pool_features(engine.hidden(x, layer), pooling, center_width, rc_eq)
+            if rc_average and not rc_eq:
+                f = 0.5 * (f + pool_features(engine.hidden(reverse_complement(x), layer), pooling, center_width))
+            out[sel] = f.float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(sel))
     return out
 
 
