@@ -92,16 +92,15 @@ _CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @contextlib.contextmanager
-def scan_saved_state_limit(nbytes: Optional[int], device=None) -> Iterator[None]:
+def scan_saved_state_limit(nbytes: Optional[int]) -> Iterator[None]:
     """Within the block, bound the fp32 states that Triton scans' forwards keep for
     their backwards (all such buffers alive at once on a device) to ``nbytes``; 0 keeps
     none (each backward recomputes them: less memory, slower), None the default (1/8 of
-    the device memory). ``device``: that device only (default: every device without a
-    bound of its own). The previous bound is restored on exit; the bound is the
+    the device memory). The previous bound is restored on exit. The bound is the
     process's (:data:`.scan.budget.BUDGET`, thread-safe), not the calling thread's."""
     from .scan.budget import BUDGET
 
-    with BUDGET.bounded(fwd=nbytes, device=device):
+    with BUDGET.bounded(fwd=nbytes):
         yield
 
 

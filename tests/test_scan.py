@@ -143,7 +143,7 @@ def test_combine_segments_a_step(tile, steps, rev):
                 return kernel[grid](**kw)
             return launch
 
-    with ts.use_tuning(combine_tile=tile), pytest.MonkeyPatch.context() as mp:
+    with ts.use_tuning(ts.ScanTuning.small(), combine_tile=tile), pytest.MonkeyPatch.context() as mp:
         mp.setattr(ts, "_chunk_combine_kernel", Spy())
         check(args, softplus=True, rev=rev, dtype=torch.float32)
     assert set(seen) == {steps}
@@ -433,7 +433,7 @@ def test_checkpoints_past_int32_offsets_within_a_segment():
     u, A, B = torch.empty(1, 16384, 65536, **meta), torch.empty(65536, 16), torch.empty(1, 16384, 1, 16, **meta)
     geom = ts._Geom(u, A, B, ts.ScanTuning())  # 1024 programs: one segment
     assert geom.NS == 1 and not ts._fits_i32(geom, 8) and ts._fits_i32(geom, 16)
-    assert ts._fwd_ckpt(geom, u, A, B, True) == (None, 0)  # (the interpreter's spacing: 2)
+    assert ts._fwd_ckpt(geom, u, A, B, True) == (None, 0)  # (the Triton backward's spacing: 2)
     args = make(2, 37, 8, 4, 2, torch.float32, seed=47)
     u, delta, A, B, C, Dv, z, bias, h = args
     with pytest.MonkeyPatch.context() as mp:
@@ -467,16 +467,16 @@ def test_saved_state_budget_per_device_and_thread_safe():
 
     bud = SavedStateBudget(fwd=1000, bwd=64)
     cpu, other = torch.device("cpu"), torch.device("cuda", 1)  # (a key only: nothing allocated)
-    with bud.bounded(fwd=10, device=other):
-        assert bud.setting(other) == (10, 64) and bud.setting(cpu) == (1000, 64)
-        assert bud.reserve(other, 10) and not bud.reserve(other, 1) and bud.reserve(cpu, 500)
-        assert bud.live(other) == 10 and bud.live(cpu) == 500
-        bud.release(other, 10)
-        bud.release(cpu, 500)
-    assert bud.setting(other) == (1000, 64) and bud.live(other) == 0 and bud.live(cpu) == 0
+    assert bud.reserve(other, 600) and not bud.reserve(other, 401) and bud.reserve(cpu, 1000)
+    assert bud.live(other) == 600 and bud.live(cpu) == 1000
+    with bud.bounded(fwd=10):
+        assert bud.setting == (10, 64) and not bud.reserve(cpu, 1) and bud.bwd_bytes(cpu) == 64
+    bud.release(other, 600)
+    bud.release(cpu, 1000)
+    assert bud.setting == (1000, 64) and bud.live(other) == 0 and bud.live(cpu) == 0
     with bud.bounded(fwd=None, bwd=1):
-        assert bud.setting() == (None, 1) and bud.fwd_bytes(cpu) == (8 << 30) // 8
-    assert bud.setting() == (1000, 64)
+        assert bud.setting == (None, 1) and bud.fwd_bytes(cpu) == (8 << 30) // 8
+    assert bud.setting == (1000, 64)
 
     # many threads reserving and releasing: never past the bound, nothing lost
     peak, lock = [0], threading.Lock()
@@ -495,10 +495,10 @@ def test_saved_state_budget_per_device_and_thread_safe():
         th.join()
     assert bud.live(cpu) == 0 and 0 < peak[0] <= 1000
     # the public context manager sets the module's budget, restored on exit
-    before = ts.BUDGET.setting()
+    before = ts.BUDGET.setting
     with scan_saved_state_limit(123):
-        assert ts.BUDGET.setting()[0] == 123
-    assert ts.BUDGET.setting() == before
+        assert ts.BUDGET.setting[0] == 123
+    assert ts.BUDGET.setting == before
 
 
 @pytest.mark.gpu

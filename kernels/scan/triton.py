@@ -24,6 +24,9 @@ over N states. Parallelism along the length comes from the segments:
 A reverse scan walks its segments downwards in time (no flipped copies). The
 adjoint (backward) recursion has the same form, ``mu_{t-1} = a_t (C_t g_t + mu_t)``,
 and runs through the same state kernel with ``ADJ``.
+
+The blocking is a frozen :class:`ScanTuning` (scoped with :func:`use_tuning`); the fp32
+states kept between passes are bounded per device by :data:`.budget.BUDGET`.
 """
 from __future__ import annotations
 
@@ -41,8 +44,6 @@ import triton.language as tl
 
 from .budget import BUDGET
 
-LOG2E = 1.4426950408889634
-
 SUB = 2  # backward: positions recomputed into registers at a time (the walks are written for 2)
 _COMBINE_PROGRAMS = 512  # the combine narrows its programs' lanes (to 32) to reach this many
 _COMBINE_WARPS = 4  # (every other kernel: one warp a program, lanes along the channels)
@@ -51,56 +52,50 @@ _COMBINE_WARPS = 4  # (every other kernel: one warp a program, lanes along the c
 @dataclass(frozen=True)
 class ScanTuning:
     """The blocking of the Triton scan (chosen on the H100; what was tried and lost:
-    benchmarks/README.md). Scans use :func:`tuning`, the default ``ScanTuning()`` unless
-    inside :func:`use_tuning`; a backward uses its forward's. Under the interpreter the
-    tests use :meth:`small`, so that tiny shapes run several segments, channel blocks,
-    checkpoint blocks and combine steps: ``with use_tuning(ScanTuning.small()): ...``."""
+    benchmarks/README.md). Scans use :func:`tuning` (``ScanTuning()`` outside
+    :func:`use_tuning`); a backward, its forward's. Tests under the interpreter use
+    ``with use_tuning(ScanTuning.small()):`` so tiny shapes run several segments,
+    channel blocks, checkpoint blocks and combine steps."""
 
     seg: int = 128
-    """Positions per segment (a multiple of ckpt)."""
+    """Positions a segment (rounded to a multiple of ckpt)."""
     seg_long: int = 256
-    """Longer segments where they still leave seg_long_programs (batch x d-blocks x
-    segments) programs: fewer segment states and combine steps on long sequences."""
+    """Longer segments (long sequences: fewer segment states and combine steps), ..."""
     seg_long_programs: int = 8192
-    """Programs (batch x d-blocks x segments of seg_long) from which seg_long is taken."""
+    """... where they still leave this many (batch x d-blocks x segments) programs."""
     min_programs: int = 1024
     """From this many (batch x d-blocks) programs, one segment a sequence (a single pass)."""
     block_d: int = 64
-    """Channels a program in the forward kernels (a power of two)."""
+    """Channels a program, forward kernels (a power of two, as all block sizes here)."""
     block_d_bwd: int = 32
-    """Channels a program in the backward (register-bound; the Gluon kernel takes 32
-    a program from any multiple of 32)."""
+    """Channels a program, backward (register-bound; Gluon: 32 from any multiple of 32)."""
     ckpt: int = 2
     """Backward: positions between the states it keeps (fp32; even)."""
     combine_lanes: int = 128
-    """Cross-segment combine: at most this many (state, channel) lanes a program (a power of two)."""
+    """Cross-segment combine: at most this many (state, channel) lanes a program."""
     combine_tile: int = 4096
-    """Cross-segment combine: (segment, lane) pairs a block step (a power of two)."""
+    """Cross-segment combine: (segment, lane) pairs a block step."""
     bwd_fine: int = 16
-    """Gluon backward: global checkpoints every bwd_fine positions (> ckpt, a multiple of
-    it dividing seg), refined to every ckpt in shared memory; 0 or unfit: every ckpt."""
+    """Gluon backward: checkpoints every bwd_fine positions (> ckpt, a multiple of it dividing
+    seg), refined to every ckpt in shared memory; 0 or unfit: every ckpt."""
     fwd_fine: int = 8
-    """Their spacing when the forward writes them (8 bytes a (batch, position, channel));
-    bwd_fine where that does not fit the saved-state budget."""
+    """Their spacing when the forward writes them; bwd_fine where that exceeds the budget."""
     prefetch_bwd: int = 12
-    """Gluon backward: rows and checkpoints prefetched (to L2) this many positions ahead
-    of its walk, rounded up to checkpoint blocks; 0: off. (The same hint in the forward,
-    state and adjoint walks measured slower.)"""
+    """Gluon backward: rows and checkpoints prefetched (to L2) this many positions ahead,
+    rounded up to checkpoint blocks; 0: off (in the other walks it measured slower)."""
 
     def __post_init__(self):
         if self.ckpt < 2 or self.ckpt % 2:
             raise ValueError(f"ckpt must be even and >= 2, got {self.ckpt}")
-        for name in ("block_d", "block_d_bwd", "combine_lanes", "combine_tile"):
-            v = getattr(self, name)
-            if v < 1 or v & (v - 1):
-                raise ValueError(f"{name} must be a power of two, got {v}")
+        for k in ("block_d", "block_d_bwd", "combine_lanes", "combine_tile"):
+            if getattr(self, k) < 1 or getattr(self, k) & (getattr(self, k) - 1):
+                raise ValueError(f"{k} must be a power of two, got {getattr(self, k)}")
 
     @classmethod
     def small(cls) -> "ScanTuning":
-        """Tiny blocks for tests under the interpreter: segments of 16 positions, 4
-        channels a program (2 in the backward, so its blocking differs from the
-        forward's), the combine in blocks of 2 segments over 16 lanes, segments at any
-        number of programs."""
+        """For tests under the interpreter: segments of 16, 4 channels a program (2 in the
+        backward, so its blocking differs), the combine 2 segments x 16 lanes a step, and
+        segments at any number of programs."""
         return cls(seg=16, block_d=4, block_d_bwd=2, combine_lanes=16, combine_tile=32, min_programs=10**9)
 
 
