@@ -15,7 +15,6 @@ Ratios: mambadna tokens/s over the best mamba_ssm variant's at the same length.
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -156,14 +155,14 @@ def main(argv=None):
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--long-chunks", default="", help="layer chunks to time at 2^20 (default L/8,L/4)")
     ap.add_argument("--only-long", action="store_true", help="only the 2^20 side-by-side rows")
-    ap.add_argument("--scan-config", default="", help="JSON update of the Triton scan's CONFIG")
+    ap.add_argument("--scan-config", default="", help="JSON: ScanTuning fields and fwd/bwd saved-state bounds (bench_scan.apply_config)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.device, args.quick = "cpu", True
     if args.scan_config:
-        from bench_scan import scan_internals
+        from bench_scan import apply_config
 
-        scan_internals().CONFIG.update(json.loads(args.scan_config))
+        apply_config(args.scan_config)
     device = common.device(args.device)
     small = args.quick
     reps = 1 if small else args.reps

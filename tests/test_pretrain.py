@@ -208,13 +208,13 @@ def test_scan_state_limit_applies_during_pretraining_only(tmp_path, monkeypatch)
     from mambadna.kernels.scan import triton as ts
 
     seen = {}
-    monkeypatch.setattr(tr, "_pretrain", lambda cfg: seen.setdefault("bound", ts.CONFIG["fwd_ckpt_bytes"]))
-    before = ts.CONFIG["fwd_ckpt_bytes"]
+    monkeypatch.setattr(tr, "_pretrain", lambda cfg: seen.setdefault("bound", ts.BUDGET.setting[0]))
+    before = ts.BUDGET.setting[0]
     tr.pretrain(_cfg(tmp_path / "a", scan_state_gib=0.5))
-    assert seen["bound"] == 1 << 29 and ts.CONFIG["fwd_ckpt_bytes"] == before
+    assert seen["bound"] == 1 << 29 and ts.BUDGET.setting[0] == before
     seen.clear()
     tr.pretrain(_cfg(tmp_path / "b"))  # default: the device's 1/8
-    assert seen["bound"] is None and ts.CONFIG["fwd_ckpt_bytes"] == before
+    assert seen["bound"] is None and ts.BUDGET.setting[0] == before
 
     got = {}
     monkeypatch.setattr(tr, "launch_or_pretrain", lambda cfg, gpus=None: got.setdefault("cfg", cfg))

@@ -3,7 +3,7 @@
     python benchmarks/tools/ab_scan.py --variant base={} --variant seg256='{"seg": 256}' [--shapes 0,3] [--bidir]
     python benchmarks/tools/ab_scan.py --variant new=/tmp/triton_new.py --variant old=/tmp/triton_old.py
 
-A variant is NAME=JSON (a CONFIG update of the current kernels/scan/triton.py) or NAME=PATH[:JSON]
+A variant is NAME=JSON (ScanTuning fields of the current kernels/scan/triton.py) or NAME=PATH[:JSON]
 (a copy of that file, e.g. `git show REV:kernels/scan/triton.py > /tmp/old.py`), each loaded as its
 own module inside mambadna.kernels.scan (so its relative imports resolve). Per shape: median ms of
 forward and forward+backward of each variant, and the largest relative difference of y and every
@@ -13,6 +13,8 @@ interpreter: a check of the variants, not a timing.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -32,11 +34,17 @@ def load(name, spec, default_path):
     sp.loader.exec_module(mod)
     if cfg:
         upd = json.loads(cfg)
-        unknown = sorted(set(upd) - set(mod.CONFIG))
-        if unknown:  # a knob that no longer exists would silently time the default
-            raise SystemExit(f"variant {name}: unknown CONFIG keys {unknown}")
-        mod.CONFIG.update(upd)
+        if hasattr(mod, "ScanTuning"):  # the variant's own tuning, for the rest of the process
+            known = {f.name for f in dataclasses.fields(mod.ScanTuning)}
+            if set(upd) - known:  # a knob that no longer exists would silently time the default
+                raise SystemExit(f"variant {name}: unknown ScanTuning fields {sorted(set(upd) - known)}")
+            _SCOPE.enter_context(mod.use_tuning(**upd))
+        else:  # revisions before ScanTuning
+            mod.CONFIG.update(upd)
     return mod, cfg or "{}"
+
+
+_SCOPE = contextlib.ExitStack()
 
 
 def main(argv=None):

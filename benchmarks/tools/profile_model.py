@@ -7,7 +7,6 @@ with the scan kernels' share.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -23,7 +22,7 @@ def main(argv=None):
     ap.add_argument("--layer-chunk", type=int, default=0)
     ap.add_argument("--ckpt", action="store_true")
     ap.add_argument("--rows", type=int, default=30)
-    ap.add_argument("--scan-config", default="", help="JSON update of the Triton scan's CONFIG")
+    ap.add_argument("--scan-config", default="", help="JSON: ScanTuning fields and fwd/bwd saved-state bounds (bench_scan.apply_config)")
     a = ap.parse_args(argv)
 
     import torch
@@ -31,9 +30,9 @@ def main(argv=None):
     from torch.profiler import ProfilerActivity, profile
 
     if a.scan_config:
-        from bench_scan import scan_internals
+        from bench_scan import apply_config
 
-        scan_internals().CONFIG.update(json.loads(a.scan_config))
+        apply_config(a.scan_config)
     dev = common.device(a.device)
     d, n, L = (256, 16, a.length) if not a.quick else (32, 2, min(a.length, 512))
     m = common.build_model(d, n, checkpoint=a.ckpt, residual_bf16=True, layer_chunk=a.layer_chunk).to(dev)

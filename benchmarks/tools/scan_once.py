@@ -4,7 +4,6 @@
     python benchmarks/tools/scan_once.py B D N L [CONFIG_JSON]
 """
 import argparse
-import json
 import os
 import sys
 
@@ -15,14 +14,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for k in "BDNL":
         ap.add_argument(k, type=int)
-    ap.add_argument("config", nargs="?", default="", help="JSON update of the Triton scan's CONFIG")
+    ap.add_argument("config", nargs="?", default="", help="JSON: ScanTuning fields and fwd/bwd saved-state bounds (bench_scan.apply_config)")
     a = ap.parse_args()
 
     import torch
-    from bench_scan import KEYS, make_inputs, ours, req, scan_internals
+    from bench_scan import KEYS, apply_config, make_inputs, ours, req
 
     if a.config:
-        scan_internals().CONFIG.update(json.loads(a.config))
+        apply_config(a.config)
     b, D, N, L = a.B, a.D, a.N, a.L
     x = req(make_inputs((b, D, N, L), torch.device("cuda"), torch.bfloat16))
     go = torch.randn(b, L, D, device="cuda").to(torch.bfloat16)
