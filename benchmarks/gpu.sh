@@ -17,7 +17,7 @@ done
 [ ${#names[@]} -eq 0 ] && names=(conv norm embed scan pretrain)
 mamba=(); plain=()
 for n in "${names[@]}"; do
-  case $n in scan|pretrain) mamba+=("$n") ;; *) plain+=("$n") ;; esac
+  case $n in scan|pretrain|caduceus) mamba+=("$n") ;; *) plain+=("$n") ;; esac
 done
 source benchmarks/device_setup.sh ${mamba:+--mamba}
 export MAMBADNA_COMMIT=${MAMBADNA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}

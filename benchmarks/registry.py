@@ -29,6 +29,10 @@ REGISTRY = {
                       "mamba_ssm build and a Transformer (SDPA); tokens/s and peak memory against length",
                       ("table", "model", "batch", "length", "note"), (("ms", "lower"), ("peak_gib", "lower")),
                       mamba=True),
+    "caduceus": Bench("bench_caduceus.py", "a 16 x 256 Caduceus (Ph, PS) in Caduceus' own code with mamba_ssm's CUDA "
+                      "kernels vs the same weights through mambadna.load: logits agreement, inference and "
+                      "training-step ms", ("variant", "mode", "batch", "length"), (("mambadna_ms", "lower"),),
+                      mamba=True),
     "embed": Bench("bench_embed.py", "embedding bases/s and peak memory: windows, and exact chunked mode "
                    "(checked equal to the whole pass) up to 10 Mb", ("mode", "length"),
                    (("bases_per_s", "higher"), ("peak_gib", "lower"))),

@@ -123,7 +123,7 @@ def run_set(name: str, data: Path, pretrained: Path, random_dir: Path, out: Path
         negf = subsample(negf, out / "data" / f"{name}_neg.fa", 100)
         posf = subsample(posf, out / "data" / f"{name}_pos.fa", 50)
     base = dict(classes=[("non_promoter", str(negf)), ("promoter", str(posf))], positive="promoter",
-                seeds=args.seeds, device=args.device, progress=False, overwrite=True)
+                device=args.device, progress=False, overwrite=True)
     if args.quick:
         base.update(max_steps=4, cnn_epochs=2)
     base.update(overrides)
@@ -136,10 +136,10 @@ def run_set(name: str, data: Path, pretrained: Path, random_dir: Path, out: Path
         return finetune(FinetuneConfig(model=str(model), out=str(out / name / sub), **kw, **base))
 
     t0 = time.time()
-    m = run(pretrained, "pretrained", baselines=True)
+    m = run(pretrained, "pretrained", baselines=True, seeds=args.seeds)
     res["seconds_pretrained"] = round(time.time() - t0, 1)
     t0 = time.time()
-    r = run(random_dir, "random_init")
+    r = run(random_dir, "random_init", seeds=args.random_seeds or args.seeds)
     res["seconds_random"] = round(time.time() - t0, 1)
     res.update(n_train=m["n_train"], n_val=m["n_val"], n_test=m["n_test"], recipe=m["recipe"])
     for label, block in (("pretrained", m), ("random_init", r), ("cnn", m["baselines"]["cnn"]),
@@ -148,6 +148,32 @@ def run_set(name: str, data: Path, pretrained: Path, random_dir: Path, out: Path
     res["ensemble_mcc"] = (m.get("ensemble") or {}).get("mcc")
     res["published"] = PUBLISHED.get(name)
     return res
+
+
+def run_parallel(args, pretrained: Path, argv) -> None:
+    """Each set in its own process (``--reuse`` into the same --out), at most ``args.jobs`` at once;
+    logs in OUT/NAME.log. The caller then gathers the finished runs."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in (sys.argv[1:] if argv is None else list(argv)):  # drop --sets/--jobs/--pretrain-steps
+        if skip and not a.startswith("--"):
+            continue
+        skip = a in ("--sets", "--jobs", "--pretrain-steps", "--pretrained")
+        if not skip:
+            rest.append(a)
+    pending, running = list(args.sets), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            log = open(args.out / f"{name}.log", "w")
+            cmd = [sys.executable, __file__, *rest, "--pretrained", str(pretrained), "--sets", name, "--reuse"]
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(2)
+        for item in [r for r in running if r[1].poll() is not None]:
+            running.remove(item)
+            item[2].close()
+            print(f"# {item[0]}: process exit {item[1].returncode} (log {args.out / (item[0] + '.log')})", flush=True)
 
 
 def table(rows) -> str:
@@ -203,6 +229,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="CNNProm FASTA folder [shared/data/cnnprom_promoters]")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--random-seeds", type=int, default=None,
+                    help="seeds of the random-init runs [--seeds]; fewer saves time, the CNN keeps --seeds")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="run the sets in this many processes at once (one GPU is far from busy with one "
+                         "81-251 bp fine-tuning run), then gather them into one table")
     ap.add_argument("--out", type=Path, default=common.OUT / "cnnprom")
     ap.add_argument("--reuse", action="store_true",
                     help="take runs already finished in --out (metrics.json) instead of running them again: "
@@ -233,6 +264,9 @@ def main(argv=None) -> int:
     random_dir = args.out / "random_init_model"
     if not (args.reuse and (random_dir / "model.safetensors").is_file()):
         random_init_like(pretrained, random_dir, seed=0)
+    if args.jobs > 1 and len(args.sets) > 1:
+        run_parallel(args, pretrained, argv)
+        args.reuse = True
     rows = []
     for name in args.sets:
         rows.append(run_set(name, data, pretrained, random_dir, args.out, args, overrides))
