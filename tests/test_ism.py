@@ -187,3 +187,49 @@ def test_ism_bad_input(case, tiny_model_dir, n_genome, run_cli, tmp_path):
               "bed_beyond_end": "beyond the end"}[case]
     assert expect in lines[0], lines[0]
     assert sorted(p.name for p in outdir.iterdir()) == before  # nothing written, no temporary left
+
+
+@pytest.mark.parametrize("window", [1, 8, 33, 64])
+@pytest.mark.parametrize("chunk", [5, 4096])
+def test_ism_windows_equal_window_maker(window, chunk, tmp_path, monkeypatch):
+    """The vectorised ISM windows (one fetch and tokenising per chunk) are field for field
+    ``_WindowMaker.make``'s for each SNV: at both contig ends (N padding), around N and IUPAC
+    bases (skipped and counted), across chunk boundaries and regions."""
+    from mambadna.inference import ism
+    from mambadna.io.fasta import Genome
+    from mambadna.io.vcf import VariantStats, _WindowMaker
+
+    rng = np.random.default_rng(1)
+    acgt = lambda n: "".join(rng.choice(list("ACGT"), n))  # noqa: E731
+    seq = acgt(40) + acgt(20).lower() + "NNN" + acgt(7) + "R" + acgt(79)  # 150 bases
+    (tmp_path / "g.fa").write_text(">chr1\n" + "\n".join(seq[i:i + 50] for i in range(0, 150, 50))
+                                   + "\n>chr2\n" + acgt(30) + "\n")
+    g = Genome(str(tmp_path / "g.fa"))
+    monkeypatch.setattr(ism, "ISM_CHUNK", chunk)
+    regions = ism.resolve_regions(g, ["chr1:1-25", "chr1:50-80", "chr1:130-150", "chr2"])
+    counter = {"skipped": 0}
+    got = list(ism._sites(g, regions, window, counter))
+
+    maker = _WindowMaker(g.path, g, window, False, VariantStats())
+    want, skipped, k = [], 0, 0
+    for c, s, e in regions:
+        for p0 in range(s, e):
+            b = g.fetch(c, p0, p0 + 1)
+            if b not in "ACGT":
+                skipped += 1
+                continue
+            alts = tuple(x for x in "ACGT" if x != b)
+            want.append(((c, p0 + 1, b, alts), list(maker.make(c, p0 + 1, None, b, alts, k, f"{c}:{p0 + 1}"))))
+            k += 1
+    assert counter["skipped"] == skipped == 4
+    assert len(got) == len(want) == 25 + 31 - 4 + 21 + 30
+    for (gk, gw), (wk, ww) in zip(got, want):
+        assert gk == wk and len(gw) == len(ww) == 3
+        assert all(w.ref_ids is gw[0].ref_ids for w in gw)  # one reference window per site
+        for x, y in zip(gw, ww):
+            for f in ("contig", "pos", "id", "ref", "alt", "allele_index", "record_index", "var_start",
+                      "ref_len", "alt_len", "kind"):
+                assert getattr(x, f) == getattr(y, f), f
+            for f in ("ref_ids", "alt_ids"):
+                a, b = getattr(x, f), getattr(y, f)
+                assert a.dtype == b.dtype and a.shape == b.shape == (window,) and np.array_equal(a, b), f

@@ -2,9 +2,10 @@
 of genomic regions, scored through :class:`~mambadna.inference.scoring.VariantScorer`.
 
 Each position is one VCF-like site with its three alternative bases, windowed
-by the very :class:`~mambadna.io.vcf._WindowMaker` that ``classify`` uses for a
-VCF (the window centred on the site, ``var_start = window // 2``), so an ISM
-score *is* the number ``mambadna classify`` gives for that SNV and window:
+exactly as the :class:`~mambadna.io.vcf._WindowMaker` that ``classify`` uses for a
+VCF windows that SNV (the window centred on the site, ``var_start = window // 2``;
+made here a chunk of positions at a time from one fetch, see :func:`_sites`), so an
+ISM score *is* the number ``mambadna classify`` gives for that SNV and window:
 
 * ``llr`` (zero-shot): the masked-marginal log P(alt) - log P(ref) of a
   bidirectional model (one masked forward per position, shared by its three
@@ -136,8 +137,10 @@ def variant_scorer(scorer: Scorer, score: str = "llr", rc_average: Optional[bool
                    window: int = 1024) -> VariantScorer:
     """The :class:`VariantScorer` ``classify`` builds for ``--scores <score>``
     (``rc_average``: zero-shot both strands when True; classifier: the head's
-    setting when None). Masked-LM groups hold a full token budget of *sites*
-    (one masked forward each), not of windows."""
+    setting when None). Its groups hold a token budget of encoder *forwards*
+    (:meth:`VariantScorer._forwards`: masked-LM LLR, one masked forward per
+    position for its three substitutions), so no batch size is set here;
+    ``window`` is not needed (kept for callers)."""
     if score not in ISM_SCORES:
         raise InputError(None, f"--scores takes llr or classifier for ism, got {score!r}")
     if score == "classifier":
@@ -148,10 +151,7 @@ def variant_scorer(scorer: Scorer, score: str = "llr", rc_average: Optional[bool
             raise InputError(None, "--scores classifier needs a sequence-level head (this one is per token)")
         rc_clf = scorer.clf.head_cfg.rc_average if rc_average is None else bool(rc_average)
         return VariantScorer(scorer, ("classifier",), rc_classifier=rc_clf)
-    if scorer.causal:  # next-token LLR: one forward per window (ref and each ALT), default groups
-        return VariantScorer(scorer, ("llr",), rc_llr=bool(rc_average))
-    sites = max(1, scorer.engine.max_tokens // max(1, int(window)))
-    return VariantScorer(scorer, ("llr",), rc_llr=bool(rc_average), batch_windows=3 * sites)
+    return VariantScorer(scorer, ("llr",), rc_llr=bool(rc_average))
 
 
 def score_column(vs: VariantScorer, target: Optional[str] = None) -> Tuple[int, str]:
@@ -177,22 +177,102 @@ def score_column(vs: VariantScorer, target: Optional[str] = None) -> Tuple[int, 
     return cols.index(f"diff_{target}"), f"diff_{target}"
 
 
+ISM_CHUNK = 4096  # positions whose windows are made from one fetch (one tokenising) ...
+ISM_CHUNK_BYTES = 16 << 20  # ... at most: their ALT windows (3 * window bytes a position) fit in this
+
+_ALTS = {b: tuple(x for x in BASES if x != b) for b in BASES}
+_ALT_TABLE: Optional[np.ndarray] = None
+
+
+def _alt_table() -> np.ndarray:
+    """(256, 3) uint8: ASCII code of a reference base -> token ids of its three ALT bases."""
+    global _ALT_TABLE
+    if _ALT_TABLE is None:
+        from mambadna.tokenizer import encode
+
+        t = np.zeros((256, 3), dtype=np.uint8)
+        for b in BASES:
+            t[ord(b)] = encode("".join(_ALTS[b]))
+        _ALT_TABLE = t
+    return _ALT_TABLE
+
+
+def _chunk_windows(maker, contig: str, a: int, seq: str, ids: np.ndarray, first: int, counter: dict):
+    """``(key, windows)`` of the positions ``a ..`` of one chunk: ``seq`` / ``ids``
+    cover ``[a - center, a + len(chunk) - 1 - center + W)`` (N-padded at the
+    contig ends), so that the window of chunk position i is ``ids[i:i + W]``.
+    Field for field the windows ``maker.make`` gives for the SNV (record index
+    ``first`` onwards): the reference window is one view shared by the three
+    alleles, the ALT windows copies of it with the centre replaced."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from mambadna.io.vcf import VariantWindow
+
+    W, cc = maker.window, maker.center
+    n = len(seq) - W + 1
+    centre = np.frombuffer(seq[cc:cc + n].encode("latin-1"), dtype=np.uint8)
+    idx = np.flatnonzero(np.isin(centre, np.frombuffer(BASES.encode(), dtype=np.uint8)))
+    refs = sliding_window_view(ids, W)
+    alt = np.empty((len(idx), 3, W), dtype=ids.dtype)  # ALT windows of the A/C/G/T positions, in order
+    alt[:] = refs[idx][:, None, :]
+    alt[:, :, cc] = _alt_table()[centre[idx]]
+    k = first
+    j = 0
+    for i in range(n):
+        b = seq[cc + i]
+        if b not in BASES:
+            counter["skipped"] += 1
+            continue
+        alts = _ALTS[b]
+        aw = alt[j]
+        j += 1
+        pos = a + i + 1
+        ref_ids = refs[i]
+        yield (contig, pos, b, alts), [
+            VariantWindow(contig=contig, pos=pos, id=None, ref=b, alt=x, allele_index=ai, record_index=k,
+                          ref_ids=ref_ids, alt_ids=aw[ai - 1], var_start=cc, ref_len=1, alt_len=1, kind="SNV")
+            for ai, x in enumerate(alts, 1)]
+        k += 1
+    return k
+
+
 def _sites(genome: Genome, regions: Sequence[Region], window: int, counter: dict):
-    """(key, windows of the three substitutions) per A/C/G/T position, as ``classify`` makes them."""
+    """(key, windows of the three substitutions) per A/C/G/T position, as
+    ``classify`` makes them (:meth:`~mambadna.io.vcf._WindowMaker.make` for
+    that SNV), vectorised: each chunk of :data:`ISM_CHUNK` positions is
+    fetched with its flanks and tokenised once (fewer positions for long windows,
+    see :data:`ISM_CHUNK_BYTES`), and its windows are views and
+    copies of that one array. A chunk holding a byte the tokenizer rejects
+    goes through ``make`` position by position (the same error, at the same
+    position)."""
     from mambadna.io.vcf import VariantStats, _WindowMaker
+    from mambadna.tokenizer import TokenizationError, encode
 
     maker = _WindowMaker(genome.path, genome, window, False, VariantStats())
+    W, cc = maker.window, maker.center
+    step = max(1, min(ISM_CHUNK, ISM_CHUNK_BYTES // (3 * W)))
     k = 0
     for region in regions:
-        c = region[0]
-        for a, seq in _region_bases(genome, region):
-            for i, b in enumerate(seq):
-                if b not in BASES:
+        c, s, e = region
+        c = maker.resolve(c, f"{c}:{s + 1}")
+        for a in range(s, e, step):
+            b = min(e, a + step)
+            seq = genome.fetch(c, a - cc, b - 1 - cc + W, pad=True)
+            try:
+                ids = encode(seq)
+            except TokenizationError:
+                ids = None
+            if ids is not None:
+                k = yield from _chunk_windows(maker, c, a, seq, ids, k, counter)
+                continue
+            for i in range(b - a):
+                x = seq[cc + i]
+                if x not in BASES:
                     counter["skipped"] += 1
                     continue
                 pos = a + i + 1
-                alts = tuple(x for x in BASES if x != b)
-                yield (c, pos, b, alts), list(maker.make(c, pos, None, b, alts, k, f"{c}:{pos}"))
+                alts = _ALTS[x]
+                yield (c, pos, x, alts), list(maker.make(c, pos, None, x, alts, k, f"{c}:{pos}"))
                 k += 1
 
 

@@ -68,6 +68,22 @@ def allele_logp(lp: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
     return (val * mask).sum(-1)
 
 
+def _ids_on(dev: torch.device, arrs: List[np.ndarray]) -> Tensor:
+    """Equal-length token id arrays stacked as a (n, L) int64 tensor on ``dev``.
+    They travel in their own dtype (uint8 ids: an eighth of the int64 bytes)
+    and widen on the device; to a GPU from a pinned buffer (asynchronous)."""
+    if dev.type == "cuda":
+        a0 = arrs[0]
+        buf = torch.empty((len(arrs), len(a0)), dtype=torch.from_numpy(np.empty(0, a0.dtype)).dtype,
+                          pin_memory=True)
+        try:
+            np.stack(arrs, out=buf.numpy(), casting="no")
+        except (TypeError, ValueError):  # mixed dtypes or lengths
+            buf = torch.from_numpy(np.stack(arrs))
+        return buf.to(dev, non_blocking=True).long()
+    return torch.from_numpy(np.stack(arrs)).long()
+
+
 def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-12)
 
@@ -194,8 +210,9 @@ class VariantScorer:
 
     scores: subset of :data:`SCORES`; rc_llr: average zero-shot scores over
     both strands; rc_classifier: average classifier probabilities over both
-    strands; batch_windows: windows per device batch (default: the engine's
-    token budget / window length).
+    strands; batch_windows: forward windows per device batch and per scoring
+    group (a group holds that many encoder forwards, see :meth:`_forwards`;
+    default: the engine's token budget / window length).
     """
 
     def __init__(self, scorer: Scorer, scores: Sequence[str], rc_llr: bool = False,
@@ -262,14 +279,15 @@ class VariantScorer:
         s = self.s
         dev = s.device
         wins = [w for site in sites for w in site.windows]
-        site_of = torch.as_tensor([k for k, site in enumerate(sites) for _ in site.windows], device=dev)
-        ref = torch.from_numpy(np.stack([site.ref for site in sites]).astype(np.int64)).to(dev, non_blocking=True)
-        alt = torch.from_numpy(np.stack([w.alt_ids for w in wins]).astype(np.int64)).to(dev, non_blocking=True)
+        site_of = torch.from_numpy(np.repeat(np.arange(len(sites), dtype=np.int64),
+                                             [len(site.windows) for site in sites])).to(dev)
+        ref = _ids_on(dev, [site.ref for site in sites])
+        alt = _ids_on(dev, [w.alt_ids for w in wins])
         W = ref.shape[1]
         pos = torch.arange(W, device=dev)[None]
-        st = torch.as_tensor([w.var_start for w in wins], device=dev)[:, None]
-        rl = torch.as_tensor([w.ref_len for w in wins], device=dev)[:, None]
-        al = torch.as_tensor([w.alt_len for w in wins], device=dev)[:, None]
+        meta = torch.from_numpy(np.array([(w.var_start, w.ref_len, w.alt_len) for w in wins],
+                                         dtype=np.int64).reshape(len(wins), 3)).to(dev)
+        st, rl, al = meta[:, 0:1], meta[:, 1:2], meta[:, 2:3]
         m_ref = (pos >= st) & (pos < st + rl)
         m_alt = (pos >= st) & (pos < st + al)
         indel = (rl != al)[:, 0]
@@ -311,6 +329,23 @@ class VariantScorer:
             p = 0.5 * (p + self._batched(reverse_complement(ids), s.head_proba))
         return p
 
+    def _forwards(self, ws: List) -> int:
+        """Encoder forwards that scoring one record's windows costs: a group
+        holds a token budget of forwards, not of alleles (with the LLR alone an
+        SNV site costs one masked forward for its three alleles)."""
+        if not ws:
+            return 0
+        n = 0
+        if "llr" in self.scores:
+            if self.s.causal:
+                n += 1 + len(ws)
+            else:
+                n += 1 + sum(1 for w in ws if w.ref_len != w.alt_len)
+            n *= 2 if self.rc_llr else 1
+        if "classifier" in self.scores or "cosine" in self.scores:
+            n += (1 + len(ws)) * (2 if self.rc_classifier else 1)
+        return n
+
     # -- stream ------------------------------------------------------------
     def score_records(self, records: Iterable[Tuple[object, List]]) -> Iterator[Tuple[object, List, np.ndarray]]:
         """Score ``(record, windows)`` pairs (one VCF record and the windows of
@@ -340,10 +375,10 @@ class VariantScorer:
                 k += len(ws)
 
         for rec, ws in prefetch(records):
-            if limit is None and ws:  # windows per group from the token budget
+            if limit is None and ws:  # forward windows per group from the token budget
                 limit = max(1, self.s.engine.max_tokens // len(ws[0].ref_ids))
             group.append((rec, ws))
-            n += len(ws)
+            n += self._forwards(ws)
             if limit is not None and n >= limit:
                 nxt = launch(group)
                 if pending is not None:

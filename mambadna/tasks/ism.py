@@ -62,8 +62,9 @@ class IsmConfig:
     ``classifier`` (default: classifier with a head, else llr); rc_average:
     average over both strands (zero-shot: off by default; classifier: the
     head's setting by default); target: class whose Δ probability is scored
-    (default: the positive class of a binary head); batch_size: forwards per
-    device batch (default: the engine's token budget).
+    (default: the positive class of a binary head); batch_size: encoder
+    forward windows per device batch and per scoring group (masked-LM LLR: one
+    forward per position; default: the engine's token budget).
     """
 
     model: str
@@ -141,8 +142,8 @@ def _load_scorer(cfg: IsmConfig):
         col, name = score_column(vs, cfg.target)
     except InputError as e:
         raise InputError(cfg.model, e.problem) from None
-    if cfg.batch_size is not None:  # positions per batch: masked-LM LLR runs one forward per position
-        vs.batch_windows = 3 * cfg.batch_size if (score == "llr" and not sc.causal) else cfg.batch_size
+    if cfg.batch_size is not None:  # forward windows per device batch and per group
+        vs.batch_windows = cfg.batch_size
     return vs, col, name
 
 
