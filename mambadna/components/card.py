@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from mambadna.components.resume import flat_options
+
 
 def _invocation() -> str:
     """The command line of this process (``mambadna ...`` for the console script or
@@ -37,9 +39,8 @@ def _training_lines(extra: Dict[str, Any]) -> List[str]:
     pre = extra.get("pretrain") if isinstance(extra.get("pretrain"), dict) else None
     fin = extra.get("finetune") if isinstance(extra.get("finetune"), dict) else None
     step = extra.get("step")
-    if pre:  # options by flat name: the sections' tables ([data], [optim], ...) merged in, the model's kept apart
-        pre = {**{k: v for k, v in pre.items() if not isinstance(v, dict) or k == "model"},
-               **{k: v for sec, t in pre.items() if isinstance(t, dict) and sec != "model" for k, v in t.items()}}
+    if pre:
+        pre = flat_options(pre)  # the sections' tables ([data], [optim], ...) merged in, the model's kept apart
         data = [f"genome `{pre['genome']}`" if pre.get("genome") else None,
                 f"reads `{pre['bam']}`" + (f" ({pre['bam_region']})" if pre.get("bam_region") else "")
                 if pre.get("bam") else None,

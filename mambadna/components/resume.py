@@ -210,3 +210,14 @@ class StopRequest:
         for sig, h in self._prev.items():
             signal.signal(sig, h)
         self._prev = {}
+
+
+def flat_options(saved: Dict[str, Any], keep: tuple = ("model",)) -> Dict[str, Any]:
+    """A run's saved options (``config.json``'s "pretrain" block) by flat name:
+    the section tables merged in (runs before the sections saved them flat);
+    the tables named in ``keep`` stay nested under their own key."""
+    out = {k: v for k, v in saved.items() if not isinstance(v, dict) or k in keep}
+    for sec, table in saved.items():
+        if isinstance(table, dict) and sec not in keep:
+            out.update(table)
+    return out

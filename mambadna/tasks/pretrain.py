@@ -25,7 +25,7 @@ from mambadna.components.checkpoint import CONFIG, WEIGHTS, load_state_dict, rea
 from mambadna.model.config import MemoryConfig, ModelConfig
 from mambadna.components.distributed import Dist, init_distributed, torchrun_command, torchrun_env
 from mambadna.components.sampler import SamplerConfig
-from mambadna.components.resume import (TRAINER_JSON, StopRequest, load_optimizer_state,
+from mambadna.components.resume import (TRAINER_JSON, StopRequest, flat_options, load_optimizer_state,
                                         optimizer_state, rng_state, set_rng_state)
 from mambadna.components.resume import load_trainer_state as read_trainer_state
 from mambadna.components.resume import save_trainer_state as write_trainer_state
@@ -208,8 +208,7 @@ class PretrainConfig:
         """Nested: the run's own keys, and one table per section."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.SECTIONS}
         for name in self.SECTIONS:
-            sec = getattr(self, name)
-            d[name] = sec.to_dict() if isinstance(sec, ModelConfig) else dataclasses.asdict(sec)
+            d[name] = _table(getattr(self, name))
         return d
 
     def flat(self) -> Dict[str, Any]:
@@ -275,8 +274,7 @@ class PretrainConfig:
 
         for k, v in dict(d).items():
             if k in cls.SECTIONS:
-                if isinstance(v, (ModelConfig, DataConfig, OptimConfig, MemoryConfig)):
-                    v = v.to_dict() if isinstance(v, ModelConfig) else dataclasses.asdict(v)
+                v = _table(v)
                 if not isinstance(v, dict):
                     raise InputError(source, f"'{k}' must be a table ([{k}] section), got {v!r}")
                 for kk, vv in v.items():
@@ -289,8 +287,8 @@ class PretrainConfig:
             _check_option_types(sec, secs[name], source, section=f"[{name}] " if name in d else "")
         for k, v in (overrides or {}).items():
             if v is not None:
-                if isinstance(v, (ModelConfig, DataConfig, OptimConfig, MemoryConfig)) and k in cls.SECTIONS:
-                    secs[k].update(v.to_dict() if isinstance(v, ModelConfig) else dataclasses.asdict(v))
+                if k in cls.SECTIONS and isinstance(_table(v), dict):
+                    secs[k].update(_table(v))
                 else:
                     put(k, v)
         try:
@@ -593,18 +591,16 @@ def _check_run_folder(out: Path, cfg: PretrainConfig) -> None:
         (shutil.rmtree if p.is_dir() else os.unlink)(p)
 
 
+def _table(v: Any) -> Any:
+    """A section object (ModelConfig, DataConfig, ...) as its table; anything else as it is."""
+    if isinstance(v, ModelConfig):
+        return v.to_dict()
+    return dataclasses.asdict(v) if isinstance(v, (DataConfig, OptimConfig, MemoryConfig)) else v
+
+
 def _flat_options(d: Dict[str, Any]) -> Dict[str, Any]:
-    """A saved run's options by flat name, without the model's (nested since the
-    sections; flat before)."""
-    out = {}
-    for k, v in d.items():
-        if k == "model":
-            continue
-        if k in PretrainConfig.SECTIONS and isinstance(v, dict):
-            out.update({_ALIASES.get(kk, kk): vv for kk, vv in v.items()})
-        else:
-            out[_ALIASES.get(k, k)] = v
-    return out
+    """A saved run's options by flat (current) name, without the model's."""
+    return {_ALIASES.get(k, k): v for k, v in flat_options(d).items() if k != "model"}
 
 
 def _check_resumable(ck: Path, saved: Dict[str, Any], cfg: PretrainConfig, step: int) -> None:
