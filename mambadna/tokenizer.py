@@ -105,6 +105,9 @@ def decode(ids: np.ndarray, *, keep_special: bool = False) -> str:
     return _DECODE[ids.astype(np.intp)].tobytes().decode("ascii")
 
 
+_COMPLEMENT_ON: dict = {}  # torch.device -> the complement table there
+
+
 def reverse_complement(ids):
     """Reverse complement on token ids, vectorised, over the last axis.
 
@@ -114,7 +117,9 @@ def reverse_complement(ids):
         import torch
 
         if isinstance(ids, torch.Tensor):
-            lut = torch.as_tensor(_COMPLEMENT, device=ids.device).to(ids.dtype if ids.dtype != torch.bool else torch.long)
+            lut = _COMPLEMENT_ON.get(ids.device)
+            if lut is None:  # once per device: a copy from host memory waits for the device's queued work
+                lut = _COMPLEMENT_ON[ids.device] = torch.as_tensor(_COMPLEMENT.astype(np.int64), device=ids.device)
             return lut[ids.long()].to(ids.dtype).flip(-1)
     except ImportError:  # pragma: no cover
         pass

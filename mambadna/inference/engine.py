@@ -111,7 +111,7 @@ class _Sink:
     def __init__(self, mode: str, lengths: Tensor, L: int, D: int, device, center_width: int = 64,
                  mirror: bool = False, weight: float = 1.0, out: Optional[Tensor] = None):
         self.mode, self.mirror, self.weight = mode, mirror, weight
-        self.lengths = lengths.to(device)
+        self.lengths = lengths.to(device, non_blocking=True)  # pinned by the caller on CUDA
         self.center_width = center_width
         B = lengths.shape[0]
         self.D = D
@@ -495,7 +495,8 @@ class Embedder:
         post = self.model.lm_logits if self.head == "logits" else None
         with self._autocast():
             if L <= self.chunk:
-                _run_whole(self.model, ids.to(self.device), lengths.to(self.device), self.stop,
+                _run_whole(self.model, ids.to(self.device, non_blocking=True),
+                           lengths.to(self.device, non_blocking=True), self.stop,
                            self.fnorm, sink, post)
                 advance(1.0)
             elif not self.cfg.bidirectional:
@@ -521,6 +522,8 @@ class Embedder:
         if cuda:
             ids = ids.pin_memory()
         lengths = torch.tensor(lens, dtype=torch.long)
+        if cuda:  # pinned: the copies to the device need not wait for the batch before
+            lengths = lengths.pin_memory()
         total_frac = 2.0 if self.rc_average else 1.0
         bases = float(sum(lens))
         adv = (lambda f: advance(f * bases / total_frac)) if advance else (lambda f: None)

@@ -43,6 +43,26 @@ _NUC = torch.tensor([A, C, G, T])
 _NUC_COL = torch.full((16,), -1, dtype=torch.long)  # token id -> column of A, C, G, T (-1: not a base)
 for _j, _t in enumerate((A, C, G, T)):
     _NUC_COL[_t] = _j
+_ON: Dict[Tuple[int, torch.device], Tensor] = {}
+
+
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    """A module constant on ``device``, copied once: a copy from pageable host
+    memory waits for all the work queued on the device, which would stall the
+    pipeline of scoring groups at every call."""
+    key = (id(t), device)
+    c = _ON.get(key)
+    if c is None:
+        c = _ON[key] = t.to(device)
+    return c
+
+
+def _host_to(dev: torch.device, arr: np.ndarray) -> Tensor:
+    """A host array on ``dev`` without waiting for the device (pinned, asynchronous on CUDA)."""
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t
 
 
 def parse_scores(spec: Optional[str], has_head: bool) -> Tuple[str, ...]:
@@ -62,7 +82,7 @@ def parse_scores(spec: Optional[str], has_head: bool) -> Tuple[str, ...]:
 def allele_logp(lp: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
     """Sum over masked positions of log P(ids) (an N counts as log 1/4).
     lp: (batch, L, 4) log-probabilities over A, C, G, T; ids, mask: (batch, L)."""
-    col = _NUC_COL.to(ids.device)[ids.long().clamp(max=15)]
+    col = _on(_NUC_COL, ids.device)[ids.long().clamp(max=15)]
     val = lp.gather(-1, col.clamp(min=0)[..., None])[..., 0]
     val = torch.where(col >= 0, val, torch.full_like(val, math.log(0.25)))
     return (val * mask).sum(-1)
@@ -152,13 +172,13 @@ class Scorer:
         if h is None:
             h = self.engine.hidden(ids, -1)
         logits = self.encoder.lm_logits(h).float()
-        return torch.log_softmax(logits[..., _NUC.to(ids.device)], dim=-1)
+        return torch.log_softmax(logits[..., _on(_NUC, ids.device)], dim=-1)
 
     @torch.no_grad()
     def window_loglik(self, ids: Tensor, h: Optional[Tensor] = None) -> Tensor:
         """Causal: sum_t log P(x_t | x_<t) over nucleotide targets: (batch,)."""
         lp = self.nuc_logprobs(ids, h)[:, :-1]
-        col = _NUC_COL.to(ids.device)[ids[:, 1:].long().clamp(max=15)]
+        col = _on(_NUC_COL, ids.device)[ids[:, 1:].long().clamp(max=15)]
         val = lp.gather(-1, col.clamp(min=0)[..., None])[..., 0]
         return (val * (col >= 0)).sum(-1)
 
@@ -168,7 +188,7 @@ class Scorer:
         log-likelihood; masked-LM pseudo-log-likelihood with every
         PLL_STRIDE-th position masked per pass (PLL_STRIDE passes)."""
         b, L = ids.shape
-        col = _NUC_COL.to(ids.device)[ids.long().clamp(max=15)]
+        col = _on(_NUC_COL, ids.device)[ids.long().clamp(max=15)]
         if self.causal:
             return self.window_loglik(ids) / (col[:, 1:] >= 0).sum(-1).clamp(min=1)
         total = torch.zeros(b, device=ids.device)
@@ -249,9 +269,10 @@ class VariantScorer:
         return torch.cat(outs)
 
     def _masked_llr(self, ref: Tensor, alt: Tensor, m_ref: Tensor, m_alt: Tensor,
-                    site_of: Tensor, indel: Tensor) -> Tensor:
+                    site_of: Tensor, indel: np.ndarray) -> Tensor:
         """Masked-marginal LLR per allele. ref: (S, W) site windows; alt: (N, W)
-        allele windows; m_ref (N, W) / m_alt (N, W) allele masks; site_of (N,)."""
+        allele windows; m_ref (N, W) / m_alt (N, W) allele masks; site_of (N,);
+        indel: host indices of the alleles whose length differs from REF's."""
         s = self.s
         ref_a = ref[site_of]
         # one masked reference forward per site (all its equal-length alleles share it)
@@ -261,8 +282,8 @@ class VariantScorer:
         n_ref = m_ref.sum(-1).clamp(min=1)
         n_alt = m_alt.sum(-1).clamp(min=1)
         out = allele_logp(lp_ref, alt, m_alt) - allele_logp(lp_ref, ref_a, m_ref)
-        idx = torch.nonzero(indel).flatten()
-        if len(idx):
+        if len(indel):  # known on the host: no wait for the forward just queued
+            idx = _host_to(ref.device, indel)
             lp_alt = self._batched(alt[idx].masked_fill(m_alt[idx], MASK), s.nuc_logprobs)
             out[idx] = (allele_logp(lp_alt, alt[idx], m_alt[idx]) / n_alt[idx]
                         - allele_logp(lp_ref[idx], ref_a[idx], m_ref[idx]) / n_ref[idx])
@@ -279,18 +300,18 @@ class VariantScorer:
         s = self.s
         dev = s.device
         wins = [w for site in sites for w in site.windows]
-        site_of = torch.from_numpy(np.repeat(np.arange(len(sites), dtype=np.int64),
-                                             [len(site.windows) for site in sites])).to(dev)
+        site_of = _host_to(dev, np.repeat(np.arange(len(sites), dtype=np.int64),
+                                          [len(site.windows) for site in sites]))
         ref = _ids_on(dev, [site.ref for site in sites])
         alt = _ids_on(dev, [w.alt_ids for w in wins])
         W = ref.shape[1]
         pos = torch.arange(W, device=dev)[None]
-        meta = torch.from_numpy(np.array([(w.var_start, w.ref_len, w.alt_len) for w in wins],
-                                         dtype=np.int64).reshape(len(wins), 3)).to(dev)
+        meta_np = np.array([(w.var_start, w.ref_len, w.alt_len) for w in wins], dtype=np.int64).reshape(len(wins), 3)
+        meta = _host_to(dev, meta_np)
         st, rl, al = meta[:, 0:1], meta[:, 1:2], meta[:, 2:3]
         m_ref = (pos >= st) & (pos < st + rl)
         m_alt = (pos >= st) & (pos < st + al)
-        indel = (rl != al)[:, 0]
+        indel = np.flatnonzero(meta_np[:, 1] != meta_np[:, 2])
         cols: List[Tensor] = []
         if "llr" in self.scores:
             llr = self._llr(ref, alt, m_ref, m_alt, site_of, indel)
