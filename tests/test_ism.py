@@ -2,6 +2,7 @@
 RC-averaged, Δ probability), the bigWig and logo outputs, and bad input."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,32 @@ def test_ism_windows_equal_window_maker(window, chunk, tmp_path, monkeypatch):
             for f in ("ref_ids", "alt_ids"):
                 a, b = getattr(x, f), getattr(y, f)
                 assert a.dtype == b.dtype and a.shape == b.shape == (window,) and np.array_equal(a, b), f
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scoring_group_does_not_synchronise(tiny_model_dir):
+    """A scoring group (masked forward, LLRs of SNVs and of an indel) is queued on the
+    device without waiting for it: the host prepares the next group meanwhile."""
+    from mambadna.components.checkpoint import load_model
+    from mambadna.inference.ism import _sites, resolve_regions
+    from mambadna.inference.scoring import Scorer, VariantScorer, _Site
+    from mambadna.io.fasta import Genome
+
+    dev = torch.device("cuda")
+    genome = Genome(GENOME)
+    sites = [_Site(ws) for _, ws in _sites(genome, resolve_regions(genome, [("chrA", 999, 1010)]), WINDOW,
+                                            {"skipped": 0})]
+    w = sites[0].windows[0]  # one allele made an insertion (its own masked forward)
+    sites[0].windows[0] = dataclasses.replace(w, alt_len=2, kind="INS", alt_ids=np.concatenate(
+        [w.alt_ids[:w.var_start + 1], w.alt_ids[w.var_start:-1]]))
+    for rc in (False, True):
+        vs = VariantScorer(Scorer(load_model(tiny_model_dir, dev), None, dev), ("llr",), rc_llr=rc)
+        vs._score_group(sites)  # first call: constants reach the device, kernels compile
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = vs._score_group(sites)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert out.shape == (3 * len(sites), 1) and torch.isfinite(out).all()
