@@ -78,6 +78,27 @@ def test_gradient_checkpointing_matches_plain():
         torch.testing.assert_close(p.grad, g1[n], atol=1e-6, rtol=1e-5)
 
 
+def test_checkpointed_layers_keep_scan_states_only_when_recomputed(monkeypatch):
+    """A checkpointed layer's first forward (activations dropped) runs with a zero
+    saved-state budget; its recomputation before the backward with the default."""
+    import mambadna.model.block as block
+    from mambadna.kernels.scan.budget import BUDGET
+
+    seen = []
+    for name in ("selective_scan", "bidirectional_selective_scan"):
+        fn = getattr(block, name)
+        monkeypatch.setattr(block, name, lambda *a, _fn=fn, **k: (seen.append(BUDGET.setting[0]), _fn(*a, **k))[1])
+    m = _model(bidirectional=True).train()
+    m.set_memory(MemoryConfig(checkpoint_layers=True))
+    default = BUDGET.setting[0]
+    y = m(_ids()).square().mean()
+    n = len(seen)
+    assert n >= m.config.n_layers and set(seen) == {0}
+    y.backward()
+    assert len(seen) == 2 * n and set(seen[n:]) == {default}
+    assert BUDGET.setting[0] == default
+
+
 def test_save_load_roundtrip_and_bad_checkpoints(tmp_path):
     m = _model(bidirectional=False)
     save_model(m, tmp_path)
