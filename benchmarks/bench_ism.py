@@ -95,7 +95,7 @@ def main(argv=None):
             warm = resolve_regions(genome, [(contig, s0, s0 + min(n_pos, per + (n_pos % per or per)))])
 
             def run_lib(rc):
-                vs = variant_scorer(sc, "llr", rc, W)
+                vs = variant_scorer(sc, "llr", rc)
                 sum(1 for _ in iter_ism(vs, genome, warm, W))  # warm-up
                 ts = []
                 for _ in range(repeats):

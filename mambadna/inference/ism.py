@@ -133,14 +133,12 @@ def check_regions(genome: Genome, regions: Sequence[Region], src=None) -> int:
 
 
 # --------------------------------------------------------------------------- scoring
-def variant_scorer(scorer: Scorer, score: str = "llr", rc_average: Optional[bool] = None,
-                   window: int = 1024) -> VariantScorer:
+def variant_scorer(scorer: Scorer, score: str = "llr", rc_average: Optional[bool] = None) -> VariantScorer:
     """The :class:`VariantScorer` ``classify`` builds for ``--scores <score>``
     (``rc_average``: zero-shot both strands when True; classifier: the head's
     setting when None). Its groups hold a token budget of encoder *forwards*
     (:meth:`VariantScorer._forwards`: masked-LM LLR, one masked forward per
-    position for its three substitutions), so no batch size is set here;
-    ``window`` is not needed (kept for callers)."""
+    position for its three substitutions), so no batch size is set here."""
     if score not in ISM_SCORES:
         raise InputError(None, f"--scores takes llr or classifier for ism, got {score!r}")
     if score == "classifier":
@@ -330,7 +328,7 @@ def saturation_mutagenesis(model: Union[str, "Scorer"], reference: Union[str, Ge
     n = check_regions(genome, regs)
     sc = _as_scorer(model, device, precision, batch_size)
     score = score or ("classifier" if sc.clf is not None else "llr")
-    vs = variant_scorer(sc, score, rc_average, window)
+    vs = variant_scorer(sc, score, rc_average)
     col, _ = score_column(vs, target)
     bar = tqdm(total=n, disable=not progress, desc="ism", unit="pos", dynamic_ncols=True, leave=False)
     t0 = time.time()

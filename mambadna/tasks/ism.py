@@ -138,7 +138,7 @@ def _load_scorer(cfg: IsmConfig):
         sc = Scorer(load_model(cfg.model, device), None, device, precision=cfg.precision,
                     batch_size=cfg.batch_size)
     try:
-        vs = variant_scorer(sc, score, cfg.rc_average, cfg.window)
+        vs = variant_scorer(sc, score, cfg.rc_average)
         col, name = score_column(vs, cfg.target)
     except InputError as e:
         raise InputError(cfg.model, e.problem) from None
