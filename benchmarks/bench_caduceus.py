@@ -20,7 +20,6 @@ import os
 import sys
 import tarfile
 import tempfile
-import types
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,30 +30,18 @@ COMPLEMENT = {**{i: i for i in range(16)}, 7: 10, 10: 7, 8: 9, 9: 8}
 
 
 def _reference_ops(tmp: Path) -> None:
-    """No CUDA build: mamba_ssm from its unpacked sdist, fused ops routed to its own references."""
+    """No CUDA build: mamba_ssm from its unpacked sdist, its fused ops routed to its own references
+    as the test suite does (tests/caduceus_reference.py)."""
+    import importlib.util
+
     tarball = sorted(common.baselines_dir().glob("mamba_ssm-*.tar.gz"))[-1]
     with tarfile.open(tarball) as tf:
         tf.extractall(tmp / "src", filter="data")
-    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
-    sys.path.insert(0, str(next((tmp / "src").glob("mamba_ssm-*"))))
-    import mamba_ssm.modules.block as blk
-    import mamba_ssm.modules.mamba_simple as ms
-    import mamba_ssm.ops.selective_scan_interface as ssi
-    import mamba_ssm.ops.triton.layer_norm as ln
-
-    ms.causal_conv1d_fn = ms.causal_conv1d_update = None
-    ms.selective_scan_fn = ssi.selective_scan_ref
-
-    def add_norm(x, weight, bias, residual=None, prenorm=False, residual_in_fp32=False, eps=1e-6, **_):
-        import torch
-
-        r = (x.float() + residual.float()) if residual is not None else x.float()
-        y = (r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
-        return (y, r if residual_in_fp32 else r.to(x.dtype)) if prenorm else y
-
-    ln.RMSNorm.forward = lambda self, x, residual=None, prenorm=False, residual_in_fp32=False: add_norm(
-        x, self.weight, self.bias, residual, prenorm, residual_in_fp32, self.eps)
-    ln.rms_norm_fn = blk.layer_norm_fn = ln.layer_norm_fn = add_norm
+    os.environ.setdefault("MAMBADNA_BASELINES", str(common.baselines_dir()))
+    spec = importlib.util.spec_from_file_location("caduceus_reference", common.REPO / "tests" / "caduceus_reference.py")
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    helper._patch(str(next((tmp / "src").glob("mamba_ssm-*"))))
 
 
 def make_caduceus(folder: Path, *, rcps: bool, d_model: int, n_layer: int, dev, seed: int = 0):
