@@ -287,8 +287,9 @@ class PretrainConfig:
             _check_option_types(sec, secs[name], source, section=f"[{name}] " if name in d else "")
         for k, v in (overrides or {}).items():
             if v is not None:
-                if k in cls.SECTIONS and isinstance(_table(v), dict):
-                    secs[k].update(_table(v))
+                t = _table(v)
+                if k in cls.SECTIONS and isinstance(t, dict):
+                    secs[k].update(t)
                 else:
                     put(k, v)
         try:
