@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global sequences per optimizer step [8]."),
         micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Per-device micro-batch (gradient accumulation)."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps [1000]."),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget (minutes, from the start): the run ends at the last step that fits and the learning-rate schedule runs over the time instead of the steps, so it completes whatever the speed; --max-steps becomes a cap (none unless given) [off]."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, a finite number > 0 [1e-3]."),
         warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="LR warm-up steps [5% of max-steps]."),
         d_model: Optional[int] = typer.Option(None, "--d-model", help="Model width [128]."),
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
         overrides = dict(
             genome=None if not genome else ([str(g) for g in genome] if len(genome) > 1 else str(genome[0])),
             genome_weights=genome_weights, out=out, seq_len=seq_len, batch_size=batch_size,
-            micro_batch_size=micro_batch_size, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps,
+            micro_batch_size=micro_batch_size, max_steps=max_steps, max_minutes=max_minutes, lr=lr, warmup_steps=warmup_steps,
             d_model=d_model, n_layers=n_layers, d_state=d_state, bidirectional=bidirectional,
             rc_equivariant=rc_equivariant, device=device, seed=seed, regions=regions,
             val_contigs=tuple(val_contigs) if val_contigs else None, val_bed=val_bed,

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from mambadna.components.checkpoint import read_config
 from mambadna.model.config import ModelConfig
 from mambadna.errors import CheckpointError, InputError
-from mambadna.tasks.pretrain import PretrainConfig, mlm_mask, pretrain, seq_len_schedule
+from mambadna.tasks.pretrain import PretrainConfig, lr_at, mlm_mask, pretrain, seq_len_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example_genome.fa"
@@ -77,6 +77,42 @@ def test_resume_with_corrupt_checkpoint_fails_cleanly(tmp_path):
     with pytest.raises(CheckpointError, match="trainer_state.safetensors: corrupt"):
         pretrain(_cfg(out, max_steps=4, resume=True))
     assert not (out / "checkpoint-0000004").exists()
+
+
+def test_time_budget_schedule_runs_over_progress():
+    cfg = PretrainConfig.of(genome=str(EXAMPLE), lr=1e-3, max_minutes=10, progress=False)
+    assert cfg.max_steps > 10**9  # no step cap unless given
+    peak, floor = cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio
+    assert lr_at(0, cfg, 0.01) == pytest.approx(peak * 0.2)  # warm-up over the first 5% of the time
+    assert lr_at(500, cfg, 0.05) == pytest.approx(peak)
+    assert lr_at(900, cfg, 0.525) == pytest.approx((peak + floor) / 2)
+    assert lr_at(10**6, cfg, 1.0) == pytest.approx(floor)
+    stepped = PretrainConfig.of(genome=str(EXAMPLE), lr=1e-3, max_minutes=10, warmup_steps=10, max_steps=50)
+    assert stepped.max_steps == 50 and lr_at(0, stepped, 0.2) == pytest.approx(1e-4)  # given warm-up steps rule
+    for bad, msg in ((dict(max_minutes=-1), "--max-minutes must be >= 0"),
+                     (dict(max_minutes=1, seq_len_warmup=True), "needs --seq-len-warmup-steps")):
+        with pytest.raises(InputError, match=msg):
+            PretrainConfig.of(genome=str(EXAMPLE), **bad)
+
+
+def test_time_budget_ends_the_run_with_the_schedule_done(tmp_path):
+    base = dict(genome=str(EXAMPLE), out=str(tmp_path / "t"), seq_len=64, batch_size=4, lr=3e-3,
+                model=ModelConfig(d_model=16, n_layers=1, d_state=4), val_contigs=("chrB",), eval_every=10**6,
+                save_every=10**6, log_every=1, progress=False, seed=3, max_minutes=0.05)
+    res = pretrain(PretrainConfig.of(**base))
+    out = tmp_path / "t"
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) >= 5 and rows[-1]["step"] == res["step"] == len(rows)
+    assert "val_loss" in rows[-1]  # the last step validates, as at --max-steps
+    lrs = [r["lr"] for r in rows]
+    top = lrs.index(max(lrs))
+    assert all(a >= b for a, b in zip(lrs[top:], lrs[top + 1:]))  # cosine after the peak ...
+    assert lrs[-1] < 0.3 * 3e-3  # ... nearly finished when the budget ends
+    assert read_config(out)["step"] == res["step"]
+    ck = sorted(out.glob("checkpoint-*"))[-1]
+    assert json.loads((ck / "trainer_state.json").read_text())["elapsed_s"] > 0
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        pretrain(PretrainConfig.of(**{**base, "resume": True}))
 
 
 def test_seq_len_warmup_schedule_doubles_to_target():

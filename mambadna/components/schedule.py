@@ -11,3 +11,13 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
         return (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def warmup_cosine_progress(progress: float, warmup: float, min_ratio: float) -> float:
+    """The same shape over a fraction of the run (0..1) instead of steps: linear
+    warm-up over the first ``warmup`` of it, cosine decay to ``min_ratio`` at 1
+    (time-budgeted runs, whose step count is not known in advance)."""
+    if progress < warmup:
+        return max(progress, 1e-3) / warmup
+    t = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))

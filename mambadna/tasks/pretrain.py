@@ -29,7 +29,7 @@ from mambadna.components.resume import (TRAINER_JSON, StopRequest, flat_options,
                                         optimizer_state, rng_state, set_rng_state)
 from mambadna.components.resume import load_trainer_state as read_trainer_state
 from mambadna.components.resume import save_trainer_state as write_trainer_state
-from mambadna.components.schedule import warmup_cosine
+from mambadna.components.schedule import warmup_cosine, warmup_cosine_progress
 from mambadna.errors import CheckpointError, InputError, Interrupted, TrainingError
 from mambadna.io.files import atomic_dir, atomic_path, output_lock, publish_mode, jsonable
 from mambadna.kernels import scan_saved_state_limit
@@ -158,7 +158,13 @@ class PretrainConfig:
     out: str = "runs/pretrain"
     """Output folder (locked while the run writes it)."""
     max_steps: int = 1000
-    """Optimizer steps."""
+    """Optimizer steps (with ``max_minutes``: a cap, none unless given)."""
+    max_minutes: float = 0.0
+    """Wall-clock budget of the run in minutes, from its start (0: off). The run
+    stops at the last step that fits, and the learning-rate schedule runs over
+    the budget instead of the steps (warm-up over its first 5%, or over
+    ``warmup_steps`` when given; cosine to the end), so it completes however fast
+    the steps turn out to be. Resuming carries the time already spent."""
     seed: int = 0
     """Seed of the data order, masking and initialisation."""
     device: str = "auto"
@@ -200,7 +206,7 @@ class PretrainConfig:
         _validate_options(self)
 
     @property
-    def warmup(self) -> int:
+    def warmup(self) -> int:  # steps; a time-budgeted run warms up by time (lr_at)
         w = self.optim.warmup_steps
         return w if w >= 0 else max(1, self.max_steps // 20)
 
@@ -292,6 +298,8 @@ class PretrainConfig:
                     secs[k].update(t)
                 else:
                     put(k, v)
+        if top.get("max_minutes") and "max_steps" not in top:
+            top["max_steps"] = _NO_STEP_CAP  # the time budget ends the run
         try:
             return cls(model=ModelConfig.from_dict(secs["model"]), data=DataConfig(**secs["data"]),
                        optim=OptimConfig(**secs["optim"]),
@@ -374,6 +382,10 @@ def _validate_options(cfg: "PretrainConfig") -> None:
     num(o, "weight_decay", 0)
     num(o, "grad_clip", 0, lo_open=True)
     num(o, "warmup_steps", -1, integer=True)
+    num(cfg, "max_minutes", 0)
+    if cfg.max_minutes and d.seq_len_warmup and not d.seq_len_warmup_steps:
+        raise InputError(None, "--seq-len-warmup with --max-minutes needs --seq-len-warmup-steps "
+                               "(the stages cannot be a fraction of an unknown step count)")
     num(d, "mlm_probability", 0, 1, lo_open=True, hi_open=True, flag="mlm_probability")
     num(d, "val_fraction", 0, 1, hi_open=True)
     num(d, "max_n_frac", 0, 1)
@@ -439,9 +451,17 @@ class ObjectiveDataset(torch.utils.data.Dataset):
         return clm_targets(ids)
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up to cfg.optim.lr, cosine decay to cfg.optim.lr * min_lr_ratio at max_steps."""
-    return cfg.optim.lr * warmup_cosine(step, cfg.max_steps, cfg.warmup, cfg.optim.min_lr_ratio)
+_NO_STEP_CAP = 10**12
+
+
+def lr_at(step: int, cfg: PretrainConfig, progress: Optional[float] = None) -> float:
+    """Linear warm-up to cfg.optim.lr, cosine decay to cfg.optim.lr * min_lr_ratio at
+    max_steps; with a time budget, over ``progress`` (elapsed / budget) instead."""
+    if progress is None:
+        return cfg.optim.lr * warmup_cosine(step, cfg.max_steps, cfg.warmup, cfg.optim.min_lr_ratio)
+    w = cfg.optim.warmup_steps
+    f = warmup_cosine_progress(progress, 0.05 if w < 0 else 0.0, cfg.optim.min_lr_ratio)
+    return cfg.optim.lr * (min(f, (step + 1) / w) if w > 0 else f)
 
 
 def seq_len_schedule(cfg: PretrainConfig) -> List[Tuple[int, int]]:
@@ -515,7 +535,7 @@ def _checkpoints(out: Path) -> List[Path]:
 
 
 def _write_checkpoint(out: Path, model: MambaDNA, optimizer, step: int, cfg: PretrainConfig,
-                      samples_seen: int, val: Optional[Dict[str, float]]) -> Path:
+                      samples_seen: int, val: Optional[Dict[str, float]], elapsed_s: float, ended: bool = False) -> Path:
     """Write ``checkpoint-<step>`` atomically (a full disk or an unwritable
     folder leaves the earlier checkpoints as they were), then prune old ones."""
     target = out / f"checkpoint-{step:07d}"
@@ -527,7 +547,8 @@ def _write_checkpoint(out: Path, model: MambaDNA, optimizer, step: int, cfg: Pre
     try:
         with atomic_dir(target, replace=True) as tmp:
             save_model(model, tmp, extra=extra)
-            save_trainer_state(tmp, optimizer, step, samples_seen, {"val": val})
+            save_trainer_state(tmp, optimizer, step, samples_seen, {"val": val, "elapsed_s": elapsed_s,
+                               **({"ended_at_minutes": cfg.max_minutes} if ended else {})})
             publish_mode(tmp, 0o755)
     except OSError as e:
         prev = _checkpoints(out)
@@ -550,7 +571,8 @@ def _first_non_finite(model: torch.nn.Module) -> Optional[str]:
 _RUN_FILES = (WEIGHTS, CONFIG, METRICS, "loss_curve.png", "launch_config.toml", "README.md")
 # options that may change when resuming (they do not change what is computed, or extend it)
 _RESUMABLE = {"out", "resume", "overwrite", "stop_after", "progress", "device", "num_workers", "save_every",
-              "eval_every", "eval_batches", "log_every", "keep_checkpoints", "max_steps", "checkpoint_layers",
+              "eval_every", "eval_batches", "log_every", "keep_checkpoints", "max_steps", "max_minutes",
+              "checkpoint_layers",
               "layer_chunk", "residual_bf16", "scan_state_gib", "bf16", "micro_batch_size"}
 
 
@@ -760,6 +782,7 @@ def _pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
 
 
 def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: Path) -> Dict[str, Any]:
+    t_start = time.perf_counter()  # a time budget counts set-up too
     torch.manual_seed(cfg.seed)
     objective = cfg.model.objective
     use_amp = device.type == "cuda" and cfg.bf16
@@ -774,7 +797,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
         [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1e-8)
 
-    start_step, samples_seen = 0, 0
+    start_step, samples_seen, spent = 0, 0, 0.0  # spent: seconds of earlier sessions of this run
     resumed_from: Optional[Path] = None
     if cfg.resume:
         ckpts = _checkpoints(out) if out.is_dir() else []
@@ -799,6 +822,11 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
         model.load_state_dict(state)
         meta = load_trainer_state(ck, optimizer)
         start_step, samples_seen = meta["step"], meta["samples_seen"]
+        spent = float(meta.get("elapsed_s") or 0.0)
+        ended = meta.get("ended_at_minutes")  # the budget this run already finished
+        if cfg.max_minutes and (spent >= cfg.max_minutes * 60 or (ended and cfg.max_minutes <= ended)):
+            raise CheckpointError(ck, f"has used {spent / 60:.1f} of --max-minutes {cfg.max_minutes:g}: nothing to "
+                                      f"resume (raise --max-minutes to train further)")
         resumed_from = ck
         if dist_info.main:
             log.info(f"resuming from {ck} at step {start_step}")
@@ -852,7 +880,9 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
 
     from tqdm.auto import tqdm
 
-    pbar = tqdm(total=cfg.max_steps, initial=start_step, desc="pretrain", unit="step",
+    budget = cfg.max_minutes * 60.0
+    clock = _Budget(budget) if budget else None
+    pbar = tqdm(total=None if budget else cfg.max_steps, initial=start_step, desc="pretrain", unit="step",
                 disable=not (cfg.progress and dist_info.main), dynamic_ncols=True, file=sys.stderr)
     metrics_f = open(out / METRICS, "a") if dist_info.main else None
     last_loss, last_val = float("nan"), None
@@ -864,6 +894,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
     deferred.__enter__()
     try:
         end_step = min(cfg.max_steps, cfg.stop_after) if cfg.stop_after > 0 else cfg.max_steps
+        done, time_up = start_step, False
         for step in range(start_step, end_step):
             L = stage_at(step)
             B = max(1, tokens_per_step // L)  # constant tokens per optimizer step
@@ -884,9 +915,11 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
             else:
                 inp_all = torch.stack([s[0] for s in samples])
                 lab_all = torch.stack([s[1] for s in samples])
-            n_tok = torch.tensor([(lab_all != -100).sum().item()], dtype=torch.float64, device=device)
-            n_tok = _all_reduce(n_tok, dist_info).item()
-            lr = lr_at(step, cfg)
+            elapsed = spent + time.perf_counter() - t_start
+            red = torch.tensor([(lab_all != -100).sum().item(), elapsed], dtype=torch.float64, device=device)
+            n_tok, elapsed = _all_reduce(red, dist_info).tolist()  # one agreed clock across ranks
+            time_up = clock is not None and clock.last_step(step - start_step, elapsed)
+            lr = lr_at(step, cfg, None if clock is None else min(1.0, elapsed / budget))
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -923,9 +956,10 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
             last_loss = step_loss
             tok_acc += B * L
             done = step + 1
+            final = done == cfg.max_steps or time_up  # the run's end (stop_after only pauses it)
             rec: Dict[str, Any] = {"step": done, "loss": step_loss, "lr": lr, "seq_len": L, "batch": B,
                                    "grad_norm": float(gnorm)}
-            if done % cfg.log_every == 0 or done == cfg.max_steps:
+            if done % cfg.log_every == 0 or final:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
@@ -935,7 +969,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
                 t_last, tok_acc = now, 0
                 pbar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rec['tokens_per_s']:.3g}")
             val_ds = data_for(cfg.data.seq_len)[1]
-            if val_ds is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+            if val_ds is not None and (done % cfg.eval_every == 0 or final):
                 vl = torch.utils.data.DataLoader(val_ds, batch_size=max(1, cfg.data.micro_batch_size or cfg.data.batch_size))
                 last_val = evaluate(model, vl, device, autocast)
                 rec.update(last_val)
@@ -943,37 +977,75 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
                 metrics_f.write(json.dumps(rec) + "\n")
                 metrics_f.flush()
             pbar.update(1)
-            if (done % cfg.save_every == 0 or done == end_step) and dist_info.main:
-                last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val)
+            if clock is not None and done % cfg.log_every == 0:
+                est = clock.steps_estimate(step - start_step, elapsed)
+                pbar.total = None if est is None else est + start_step
+            spent_now = spent + time.perf_counter() - t_start
+            if (done % cfg.save_every == 0 or done == end_step or final) and dist_info.main:
+                last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val, spent_now,
+                                              ended=time_up)
             if _stop_requested(stop, dist_info, device):
                 if dist_info.main and (last_ckpt is None or last_ckpt.name != f"checkpoint-{done:07d}"):
-                    last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val)
+                    last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val, spent_now)
                 if dist_info.world > 1:
                     import torch.distributed as dist
 
                     dist.barrier()
-                raise Interrupted(stop.signum or 15, f"stopped after step {done} of {cfg.max_steps}; checkpoint "
+                raise Interrupted(stop.signum or 15, f"stopped after step {done}"
+                                  f"{'' if budget else f' of {cfg.max_steps}'}; checkpoint "
                                   f"{last_ckpt}; continue with the same command plus --resume")
+            if final:
+                break
     finally:
         deferred.__exit__(None, None, None)
         stop.__exit__(None, None, None)
         pbar.close()
         if metrics_f:
             metrics_f.close()
-    if dist_info.main and end_step == cfg.max_steps:
+    finished = done == cfg.max_steps or time_up
+    if dist_info.main and finished:
         try:
-            _write_final(out, model, cfg, last_val)
+            _write_final(out, model, cfg, last_val, done)
         except OSError as e:
             raise TrainingError(f"cannot write the final model into {out} ({e.strerror or e}); the checkpoint "
                                 f"{last_ckpt} is intact: free space, then run again with --resume") from None
-        if math.isfinite(last_loss) and end_step >= 100 and last_loss > math.log(4) + 0.05:
+        if math.isfinite(last_loss) and done >= 100 and last_loss > math.log(4) + 0.05:
             log.warning("final training loss %.3f is no better than guessing (ln 4 = 1.386): the run may have "
                         "collapsed (check --lr and the data)", last_loss)
     if dist_info.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return {"step": end_step, "loss": last_loss, "val": last_val, "out": str(out)}
+    return {"step": done, "loss": last_loss, "val": last_val, "out": str(out)}
+
+
+class _Budget:
+    """When a time-budgeted run takes its last step: each rank sees the same
+    (all-reduced) clock, so all agree. Step time is the mean since the second
+    step of this session (the first one compiles kernels)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.first = seconds, None
+
+    def _per_step(self, i: int, elapsed: float) -> Optional[float]:
+        if i == 1:
+            self.first = elapsed
+        if self.first is None or i < 2:
+            return None
+        return (elapsed - self.first) / (i - 1)
+
+    def last_step(self, i: int, elapsed: float) -> bool:
+        """Step ``i`` (of this session) starting at ``elapsed`` seconds is the last
+        when the one after it would end past the budget."""
+        if elapsed >= self.seconds:
+            return True
+        dt = self._per_step(i, elapsed)
+        return dt is not None and elapsed + 2 * dt > self.seconds
+
+    def steps_estimate(self, i: int, elapsed: float) -> Optional[int]:
+        """Steps of this session in all, as the pace so far predicts."""
+        dt = self._per_step(i, elapsed)
+        return None if not dt else i + 1 + int(max(0.0, self.seconds - elapsed) / dt)
 
 
 def _stop_requested(stop: StopRequest, dist_info: _Dist, device: torch.device) -> bool:
@@ -989,12 +1061,12 @@ def _stop_requested(stop: StopRequest, dist_info: _Dist, device: torch.device) -
     return bool(flag.item())
 
 
-def _write_final(out: Path, model: MambaDNA, cfg: PretrainConfig, val) -> None:
+def _write_final(out: Path, model: MambaDNA, cfg: PretrainConfig, val, step: int) -> None:
     """Final model files in ``out`` (each written atomically) and the loss-curve PNG."""
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        save_model(model, tmp, extra={"pretrain": jsonable(cfg.to_dict()), "step": cfg.max_steps,
+        save_model(model, tmp, extra={"pretrain": jsonable(cfg.to_dict()), "step": step,
                                       "val": val})
         for name in (WEIGHTS, CONFIG, "README.md"):  # README.md: the model card save_model writes
             os.replace(Path(tmp) / name, out / name)
