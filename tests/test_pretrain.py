@@ -105,6 +105,7 @@ def test_time_budget_ends_the_run_with_the_schedule_done(tmp_path):
     assert len(rows) >= 5 and rows[-1]["step"] == res["step"] == len(rows)
     assert "val_loss" in rows[-1]  # the last step validates, as at --max-steps
     lrs = [r["lr"] for r in rows]
+    assert lrs[0] < 0.05 * 3e-3  # the schedule starts after set-up and the compiling first step
     top = lrs.index(max(lrs))
     assert all(a >= b for a, b in zip(lrs[top:], lrs[top + 1:]))  # cosine after the peak ...
     assert lrs[-1] < 0.3 * 3e-3  # ... nearly finished when the budget ends
@@ -113,6 +114,10 @@ def test_time_budget_ends_the_run_with_the_schedule_done(tmp_path):
     assert json.loads((ck / "trainer_state.json").read_text())["elapsed_s"] > 0
     with pytest.raises(CheckpointError, match="nothing to resume"):
         pretrain(PretrainConfig.of(**{**base, "resume": True}))
+    more = pretrain(PretrainConfig.of(**{**base, "resume": True, "max_minutes": 0.1}))  # a larger budget goes on
+    assert more["step"] > res["step"]
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, more["step"] + 1))
 
 
 def test_seq_len_warmup_schedule_doubles_to_target():

@@ -535,7 +535,8 @@ def _checkpoints(out: Path) -> List[Path]:
 
 
 def _write_checkpoint(out: Path, model: MambaDNA, optimizer, step: int, cfg: PretrainConfig,
-                      samples_seen: int, val: Optional[Dict[str, float]], elapsed_s: float, ended: bool = False) -> Path:
+                      samples_seen: int, val: Optional[Dict[str, float]], elapsed_s: float, ended: bool = False,
+                      origin: Optional[float] = None) -> Path:
     """Write ``checkpoint-<step>`` atomically (a full disk or an unwritable
     folder leaves the earlier checkpoints as they were), then prune old ones."""
     target = out / f"checkpoint-{step:07d}"
@@ -548,7 +549,8 @@ def _write_checkpoint(out: Path, model: MambaDNA, optimizer, step: int, cfg: Pre
         with atomic_dir(target, replace=True) as tmp:
             save_model(model, tmp, extra=extra)
             save_trainer_state(tmp, optimizer, step, samples_seen, {"val": val, "elapsed_s": elapsed_s,
-                               **({"ended_at_minutes": cfg.max_minutes} if ended else {})})
+                               **({"ended_at_minutes": cfg.max_minutes} if ended else {}),
+                               **({"schedule_origin_s": origin} if origin is not None else {})})
             publish_mode(tmp, 0o755)
     except OSError as e:
         prev = _checkpoints(out)
@@ -797,7 +799,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
         [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1e-8)
 
-    start_step, samples_seen, spent = 0, 0, 0.0  # spent: seconds of earlier sessions of this run
+    start_step, samples_seen, spent, origin = 0, 0, 0.0, None  # spent: seconds of earlier sessions of this run
     resumed_from: Optional[Path] = None
     if cfg.resume:
         ckpts = _checkpoints(out) if out.is_dir() else []
@@ -823,6 +825,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
         meta = load_trainer_state(ck, optimizer)
         start_step, samples_seen = meta["step"], meta["samples_seen"]
         spent = float(meta.get("elapsed_s") or 0.0)
+        origin = meta.get("schedule_origin_s")
         ended = meta.get("ended_at_minutes")  # the budget this run already finished
         if cfg.max_minutes and (spent >= cfg.max_minutes * 60 or (ended and cfg.max_minutes <= ended)):
             raise CheckpointError(ck, f"has used {spent / 60:.1f} of --max-minutes {cfg.max_minutes:g}: nothing to "
@@ -881,7 +884,7 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
     from tqdm.auto import tqdm
 
     budget = cfg.max_minutes * 60.0
-    clock = _Budget(budget) if budget else None
+    clock = _Budget(budget, origin) if budget else None
     pbar = tqdm(total=None if budget else cfg.max_steps, initial=start_step, desc="pretrain", unit="step",
                 disable=not (cfg.progress and dist_info.main), dynamic_ncols=True, file=sys.stderr)
     metrics_f = open(out / METRICS, "a") if dist_info.main else None
@@ -918,8 +921,9 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
             elapsed = spent + time.perf_counter() - t_start
             red = torch.tensor([(lab_all != -100).sum().item(), elapsed], dtype=torch.float64, device=device)
             n_tok, elapsed = _all_reduce(red, dist_info).tolist()  # one agreed clock across ranks
+            progress = None if clock is None else clock.progress(step - start_step, elapsed)
             time_up = clock is not None and clock.last_step(step - start_step, elapsed)
-            lr = lr_at(step, cfg, None if clock is None else min(1.0, elapsed / budget))
+            lr = lr_at(step, cfg, progress)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -983,10 +987,11 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
             spent_now = spent + time.perf_counter() - t_start
             if (done % cfg.save_every == 0 or done == end_step or final) and dist_info.main:
                 last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val, spent_now,
-                                              ended=time_up)
+                                              ended=time_up, origin=clock and clock.origin)
             if _stop_requested(stop, dist_info, device):
                 if dist_info.main and (last_ckpt is None or last_ckpt.name != f"checkpoint-{done:07d}"):
-                    last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val, spent_now)
+                    last_ckpt = _write_checkpoint(out, model, optimizer, done, cfg, samples_seen, last_val, spent_now,
+                                                  origin=clock and clock.origin)
                 if dist_info.world > 1:
                     import torch.distributed as dist
 
@@ -1020,16 +1025,25 @@ def _train(cfg: PretrainConfig, dist_info: "_Dist", device: torch.device, out: P
 
 
 class _Budget:
-    """When a time-budgeted run takes its last step: each rank sees the same
-    (all-reduced) clock, so all agree. Step time is the mean since the second
-    step of this session (the first one compiles kernels)."""
+    """A time-budgeted run's clock: where its schedule stands and when it takes its
+    last step. Each rank sees the same (all-reduced) clock, so all agree. The
+    schedule starts at the second step of the run (``origin``, seconds): set-up and
+    the first step, which compiles the kernels, do not eat the warm-up. Step time is
+    the mean since the second step of this session."""
 
-    def __init__(self, seconds: float):
-        self.seconds, self.first = seconds, None
+    def __init__(self, seconds: float, origin: Optional[float] = None):
+        self.seconds, self.origin, self.first = seconds, origin, None
 
-    def _per_step(self, i: int, elapsed: float) -> Optional[float]:
+    def progress(self, i: int, elapsed: float) -> float:
+        """Fraction of the schedule done at the start of step ``i`` of this session."""
         if i == 1:
             self.first = elapsed
+            self.origin = elapsed if self.origin is None else self.origin
+        if self.origin is None:
+            return 0.0
+        return min(1.0, max(0.0, (elapsed - self.origin) / max(1e-9, self.seconds - self.origin)))
+
+    def _per_step(self, i: int, elapsed: float) -> Optional[float]:
         if self.first is None or i < 2:
             return None
         return (elapsed - self.first) / (i - 1)
