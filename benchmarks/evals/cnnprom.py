@@ -13,6 +13,7 @@ used its own protocol) and writes `cnnprom.md`, `cnnprom.json` and the figure `c
     python benchmarks/evals/cnnprom.py --pretrained runs/genomes3 [--seeds 3] [--device cuda]
     python benchmarks/evals/cnnprom.py --pretrain-steps 3000 ...   # pretrain first, on every genome of
                                                                    # shared/data/genomes at once
+    python benchmarks/evals/cnnprom.py --pretrain-minutes 12 --seeds 3 --jobs 5 --device cuda   # the README run
     python benchmarks/evals/cnnprom.py --device cpu --quick        # script check: tiny model, 150 seqs/set
 
 `--set KEY=VALUE` (repeatable) overrides a FinetuneConfig field for every run (e.g. --set lr=1e-3).
@@ -62,17 +63,18 @@ def random_init_like(model_dir: Path, dest: Path, seed: int) -> Path:
     return dest
 
 
-def pretrain_genomes(out: Path, steps: int, device: str, quick: bool) -> Path:
+def pretrain_genomes(out: Path, steps: int, device: str, quick: bool, minutes: float = 0.0) -> Path:
     """Pretrain on every genome FASTA of shared/data/genomes at once (sampled by length, 1% of each
-    contig held out for validation)."""
+    contig held out for validation), for ``steps`` or, with ``minutes``, for that wall-clock budget."""
     from mambadna.model.config import ModelConfig
     from mambadna.tasks.pretrain import PretrainConfig, pretrain
 
     genomes = sorted(str(p) for p in (common.data_dir() / "genomes").glob("*.f*a.gz"))
     shape = dict(d_model=32, n_layers=2, d_state=8) if quick else dict(d_model=256, n_layers=8, d_state=16)
     cfg = PretrainConfig.of(genome=genomes, out=str(out), seq_len=128 if quick else 1024,
-                         batch_size=8 if quick else 64, max_steps=steps, lr=2e-3, device=device,
-                         val_fraction=0.01, eval_every=max(1, steps // 10), save_every=10 ** 9,
+                         batch_size=8 if quick else 64, lr=2e-3, device=device,
+                         **({"max_minutes": minutes} if minutes else {"max_steps": steps}),
+                         val_fraction=0.01, eval_every=1000 if minutes else max(1, steps // 10), save_every=10 ** 9,
                          progress=False, model=ModelConfig(bidirectional=True, **shape))
     t0 = time.time()
     pretrain(cfg)
@@ -106,12 +108,12 @@ def _ms(block, key="mcc"):
     if s and key in s["mean"]:
         return s["mean"][key], s["sd"][key]
     v = block.get(key)
-    return (v, 0.0) if v is not None else (None, None)
+    return (v, None) if v is not None else (None, None)
 
 
 def _pm(ms) -> str:
     m, s = ms
-    return "n/a" if m is None else f"{m:.3f} ± {s:.3f}"
+    return "n/a" if m is None else f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}"
 
 
 def run_set(name: str, data: Path, pretrained: Path, random_dir: Path, out: Path, args, overrides) -> dict:
@@ -159,7 +161,7 @@ def run_parallel(args, pretrained: Path, argv) -> None:
     for a in (sys.argv[1:] if argv is None else list(argv)):  # drop --sets/--jobs/--pretrain-steps
         if skip and not a.startswith("--"):
             continue
-        skip = a in ("--sets", "--jobs", "--pretrain-steps", "--pretrained")
+        skip = a in ("--sets", "--jobs", "--pretrain-steps", "--pretrain-minutes", "--pretrained")
         if not skip:
             rest.append(a)
     pending, running = list(args.sets), []
@@ -226,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="pretrain first on every genome of shared/data/genomes (8 x 256 BiMamba, 1024 bp, "
                          "batch 64) for this many steps; the model goes to OUT/pretrained")
+    ap.add_argument("--pretrain-minutes", type=float, default=None,
+                    help="the same pretraining for this wall-clock budget (pretrain --max-minutes) instead")
     ap.add_argument("--data", type=Path, default=None, help="CNNProm FASTA folder [shared/data/cnnprom_promoters]")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--seeds", type=int, default=3)
@@ -258,9 +262,10 @@ def main(argv=None) -> int:
     pretrained = args.pretrained
     if pretrained is None:
         steps = args.pretrain_steps or (20 if args.quick else None)
-        if steps is None:
-            ap.error("give --pretrained DIR or --pretrain-steps N")
-        pretrained = pretrain_genomes(args.out / "pretrained", steps, args.device, args.quick)
+        if steps is None and not args.pretrain_minutes:
+            ap.error("give --pretrained DIR, --pretrain-steps N or --pretrain-minutes M")
+        pretrained = pretrain_genomes(args.out / "pretrained", steps or 0, args.device, args.quick,
+                                      minutes=args.pretrain_minutes or 0.0)
     random_dir = args.out / "random_init_model"
     if not (args.reuse and (random_dir / "model.safetensors").is_file()):
         random_init_like(pretrained, random_dir, seed=0)
