@@ -105,7 +105,7 @@ def decode(ids: np.ndarray, *, keep_special: bool = False) -> str:
     return _DECODE[ids.astype(np.intp)].tobytes().decode("ascii")
 
 
-_COMPLEMENT_ON: dict = {}  # torch.device -> the complement table there
+_COMPLEMENT_T = []  # the complement table as a torch tensor (made at first use: torch is imported lazily)
 
 
 def reverse_complement(ids):
@@ -117,10 +117,11 @@ def reverse_complement(ids):
         import torch
 
         if isinstance(ids, torch.Tensor):
-            lut = _COMPLEMENT_ON.get(ids.device)
-            if lut is None:  # once per device: a copy from host memory waits for the device's queued work
-                lut = _COMPLEMENT_ON[ids.device] = torch.as_tensor(_COMPLEMENT.astype(np.int64), device=ids.device)
-            return lut[ids.long()].to(ids.dtype).flip(-1)
+            from mambadna.components.device import constant_on
+
+            if not _COMPLEMENT_T:
+                _COMPLEMENT_T.append(torch.as_tensor(_COMPLEMENT.astype(np.int64)))
+            return constant_on(_COMPLEMENT_T[0], ids.device)[ids.long()].to(ids.dtype).flip(-1)
     except ImportError:  # pragma: no cover
         pass
     arr = np.asarray(ids)

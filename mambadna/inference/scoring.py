@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mambadna.components.device import constant_on
 from mambadna.errors import InputError
 from mambadna.inference.engine import Embedder, prefetch, to_host_async
 from mambadna.model.encoder import MambaDNA
@@ -43,20 +44,6 @@ _NUC = torch.tensor([A, C, G, T])
 _NUC_COL = torch.full((16,), -1, dtype=torch.long)  # token id -> column of A, C, G, T (-1: not a base)
 for _j, _t in enumerate((A, C, G, T)):
     _NUC_COL[_t] = _j
-_ON: Dict[Tuple[int, torch.device], Tensor] = {}
-
-
-def _on(t: Tensor, device: torch.device) -> Tensor:
-    """A module constant on ``device``, copied once: a copy from pageable host
-    memory waits for all the work queued on the device, which would stall the
-    pipeline of scoring groups at every call."""
-    key = (id(t), device)
-    c = _ON.get(key)
-    if c is None:
-        c = _ON[key] = t.to(device)
-    return c
-
-
 def _host_to(dev: torch.device, arr: np.ndarray) -> Tensor:
     """A host array on ``dev`` without waiting for the device (pinned, asynchronous on CUDA)."""
     t = torch.from_numpy(np.ascontiguousarray(arr))
@@ -82,7 +69,7 @@ def parse_scores(spec: Optional[str], has_head: bool) -> Tuple[str, ...]:
 def allele_logp(lp: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
     """Sum over masked positions of log P(ids) (an N counts as log 1/4).
     lp: (batch, L, 4) log-probabilities over A, C, G, T; ids, mask: (batch, L)."""
-    col = _on(_NUC_COL, ids.device)[ids.long().clamp(max=15)]
+    col = constant_on(_NUC_COL, ids.device)[ids.long().clamp(max=15)]
     val = lp.gather(-1, col.clamp(min=0)[..., None])[..., 0]
     val = torch.where(col >= 0, val, torch.full_like(val, math.log(0.25)))
     return (val * mask).sum(-1)
@@ -172,13 +159,13 @@ class Scorer:
         if h is None:
             h = self.engine.hidden(ids, -1)
         logits = self.encoder.lm_logits(h).float()
-        return torch.log_softmax(logits[..., _on(_NUC, ids.device)], dim=-1)
+        return torch.log_softmax(logits[..., constant_on(_NUC, ids.device)], dim=-1)
 
     @torch.no_grad()
     def window_loglik(self, ids: Tensor, h: Optional[Tensor] = None) -> Tensor:
         """Causal: sum_t log P(x_t | x_<t) over nucleotide targets: (batch,)."""
         lp = self.nuc_logprobs(ids, h)[:, :-1]
-        col = _on(_NUC_COL, ids.device)[ids[:, 1:].long().clamp(max=15)]
+        col = constant_on(_NUC_COL, ids.device)[ids[:, 1:].long().clamp(max=15)]
         val = lp.gather(-1, col.clamp(min=0)[..., None])[..., 0]
         return (val * (col >= 0)).sum(-1)
 
@@ -188,7 +175,7 @@ class Scorer:
         log-likelihood; masked-LM pseudo-log-likelihood with every
         PLL_STRIDE-th position masked per pass (PLL_STRIDE passes)."""
         b, L = ids.shape
-        col = _on(_NUC_COL, ids.device)[ids.long().clamp(max=15)]
+        col = constant_on(_NUC_COL, ids.device)[ids.long().clamp(max=15)]
         if self.causal:
             return self.window_loglik(ids) / (col[:, 1:] >= 0).sum(-1).clamp(min=1)
         total = torch.zeros(b, device=ids.device)
