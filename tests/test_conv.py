@@ -9,13 +9,10 @@ from mambadna.kernels.conv import triton as tc
 
 @pytest.fixture(autouse=True)
 def _small_blocks():
-    old = dict(tc.CONFIG)
     # 2 row tiles per backward program: L = 24 is 3 tiles on 2 programs (2 + 1), L = 13 ends
     # in a ragged tile
-    tc.CONFIG.update(block_l=8, block_d=4, warps=1, bwd_block_l=8, bwd_block_d=4, bwd_warps=1, bwd_tiles=2)
-    yield
-    tc.CONFIG.clear()
-    tc.CONFIG.update(old)
+    with tc.use_tuning(block_l=8, block_d=4, warps=1, bwd_block_l=8, bwd_block_d=4, bwd_warps=1, bwd_tiles=2):
+        yield
 
 
 def _run(backend, x, w, b, c, rev, act, g):
@@ -62,15 +59,15 @@ def test_backward_tiles_per_program(L, bl, tiles, rev, ctx, bias, act):
     """Backward programs streaming runs of several row tiles (dweight/dbias summed over them
     in registers, K-1 rows read past the run): ragged last tile, program count not dividing
     the tile count, L < K, activation off."""
-    tc.CONFIG.update(bwd_block_l=bl, bwd_tiles=tiles)
-    _compare(2, L, 6, 4, rev, ctx, bias, act, seed=L + 10 * tiles + 2 * rev + ctx)
+    with tc.use_tuning(bwd_block_l=bl, bwd_tiles=tiles):
+        _compare(2, L, 6, 4, rev, ctx, bias, act, seed=L + 10 * tiles + 2 * rev + ctx)
 
 
 @pytest.mark.parametrize("K", [2, 3, 5])
 def test_backward_other_widths(K):
     """d_conv other than 4 (windows of K-1 rows of x and of the gradient)."""
-    tc.CONFIG.update(bwd_block_l=4, bwd_tiles=3)
-    _compare(1, 17, 5, K, K % 2 == 1, True, True, True, seed=K)
+    with tc.use_tuning(bwd_block_l=4, bwd_tiles=3):
+        _compare(1, 17, 5, K, K % 2 == 1, True, True, True, seed=K)
 
 
 def test_no_bias_no_activation_bf16():
@@ -118,16 +115,30 @@ def test_chunks_with_context_equal_whole():
 def test_gpu_bf16_matches_reference(rev):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    tc.CONFIG.update(block_l=32, block_d=64, warps=4, bwd_block_l=4, bwd_block_d=128, bwd_warps=1, bwd_tiles=0)
-    torch.manual_seed(3)
-    b, L, D, K = 2, 4099, 192, 4
-    x = torch.randn(b, L, D, device="cuda").bfloat16()
-    w = torch.randn(D, 1, K, device="cuda") * 0.5
-    bias = torch.randn(D, device="cuda")
-    c = torch.randn(b, K - 1, D, device="cuda").bfloat16()
-    g = torch.randn(b, L, D, device="cuda").bfloat16()
-    ref = _run("reference", x.float(), w, bias, c.float(), rev, True, g.float())
-    out = _run("triton", x, w, bias, c, rev, True, g)
-    for name, r, o in zip(("y", "dx", "dw", "dbias", "dcontext"), ref, out):
-        err = ((o.float() - r).norm() / r.norm()).item()
-        assert err < 1e-2, (name, err)
+    with tc.use_tuning(tc.ConvTuning()):  # the shipped blocking
+        torch.manual_seed(3)
+        b, L, D, K = 2, 4099, 192, 4
+        x = torch.randn(b, L, D, device="cuda").bfloat16()
+        w = torch.randn(D, 1, K, device="cuda") * 0.5
+        bias = torch.randn(D, device="cuda")
+        c = torch.randn(b, K - 1, D, device="cuda").bfloat16()
+        g = torch.randn(b, L, D, device="cuda").bfloat16()
+        ref = _run("reference", x.float(), w, bias, c.float(), rev, True, g.float())
+        out = _run("triton", x, w, bias, c, rev, True, g)
+        for name, r, o in zip(("y", "dx", "dw", "dbias", "dcontext"), ref, out):
+            err = ((o.float() - r).norm() / r.norm()).item()
+            assert err < 1e-2, (name, err)
+
+
+def test_tuning_is_scoped_to_the_block_and_thread():
+    import threading
+
+    assert tc.tuning().block_l == 8  # the fixture's blocking
+    with tc.use_tuning(block_l=16):
+        assert tc._geom(torch.empty(1, 40, 4), tc.tuning())[0] == 16
+    assert tc.tuning().block_l == 8
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(tc.tuning()))
+    t.start()
+    t.join()
+    assert seen == [tc.ConvTuning()]  # another thread launches with the shipped blocking

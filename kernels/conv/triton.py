@@ -26,22 +26,45 @@ edge rows.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-# Forward: block_l x block_d, the (rows, channels) tile of a program, on `warps` warps.
-# Backward: a program streams a run of bwd_tiles x bwd_block_l rows of bwd_block_d channels,
-# one (bwd_block_d,) vector a row, bwd_block_l rows loaded at a time, on bwd_warps warps:
-# 128 channels on 1 warp is 4 a thread (8-byte bf16 accesses, 256 B a warp a row), 4 rows
-# a step fit 128 registers on sm_90a (8 rows: 168). bwd_tiles = 0 sizes the runs so the
-# grid is one wave of bwd_per_sm programs an SM (16 one-warp programs of <= 128 registers
-# fit an SM): the fewest programs, each writing one (K+1, bwd_block_d) fp32 partial of
-# dweight/dbias (summed on the host); bwd_tiles > 0 fixes the run length instead.
-CONFIG = {"block_l": 32, "block_d": 64, "warps": 4,
-          "bwd_block_l": 4, "bwd_block_d": 128, "bwd_warps": 1, "bwd_tiles": 0, "bwd_per_sm": 16}
+from ..tuning import Tuned
+
+@dataclass(frozen=True)
+class ConvTuning:
+    """The conv's blocking (chosen on the H100). 128 channels on 1 warp is 4 a thread
+    (8-byte bf16 accesses, 256 B a warp a row); 4 rows a step fit 128 registers on
+    sm_90a (8 rows: 168)."""
+
+    block_l: int = 32
+    """Forward: rows of a program's tile."""
+    block_d: int = 64
+    """Forward: channels of a program's tile."""
+    warps: int = 4
+    """Forward: warps a program."""
+    bwd_block_l: int = 4
+    """Backward: rows loaded at a time (a run streams several such tiles)."""
+    bwd_block_d: int = 128
+    """Backward: channels a program, one (bwd_block_d,) vector a row."""
+    bwd_warps: int = 1
+    """Backward: warps a program."""
+    bwd_per_sm: int = 16
+    """Backward: the runs are sized so the grid is one wave of this many programs an SM
+    (one-warp programs of <= 128 registers): the fewest programs, each writing one
+    (K+1, bwd_block_d) fp32 partial of dweight/dbias, summed on the host."""
+    bwd_tiles: int = 0
+    """Backward: row tiles a run, fixed (> 0; tests, to stream several tiles a program
+    where one wave of a 1-SM CPU gives other runs); 0: from bwd_per_sm."""
+
+
+_TUNED = Tuned("mambadna_conv_tuning", ConvTuning())
+tuning = _TUNED.get
+use_tuning = _TUNED.use
 
 
 @triton.jit
@@ -246,24 +269,24 @@ def _conv_bwd_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, 
         tl.store(dw_ptr + (part * D + cols) * K + j, dws[j], mask=mask_c)
 
 
-def _geom(x):
+def _geom(x, tu: ConvTuning):
     b, L, D = x.shape
-    BL = min(CONFIG["block_l"], triton.next_power_of_2(max(L, 1)))
-    BD = min(CONFIG["block_d"], triton.next_power_of_2(D))
+    BL = min(tu.block_l, triton.next_power_of_2(max(L, 1)))
+    BD = min(tu.block_d, triton.next_power_of_2(D))
     return BL, BD, (triton.cdiv(L, BL), triton.cdiv(D, BD), b)
 
 
-def _launch_fwd(x, w, bias, context, reverse, act):
+def _launch_fwd(x, w, bias, context, reverse, act, tu: ConvTuning):
     b, L, D = x.shape
     K = w.shape[1]
     y = torch.empty_like(x)
-    BL, BD, grid = _geom(x)
+    BL, BD, grid = _geom(x, tu)
     c = context if context is not None else x
     _conv_fwd_kernel[grid](
         x, c, w, bias if bias is not None else w, y, L, D,
         x.stride(0), x.stride(1), c.stride(0), c.stride(1), y.stride(0), y.stride(1),
         K=K, BL=BL, BD=BD, HAS_CTX=context is not None, HAS_BIAS=bias is not None, REV=reverse, ACT=act,
-        num_warps=CONFIG["warps"],
+        num_warps=tu.warps,
     )
     return y
 
@@ -274,7 +297,8 @@ class _ConvFn(torch.autograd.Function):
         w = weight.float().contiguous()
         bf = None if bias is None else bias.float().contiguous()
         c = None if context is None else context.to(x.dtype).contiguous()
-        y = _launch_fwd(x, w, bf, c, reverse, act)
+        ctx.tu = tuning()  # the backward may run in autograd's device thread
+        y = _launch_fwd(x, w, bf, c, reverse, act, ctx.tu)
         ctx.save_for_backward(x, w, bf, c)
         ctx.flags = (reverse, act, weight.dtype, None if bias is None else bias.dtype,
                      None if context is None else context.dtype)
@@ -287,13 +311,14 @@ class _ConvFn(torch.autograd.Function):
         gy = gy if gy.stride(-1) == 1 else gy.contiguous()
         b, L, D = x.shape
         K = w.shape[1]
-        BL = CONFIG["bwd_block_l"]
-        BD = min(CONFIG["bwd_block_d"], triton.next_power_of_2(D))
+        tu = ctx.tu
+        BL = tu.bwd_block_l
+        BD = min(tu.bwd_block_d, triton.next_power_of_2(D))
         NLT, NC = triton.cdiv(L, BL), triton.cdiv(D, BD)
-        TPP = CONFIG["bwd_tiles"]
+        TPP = tu.bwd_tiles
         if TPP <= 0:  # one wave: as many runs along the length as the SMs hold programs
             n_sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
-            TPP = triton.cdiv(NLT, max(1, n_sm * CONFIG["bwd_per_sm"] // (NC * b)))
+            TPP = triton.cdiv(NLT, max(1, n_sm * tu.bwd_per_sm // (NC * b)))
         TPP = max(1, min(TPP, NLT))
         NP = triton.cdiv(NLT, TPP)
         dx = torch.empty_like(x)
@@ -305,7 +330,7 @@ class _ConvFn(torch.autograd.Function):
             x.stride(0), x.stride(1), cc.stride(0), cc.stride(1), gy.stride(0), gy.stride(1),
             dx.stride(0), dx.stride(1),
             K=K, BL=BL, BD=BD, HAS_CTX=c is not None, HAS_BIAS=bf is not None, REV=reverse, ACT=act,
-            num_warps=CONFIG["bwd_warps"],
+            num_warps=tu.bwd_warps,
         )
         dweight = dw.sum(0).to(w_dt)
         dbias = db.sum(0).to(b_dt) if bf is not None else None

@@ -10,13 +10,31 @@ Reference: :func:`mambadna.kernels.norm.reference.rms_norm_ref`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-CONFIG = {"rows": 4096, "warps": 4, "max_programs": 1024}  # rows: elements per tile / BD
+from ..tuning import Tuned
+
+
+@dataclass(frozen=True)
+class NormTuning:
+    """The norm's blocking."""
+
+    rows: int = 4096
+    """Elements a tile: rows = this // the padded width (at most 64)."""
+    warps: int = 4
+    """Warps a program."""
+    max_programs: int = 1024
+    """Backward: programs at most (each writes one fp32 partial of dweight)."""
+
+
+_TUNED = Tuned("mambadna_norm_tuning", NormTuning())
+tuning = _TUNED.get
+use_tuning = _TUNED.use
 
 
 @triton.jit
@@ -60,9 +78,9 @@ def _rms_bwd_kernel(x_ptr, w_ptr, g_ptr, r_ptr, dx_ptr, dw_ptr, M, D, NPROG,
     tl.store(dw_ptr + pid.to(tl.int64) * D + cols, dw, mask=mask_c)
 
 
-def _geom(M: int, D: int):
+def _geom(M: int, D: int, tu: NormTuning):
     BD = triton.next_power_of_2(D)
-    BM = max(1, min(64, CONFIG["rows"] // BD))
+    BM = max(1, min(64, tu.rows // BD))
     return BM, BD, triton.cdiv(M, BM)
 
 
@@ -74,12 +92,14 @@ class _RMSNormFn(torch.autograd.Function):
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         M = x2.shape[0]
-        BM, BD, nblk = _geom(M, D)
+        tu = ctx.tu = tuning()  # the backward may run in autograd's device thread
+        BM, BD, nblk = _geom(M, D, tu)
         y = torch.empty(M, D, device=x.device, dtype=out_dtype)
         r = torch.empty(M, device=x.device, dtype=torch.float32)
         w = weight.contiguous()
         if M:
-            _rms_fwd_kernel[(nblk,)](x2, w, y, r, M, D, float(eps), BM=BM, BD=BD, num_warps=CONFIG["warps"])
+            _rms_fwd_kernel[(nblk,)](x_ptr=x2, w_ptr=w, y_ptr=y, r_ptr=r, M=M, D=D, eps=float(eps), BM=BM, BD=BD,
+                                     num_warps=tu.warps)
         ctx.save_for_backward(x2, w, r)
         ctx.shape = x.shape
         return y.view(x.shape)
@@ -91,13 +111,14 @@ class _RMSNormFn(torch.autograd.Function):
         g2 = g.reshape(-1, D)
         if not g2.is_contiguous():
             g2 = g2.contiguous()
-        BM, BD, nblk = _geom(M, D)
-        nprog = max(1, min(nblk, CONFIG["max_programs"]))
+        tu = ctx.tu
+        BM, BD, nblk = _geom(M, D, tu)
+        nprog = max(1, min(nblk, tu.max_programs))
         dx = torch.empty_like(x2)
         dw = torch.empty(nprog, D, device=x2.device, dtype=torch.float32)
         if M:
-            _rms_bwd_kernel[(nprog,)](x2, w, g2, r, dx, dw, M, D, nprog, BM=BM, BD=BD,
-                                      num_warps=CONFIG["warps"])
+            _rms_bwd_kernel[(nprog,)](x_ptr=x2, w_ptr=w, g_ptr=g2, r_ptr=r, dx_ptr=dx, dw_ptr=dw, M=M, D=D,
+                                      NPROG=nprog, BM=BM, BD=BD, num_warps=tu.warps)
         else:
             dw.zero_()
         gw = dw.sum(0).to(w.dtype) if ctx.needs_input_grad[1] else None

@@ -30,18 +30,16 @@ states kept between passes are bounded per device by :data:`.budget.BUDGET`.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import weakref
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from ..tuning import Tuned
 from .budget import BUDGET
 
 SUB = 2  # backward: positions recomputed into registers at a time (the walks are written for 2)
@@ -99,23 +97,9 @@ class ScanTuning:
         return cls(seg=16, block_d=4, block_d_bwd=2, combine_lanes=16, combine_tile=32, min_programs=10**9)
 
 
-_TUNING: ContextVar[ScanTuning] = ContextVar("mambadna_scan_tuning", default=ScanTuning())
-
-
-def tuning() -> ScanTuning:
-    """The tuning that scans started now (in this thread / context) use."""
-    return _TUNING.get()
-
-
-@contextlib.contextmanager
-def use_tuning(base: Optional[ScanTuning] = None, **changes) -> Iterator[ScanTuning]:
-    """Within the block (this thread / context), scans use base (default: the current
-    tuning) with the given fields changed."""
-    token = _TUNING.set(dataclasses.replace(base or tuning(), **changes))
-    try:
-        yield _TUNING.get()
-    finally:
-        _TUNING.reset(token)
+_TUNED = Tuned("mambadna_scan_tuning", ScanTuning())
+tuning = _TUNED.get  # the tuning that scans started now (in this thread / context) use
+use_tuning = _TUNED.use  # ``with use_tuning(base, **changes):`` scans within the block use that
 
 
 def _interpret() -> bool:

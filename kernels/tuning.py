@@ -1,0 +1,34 @@
+"""Kernel tuning: a frozen dataclass per kernel family, read through a context
+variable. A test or benchmark changes it for a block, in its own thread or
+context only (:meth:`Tuned.use`), never by editing a global dict; an autograd
+function keeps its forward's tuning for the backward, which may run in another
+thread."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from contextvars import ContextVar
+from typing import Generic, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class Tuned(Generic[T]):
+    """The current tuning of one kernel family (``default`` outside :meth:`use`)."""
+
+    def __init__(self, name: str, default: T):
+        self._var: ContextVar[T] = ContextVar(name, default=default)
+
+    def get(self) -> T:
+        """The tuning that launches started now (in this thread / context) use."""
+        return self._var.get()
+
+    @contextlib.contextmanager
+    def use(self, base: Optional[T] = None, **changes) -> Iterator[T]:
+        """Within the block (this thread / context), base (default: the current
+        tuning) with the given fields changed."""
+        token = self._var.set(dataclasses.replace(base or self._var.get(), **changes))
+        try:
+            yield self._var.get()
+        finally:
+            self._var.reset(token)
