@@ -32,3 +32,13 @@ class Tuned(Generic[T]):
             yield self._var.get()
         finally:
             self._var.reset(token)
+
+
+# launch geometry on the host: Triton's cdiv / next_power_of_2 are constexpr functions,
+# ~2 us a call from Python, and a scan's launches make dozens of them
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length() if n > 1 else max(n, 0)

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tuning import Tuned
+from ..tuning import Tuned, cdiv, next_pow2
 
 @dataclass(frozen=True)
 class ConvTuning:
@@ -271,9 +271,9 @@ def _conv_bwd_kernel(x_ptr, c_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, 
 
 def _geom(x, tu: ConvTuning):
     b, L, D = x.shape
-    BL = min(tu.block_l, triton.next_power_of_2(max(L, 1)))
-    BD = min(tu.block_d, triton.next_power_of_2(D))
-    return BL, BD, (triton.cdiv(L, BL), triton.cdiv(D, BD), b)
+    BL = min(tu.block_l, next_pow2(max(L, 1)))
+    BD = min(tu.block_d, next_pow2(D))
+    return BL, BD, (cdiv(L, BL), cdiv(D, BD), b)
 
 
 def _launch_fwd(x, w, bias, context, reverse, act, tu: ConvTuning):
@@ -313,14 +313,14 @@ class _ConvFn(torch.autograd.Function):
         K = w.shape[1]
         tu = ctx.tu
         BL = tu.bwd_block_l
-        BD = min(tu.bwd_block_d, triton.next_power_of_2(D))
-        NLT, NC = triton.cdiv(L, BL), triton.cdiv(D, BD)
+        BD = min(tu.bwd_block_d, next_pow2(D))
+        NLT, NC = cdiv(L, BL), cdiv(D, BD)
         TPP = tu.bwd_tiles
         if TPP <= 0:  # one wave: as many runs along the length as the SMs hold programs
             n_sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
-            TPP = triton.cdiv(NLT, max(1, n_sm * tu.bwd_per_sm // (NC * b)))
+            TPP = cdiv(NLT, max(1, n_sm * tu.bwd_per_sm // (NC * b)))
         TPP = max(1, min(TPP, NLT))
-        NP = triton.cdiv(NLT, TPP)
+        NP = cdiv(NLT, TPP)
         dx = torch.empty_like(x)
         dw = torch.empty(b * NP, D, K, device=x.device, dtype=torch.float32)
         db = torch.empty(b * NP, D, device=x.device, dtype=torch.float32) if bf is not None else dw

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tuning import Tuned
+from ..tuning import Tuned, cdiv, next_pow2
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ def _rms_bwd_kernel(x_ptr, w_ptr, g_ptr, r_ptr, dx_ptr, dw_ptr, M, D, NPROG,
 
 
 def _geom(M: int, D: int, tu: NormTuning):
-    BD = triton.next_power_of_2(D)
+    BD = next_pow2(D)
     BM = max(1, min(64, tu.rows // BD))
-    return BM, BD, triton.cdiv(M, BM)
+    return BM, BD, cdiv(M, BM)
 
 
 class _RMSNormFn(torch.autograd.Function):

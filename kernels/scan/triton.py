@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tuning import Tuned
+from ..tuning import Tuned, cdiv, next_pow2
 from .budget import BUDGET
 
 SUB = 2  # backward: positions recomputed into registers at a time (the walks are written for 2)
@@ -753,27 +753,27 @@ class _Geom:
         self.tu = tu
         self.batch, self.L, self.D = u.shape
         self.N = A.shape[1]
-        self.NP = triton.next_power_of_2(self.N)
+        self.NP = next_pow2(self.N)
         self.G = B.shape[2]
         if self.D % self.G:
             raise ValueError(f"d_inner={self.D} is not divisible by n_groups={self.G}")
         self.DPG = self.D // self.G
         low = self.DPG & -self.DPG  # a d-block never straddles two groups (so BD divides D)
-        cap = max(1, min(low, triton.next_power_of_2(self.D)))
+        cap = max(1, min(low, next_pow2(self.D)))
         # the segmentation follows the forward blocking, so both passes agree on it
-        nd_fwd = triton.cdiv(self.D, min(tu.block_d, cap))
+        nd_fwd = cdiv(self.D, min(tu.block_d, cap))
         self.BD = min(tu.block_d_bwd if bwd else tu.block_d, cap)
-        self.ND = triton.cdiv(self.D, self.BD)
+        self.ND = cdiv(self.D, self.BD)
         F = tu.ckpt
         seg = max(F, (tu.seg // F) * F)
         seg_long = (tu.seg_long // F) * F
-        if seg_long > seg and self.batch * nd_fwd * triton.cdiv(self.L, seg_long) >= tu.seg_long_programs:
+        if seg_long > seg and self.batch * nd_fwd * cdiv(self.L, seg_long) >= tu.seg_long_programs:
             seg = seg_long
         if self.batch * nd_fwd >= tu.min_programs or self.L <= seg:
-            seg = triton.cdiv(self.L, F) * F  # one segment: a single pass
+            seg = cdiv(self.L, F) * F  # one segment: a single pass
         self.SEG = seg
         self.F = F
-        self.NS = triton.cdiv(self.L, seg)
+        self.NS = cdiv(self.L, seg)
         self.grid = (self.ND, self.NS, self.batch)
         # the launch arguments every row kernel takes
         self.kw = dict(L=self.L, D=self.D, NS=self.NS, SEG=seg, DPG=self.DPG, SD=1, N=self.N, NP=self.NP)
@@ -834,12 +834,12 @@ def _combine(geom, sloc, ssum, A, h0, rev):
     hseg = torch.empty(b, NS, N, D, device=sloc.device, dtype=torch.float32)
     hT = torch.empty(b, D, N, device=sloc.device, dtype=torch.float32)
     # lanes per program: at most combine_lanes, fewer when that leaves the GPU idle (batch 1)
-    BL = min(geom.tu.combine_lanes, triton.next_power_of_2(N * D),
-             max(32, triton.next_power_of_2(triton.cdiv(b * N * D, _COMBINE_PROGRAMS))))
+    BL = min(geom.tu.combine_lanes, next_pow2(N * D),
+             max(32, next_pow2(cdiv(b * N * D, _COMBINE_PROGRAMS))))
     # segments a block step: combine_tile (segment, lane) pairs, more when the lanes are few
-    CB = min(max(1, geom.tu.combine_tile // BL), triton.next_power_of_2(NS))
+    CB = min(max(1, geom.tu.combine_tile // BL), next_pow2(NS))
     h0c = None if h0 is None else h0.float().contiguous()
-    _chunk_combine_kernel[(b, triton.cdiv(N * D, BL))](
+    _chunk_combine_kernel[(b, cdiv(N * D, BL))](
         sloc_ptr=sloc, ssum_ptr=ssum, A_ptr=A, h0_ptr=_or(h0c, sloc), hin_ptr=hseg, hT_ptr=hT,
         D=D, NC=NS, N=N, CB=CB, BL=BL, HAS_H0=h0c is not None, REV=rev, num_warps=_COMBINE_WARPS,
     )
@@ -907,7 +907,7 @@ def _bwd_kernel(geom, fine=None):
                 fine = geom.tu.bwd_fine
             if not _fine_ok(fine, geom):
                 fine = 0
-            return (gluon_scan_bwd._gluon_bwd_kernel, (triton.cdiv(geom.D, bd), geom.NS, geom.batch), bd,
+            return (gluon_scan_bwd._gluon_bwd_kernel, (cdiv(geom.D, bd), geom.NS, geom.batch), bd,
                     {"PF": geom.tu.prefetch_bwd, "FINE": fine})
     return _rows_bwd_kernel, geom.grid, geom.BD, {}
 
@@ -1138,9 +1138,9 @@ def selective_state_update_triton(state, u, delta, A, B, C, D=None, z=None, delt
     bias = None if delta_bias is None else delta_bias.float().contiguous()
     out = torch.empty(batch, D_inner, device=u.device, dtype=u.dtype)
     new_state = torch.empty(batch, D_inner, N, device=u.device, dtype=torch.float32)
-    BN = triton.next_power_of_2(N)
-    BD = max(1, min(64, triton.next_power_of_2(D_inner), 4096 // BN))
-    _state_update_kernel[(batch, triton.cdiv(D_inner, BD))](
+    BN = next_pow2(N)
+    BD = max(1, min(64, next_pow2(D_inner), 4096 // BN))
+    _state_update_kernel[(batch, cdiv(D_inner, BD))](
         state_ptr=state, u_ptr=u, delta_ptr=delta, bias_ptr=_or(bias, delta), A_ptr=A, B_ptr=B, C_ptr=C,
         D_ptr=_or(Dv, A), z_ptr=_or(z, u), out_ptr=out, new_state_ptr=new_state, D=D_inner, DPG=D_inner // G,
         s_sb=state.stride(0), s_sd=state.stride(1), s_ub=u.stride(0), s_db=delta.stride(0),
