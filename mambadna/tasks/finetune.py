@@ -1193,10 +1193,11 @@ def _write_outputs(tmp: Path, data: _Data, best: Dict[str, Any], ensemble_pred, 
     if baseline_res:
         models = {"mambadna": (y_te, pred)}
         models.update((k, (y_te, v["pred"])) for k, v in baseline_res.items())
+        what = f"test n={len(data.seqs[2])}"
         if task == "token":
             models = {k: (np.concatenate(y), np.concatenate(p)) for k, (y, p) in models.items()}
-        save_comparison(task, models, classes, tmp / "baselines.png",
-                        title=f"test n={len(data.seqs[2])}, same split")
+            what = f"per base, {len(models['mambadna'][0]):,} test bases in {len(data.seqs[2])} windows"
+        save_comparison(task, models, classes, tmp / "baselines.png", title=f"{what}, same split")
 
 
 def _fmt(v) -> str:
