@@ -148,6 +148,9 @@ def run_set(name: str, data: Path, pretrained: Path, random_dir: Path, out: Path
                          ("kmer", m["baselines"]["kmer"])):
         res[label] = {k: _ms(block, k) for k in ("mcc", "auroc", "sensitivity", "specificity", "accuracy")}
     res["ensemble_mcc"] = (m.get("ensemble") or {}).get("mcc")
+    # per seed (test metrics at each seed's validation-chosen threshold): where a mean's spread comes from
+    res["pretrained_runs"] = (m.get("seeds") or {}).get("runs") or [
+        {k: m.get(k) for k in ("mcc", "auroc", "threshold")}]
     res["published"] = PUBLISHED.get(name)
     return res
 
