@@ -43,3 +43,14 @@ def test_two_ranks_match_one_rank_and_resume_across_world_sizes(tmp_path):
     assert [r["step"] for r in mixed] == [1, 2, 3, 4]
     for a, b in zip(one, mixed):
         assert abs(a["loss"] - b["loss"]) < 1e-4, (a, b)
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_together_under_a_time_budget(tmp_path):
+    """Each rank follows the all-reduced clock: they take the same last step (a
+    disagreement would leave one rank waiting in an all-reduce until the timeout)."""
+    rows = _run(2, tmp_path / "t", "--max-minutes", "0.3", "--save-every", "1000", "--val-fraction", "0.1",
+                "--eval-every", "1000")
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 3
+    assert "val_loss" in rows[-1] and rows[-1]["lr"] < 0.5 * 3e-3
+    assert (tmp_path / "t" / "model.safetensors").is_file()
