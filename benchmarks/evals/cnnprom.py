@@ -16,7 +16,8 @@ used its own protocol) and writes `cnnprom.md`, `cnnprom.json` and the figure `c
     python benchmarks/evals/cnnprom.py --pretrain-minutes 12 --seeds 3 --jobs 5 --device cuda   # the README run
     python benchmarks/evals/cnnprom.py --device cpu --quick        # script check: tiny model, 150 seqs/set
 
-`--set KEY=VALUE` (repeatable) overrides a FinetuneConfig field for every run (e.g. --set lr=1e-3).
+`--set KEY=VALUE` (repeatable) overrides a FinetuneConfig field for every run (e.g. --set lr=1e-3;
+--set freeze=true or --set probe=true for a frozen encoder or a linear probe).
 `--reuse` takes the runs already finished in --out, so the sets can be spread over several calls.
 """
 from __future__ import annotations
