@@ -4,8 +4,9 @@ One entry point, :func:`selective_scan` (and beside it the fused bidirectional
 scan, the single-step update, the depthwise conv :func:`conv1d_silu` and the
 RMSNorm :func:`rms_norm`), dispatches between the fused Triton
 kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` with
-``backend="triton"``), the compiled CPU scan (numba, :mod:`.scan.cpu`: CPU tensors
-when no gradient is needed) and the pure-PyTorch reference (everything else).
+``backend="triton"``), the compiled CPU scans (numba: :mod:`.scan.cpu` for CPU tensors
+when no gradient is needed, :mod:`.scan.cpu_grad` with gradients, no initial or final
+state) and the pure-PyTorch reference (everything else).
 ``MAMBADNA_SCAN_BACKEND=reference`` (or ``backend="reference"``) forces the reference.
 """
 from __future__ import annotations
@@ -67,11 +68,13 @@ def _needs_grad(*ts) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
-def _pick_scan(backend: str, tensors) -> str:
+def _pick_scan(backend: str, tensors, stateful: bool = False) -> str:
     """The scan backend: as :func:`_pick`, except that "auto" on CPU tensors in
-    fp32/fp16/bf16 takes the compiled CPU scan ("cpu") when no gradient is needed and
-    numba imports (``MAMBADNA_SCAN_BACKEND=reference`` keeps the reference). An
-    explicit ``backend="cpu"`` is inference only: an error with a gradient to come."""
+    fp32/fp16/bf16 takes the compiled CPU scan when numba imports
+    (``MAMBADNA_SCAN_BACKEND=reference`` keeps the reference): "cpu" when no gradient
+    is needed, else "cpu_grad" (:mod:`.scan.cpu_grad`; not ``stateful``: an initial or
+    final state keeps the reference). An explicit ``backend="cpu"`` is inference only:
+    an error with a gradient to come."""
     b = _pick(backend, tensors[0])
     on_cpu = all(t is None or (t.device.type == "cpu" and t.dtype in _CPU_DTYPES) for t in tensors)
     if b == "cpu":
@@ -83,8 +86,11 @@ def _pick_scan(backend: str, tensors) -> str:
             raise RuntimeError('backend="cpu" needs numba (pip install numba)')
         return b
     if (backend == "auto" and b == "reference" and os.environ.get("MAMBADNA_SCAN_BACKEND") != "reference"
-            and on_cpu and not _needs_grad(*tensors) and cpu_scan_available()):
-        return "cpu"
+            and on_cpu and cpu_scan_available()):
+        if not _needs_grad(*tensors):
+            return "cpu"
+        if not stateful:
+            return "cpu_grad"
     return b
 
 
@@ -157,7 +163,8 @@ def selective_scan(
     every 8 (or 16) positions for the backward, up to a bound on all such buffers
     alive (default 1/8 of the device memory; :func:`scan_saved_state_limit`).
     """
-    which = _pick_scan(backend, (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    which = _pick_scan(backend, (u, delta, A, B, C, D, z, delta_bias, initial_state),
+                       stateful=initial_state is not None or return_final_state)
     if which == "triton":
         from .scan.triton import selective_scan_triton
 
@@ -168,6 +175,10 @@ def selective_scan(
 
         return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   initial_state, return_final_state, reverse)
+    if which == "cpu_grad":
+        from .scan.cpu_grad import selective_scan_cpu_grad
+
+        return selective_scan_cpu_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   initial_state, return_final_state, reverse)
 
@@ -200,6 +211,12 @@ def bidirectional_selective_scan(
         from .scan.cpu import bidirectional_selective_scan_cpu
 
         return bidirectional_selective_scan_cpu(
+            u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+            D_f, D_r, z, delta_bias_f, delta_bias_r, delta_softplus)
+    if which == "cpu_grad":
+        from .scan.cpu_grad import bidirectional_selective_scan_cpu_grad
+
+        return bidirectional_selective_scan_cpu_grad(
             u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
             D_f, D_r, z, delta_bias_f, delta_bias_r, delta_softplus)
     yf = selective_scan_chunked(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)

@@ -1,6 +1,7 @@
 """The compiled CPU scan (numba, kernels/scan/cpu.py) against the sequential reference
 (issue 18), and the dispatch in mambadna.kernels: the fast path under no_grad on CPU,
-the reference whenever a gradient is to come.
+the compiled training scan (kernels/scan/cpu_grad.py, its own tests in test_scan_cpu_grad.py)
+with a gradient to come, the reference with an initial or final state.
 
 The ground truth is the reference evaluated in fp64 (``ref64``): the fp32 reference is
 itself only good to ~1e-4 at times (with 2 threads, torch 2.13's first parallel
@@ -223,39 +224,52 @@ def test_dispatch_uses_fast_path_without_grad():
     assert _calls()["scan"] == after["scan"] + 1
 
 
-def test_dispatch_keeps_reference_for_grad_and_when_forced(monkeypatch):
+def test_dispatch_with_grad_and_when_forced(monkeypatch):
+    """With a gradient to come: the compiled training scan (cpu_grad) without an initial
+    or final state, the reference with one; forced or without numba: the reference."""
+    from mambadna.kernels.scan import cpu_grad
+
     t = make(2, 20, 8, 4, 2, seed=8)
     leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if k != "h0"}
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
-    before = _calls()
+    before, grad_before = _calls(), cpu_grad.CALLS["scan"]
     y = K.selective_scan(*(leaves[k] for k in names), True)
-    assert _calls() == before
+    assert _calls() == before and cpu_grad.CALLS["scan"] == grad_before + 1
     g = torch.Generator().manual_seed(0)
     w = torch.randn(y.shape, generator=g)
     grads = torch.autograd.grad((y * w).sum(), [leaves[k] for k in names])
-    ref = {k: v.clone().requires_grad_(True) for k, v in t.items() if k != "h0"}
-    yr = selective_scan_chunked(*(ref[k] for k in names), True)
-    grads_r = torch.autograd.grad((yr * w).sum(), [ref[k] for k in names])
-    assert torch.equal(y, yr)
-    for a, b in zip(grads, grads_r):
-        assert torch.equal(a, b)
+    ref = {k: v.double().requires_grad_(True) for k, v in t.items() if k != "h0"}
+    yr = selective_scan_ref(*(ref[k] for k in names), True)
+    grads_r = torch.autograd.grad((yr * w.double()).sum(), [ref[k] for k in names])
+    assert rel(y, yr) < 1e-5
+    for k, a, b in zip(names, grads, grads_r):
+        assert rel(a, b) < 1e-5, k
+    # an initial state (chunked training) keeps the reference, exactly
+    h0 = t["h0"].clone().requires_grad_(True)
+    y0 = K.selective_scan(*(leaves[k] for k in names), True, initial_state=h0)
+    assert torch.equal(y0, selective_scan_chunked(*(leaves[k] for k in names), True, initial_state=h0))
+    assert cpu_grad.CALLS["scan"] == grad_before + 1 and _calls() == before
     with pytest.raises(ValueError, match="inference only"):
         K.selective_scan(*(leaves[k] for k in names), True, backend="cpu")
     # forced reference, and no numba: the reference path
+    monkeypatch.setenv("MAMBADNA_SCAN_BACKEND", "reference")
+    K.selective_scan(*(leaves[k] for k in names), True)
     with torch.no_grad():
-        monkeypatch.setenv("MAMBADNA_SCAN_BACKEND", "reference")
         K.selective_scan(*(t[k] for k in names), True)
-        monkeypatch.delenv("MAMBADNA_SCAN_BACKEND")
-        monkeypatch.setattr(cpu, "numba", None)
-        assert not K.cpu_scan_available()
+    monkeypatch.delenv("MAMBADNA_SCAN_BACKEND")
+    monkeypatch.setattr(cpu, "numba", None)
+    assert not K.cpu_scan_available()
+    K.selective_scan(*(leaves[k] for k in names), True)
+    with torch.no_grad():
         K.selective_scan(*(t[k] for k in names), True)
         K.rms_norm(t["u"], torch.ones(8))
-    assert _calls() == before
+    assert _calls() == before and cpu_grad.CALLS["scan"] == grad_before + 1
     # fp64 (gradcheck) keeps the reference as well
+    monkeypatch.undo()
+    K.selective_scan(*(leaves[k].double() for k in names), True)
     with torch.no_grad():
-        monkeypatch.undo()
         K.selective_scan(*(t[k].double() for k in names), True)
-    assert _calls() == before
+    assert _calls() == before and cpu_grad.CALLS["scan"] == grad_before + 1
 
 
 def test_model_forward_equals_reference(monkeypatch):
