@@ -40,6 +40,8 @@ REGISTRY = {
                        ("model", "window", "precision", "what"), (("rate", "higher"),)),
     "ism": Bench("bench_ism.py", "saturation mutagenesis positions/s vs the raw forward bound (one masked "
                  "forward per position)", ("precision", "what"), (("rate", "higher"),)),
+    "train_cpu": Bench("bench_train_cpu.py", "CPU training: the compiled training scan vs the PyTorch reference, "
+                       "scan fwd+bwd and an 8 x 256 model step", ("shape", "what"), (("ms", "lower"),)),
     "tokenizer": Bench("bench_tokenizer.py", "tokenizer MB/s (one core) vs a numpy lookup table",
                        ("case",), (("mb_per_s", "higher"),)),
     "layer_memory": Bench("bench_layer_memory.py", "one step's peak memory by layer-memory mode vs plain autograd",

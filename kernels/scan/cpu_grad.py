@@ -16,8 +16,6 @@ reference). Reference: :func:`.reference.selective_scan_ref`.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 import torch.nn.functional as F
