@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         rc_augment: Optional[bool] = typer.Option(None, "--rc-augment/--no-rc-augment"),
         bam: Optional[str] = typer.Option(None, "--bam", help="Train on reads of a BAM instead of a genome."),
         num_workers: Optional[int] = typer.Option(None, "--num-workers"),
-        layer_chunk: Optional[int] = typer.Option(None, "--layer-chunk", help="Train each layer along the length in exact chunks of N positions (carried state; bounds activation memory at 2^20). 0 off; default: 256 on CPU, off on GPU."),
+        layer_chunk: Optional[int] = typer.Option(None, "--layer-chunk", help="Train each layer along the length in exact chunks of N positions (carried state; bounds activation memory at 2^20). 0 off; default: off (256 on a CPU without numba, where the scan's gradient is the PyTorch reference)."),
         residual_bf16: Optional[bool] = typer.Option(None, "--residual-bf16/--residual-fp32", help="Residual stream dtype on CUDA (bf16 saves memory at 2^20)."),
         scan_state_gib: Optional[float] = typer.Option(None, "--scan-state-gib", help="GPU memory (GiB) the scans may keep from forward to backward (faster backward); default 1/8 of the GPU; 0: recompute."),
         stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this step (checkpointed), resume later with --resume."),

@@ -218,14 +218,18 @@ def test_layer_chunk_training_matches_plain_run(tmp_path):
         torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
 
 
-def test_layer_chunk_auto_policy():
+def test_layer_chunk_auto_policy(monkeypatch):
+    from mambadna.kernels.scan import cpu
     from mambadna.tasks.pretrain import resolve_layer_chunk
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_layer_chunk(-1, cpu, 512) == 256
-    assert resolve_layer_chunk(-1, cpu, 256) == 0
+    cpu_dev, cuda = torch.device("cpu"), torch.device("cuda")
+    if cpu.available():  # the compiled training scan: whole windows
+        assert resolve_layer_chunk(-1, cpu_dev, 512) == 0
+    monkeypatch.setattr(cpu, "numba", None)  # the reference's gradient: chunks of 256
+    assert resolve_layer_chunk(-1, cpu_dev, 512) == 256
+    assert resolve_layer_chunk(-1, cpu_dev, 256) == 0
     assert resolve_layer_chunk(-1, cuda, 2**20) == 0
-    assert resolve_layer_chunk(0, cpu, 4096) == 0 and resolve_layer_chunk(1024, cuda, 2**20) == 1024
+    assert resolve_layer_chunk(0, cpu_dev, 4096) == 0 and resolve_layer_chunk(1024, cuda, 2**20) == 1024
 
 
 def test_seq_len_warmup_end_to_end_keeps_tokens_per_step(tmp_path):

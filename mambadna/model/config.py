@@ -84,7 +84,7 @@ class MemoryConfig:
     layer_chunk: > 0: train each block in exact length chunks of this many positions
     (carried scan state and conv context; :mod:`mambadna.model.chunked`), bounding
     activation memory by one chunk; 0: off; -1: the trainer's choice for the device
-    (256 on CPU, off on GPU; the model itself treats it as off).
+    (off; 256 on a CPU without numba's compiled training scan; the model itself treats it as off).
     residual_bf16: keep the residual stream between blocks in bf16 (halves the
     stored block inputs at long lengths; used under CUDA autocast).
     scan_state_gib: GPU memory the scans' forwards may keep for their backwards
