@@ -171,6 +171,38 @@ if numba is not None:
         return max(x, _ZERO) + _TWO * (s + s * s2 * q)
 
     @_jit(**_JIT)
+    def _work_arrays(N, W):
+        """A task's state (N, W) and its per-channel rows: dt, dt u, output accumulator."""
+        return (np.empty((N, W), dtype=np.float32), np.empty(W, dtype=np.float32),
+                np.empty(W, dtype=np.float32), np.empty(W, dtype=np.float32))
+
+    @_jit(**_JIT)
+    def _task_of(task, G, nblk, dg, W):
+        """Task -> (batch row, group, channel block, first channel, channels): tasks run
+        over (batch row, group, block of up to W of the group's dg channels)."""
+        bi = task // (G * nblk)
+        rem = task - bi * (G * nblk)
+        g = rem // nblk
+        blk = rem - g * nblk
+        d0 = g * dg + blk * W
+        return bi, g, blk, d0, min(W, (g + 1) * dg - d0)
+
+    @_jit(**_JIT)
+    def _advance(h, At, Bm, Cm, bi, t, g, d0, cw, dtv, dtuv, acc):
+        """The state h (N, W) of channels d0 .. d0+cw one position on, at t:
+        h = 2^(dt At) h + dt u B (dtv: dt, dtuv: dt u); acc += sum_n h C."""
+        e = d0 + cw
+        for n in range(At.shape[0]):
+            bn = Bm[bi, t, g, n]
+            cn = Cm[bi, t, g, n]
+            Ar = At[n, d0:e]
+            hr = h[n]
+            for c in range(cw):
+                hv = _exp2(dtv[c] * Ar[c]) * hr[c] + dtuv[c] * bn
+                hr[c] = hv
+                acc[c] += hv * cn
+
+    @_jit(**_JIT)
     def _scan_pass(u, delta, bias, softplus, At, Bm, Cm, Dv, z, has_z, y, accumulate,
                    h, bi, g, d0, cw, reverse, dtv, dtuv, acc):
         """One direction over the whole length for channels d0 .. d0+cw of batch row bi.
@@ -179,7 +211,6 @@ if numba is not None:
         y = (sum_n h C + D u [+ y if accumulate]) [* silu(z) if has_z].
         """
         L = u.shape[1]
-        N = At.shape[0]
         e = d0 + cw
         # row slices indexed from 0: LLVM then sees non-negative indices (no wraparound
         # selects, no gathers) and vectorises the channel loops with plain loads
@@ -197,15 +228,7 @@ if numba is not None:
                 dtv[c] = v
                 dtuv[c] = v * ur[c]
                 acc[c] = Dr[c] * ur[c]
-            for n in range(N):
-                bn = Bm[bi, t, g, n]
-                cn = Cm[bi, t, g, n]
-                Ar = At[n, d0:e]
-                hr = h[n]
-                for c in range(cw):
-                    hv = _exp2(dtv[c] * Ar[c]) * hr[c] + dtuv[c] * bn
-                    hr[c] = hv
-                    acc[c] += hv * cn
+            _advance(h, At, Bm, Cm, bi, t, g, d0, cw, dtv, dtuv, acc)
             if accumulate:
                 for c in range(cw):
                     acc[c] += yr[c]
@@ -229,17 +252,9 @@ if numba is not None:
         N = A1.shape[0]
         dg = d // G
         nblk = (dg + W - 1) // W
-        h = np.empty((N, W), dtype=np.float32)
-        dtv = np.empty(W, dtype=np.float32)
-        dtuv = np.empty(W, dtype=np.float32)
-        acc = np.empty(W, dtype=np.float32)
+        h, dtv, dtuv, acc = _work_arrays(N, W)
         for task in range(task_lo, task_hi):
-            bi = task // (G * nblk)
-            rem = task - bi * (G * nblk)
-            g = rem // nblk
-            blk = rem - g * nblk
-            d0 = g * dg + blk * W
-            cw = min(W, (g + 1) * dg - d0)
+            bi, g, _, d0, cw = _task_of(task, G, nblk, dg, W)
             for n in range(N):
                 for c in range(cw):
                     h[n, c] = h0[bi, d0 + c, n] if has_h0 else _ZERO

@@ -29,16 +29,8 @@ CALLS = {"scan": 0}
 
 if _cpu.numba is not None:
     _jit, _JIT, _exp2 = _cpu._jit, _cpu._JIT, _cpu._exp2
+    _advance, _task_of, _work_arrays = _cpu._advance, _cpu._task_of, _cpu._work_arrays
     _ZERO = np.float32(0.0)
-
-    @_jit(**_JIT)
-    def _task(task, W, G, nblk):
-        """(batch row, group, channel block) of a task."""
-        bi = task // (G * nblk)
-        rem = task - bi * (G * nblk)
-        g = rem // nblk
-        blk = rem - g * nblk
-        return bi, g, blk
 
     @_jit(**_JIT)
     def _fwd(lo, hi, W, G, K, rev, u, dt, At, B, C, y, hck):
@@ -48,13 +40,9 @@ if _cpu.numba is not None:
         N = At.shape[0]
         dg = d // G
         nblk = (dg + W - 1) // W
-        h = np.empty((N, W), dtype=np.float32)
-        dtu = np.empty(W, dtype=np.float32)
-        acc = np.empty(W, dtype=np.float32)
+        h, dtv, dtu, acc = _work_arrays(N, W)
         for task in range(lo, hi):
-            bi, g, blk = _task(task, W, G, nblk)
-            d0 = g * dg + blk * W
-            cw = min(W, (g + 1) * dg - d0)
+            bi, g, blk, d0, cw = _task_of(task, G, nblk, dg, W)
             e = d0 + cw
             for n in range(N):
                 for c in range(cw):
@@ -70,17 +58,10 @@ if _cpu.numba is not None:
                 ur = u[bi, t, d0:e]
                 dr = dt[bi, t, d0:e]
                 for c in range(cw):
+                    dtv[c] = dr[c]
                     dtu[c] = dr[c] * ur[c]
                     acc[c] = _ZERO
-                for n in range(N):
-                    bn = B[bi, t, g, n]
-                    cn = C[bi, t, g, n]
-                    Ar = At[n, d0:e]
-                    hr = h[n]
-                    for c in range(cw):
-                        hv = _exp2(dr[c] * Ar[c]) * hr[c] + dtu[c] * bn
-                        hr[c] = hv
-                        acc[c] += hv * cn
+                _advance(h, At, B, C, bi, t, g, d0, cw, dtv, dtu, acc)
                 yr = y[bi, t, d0:e]
                 for c in range(cw):
                     yr[c] = acc[c]
@@ -102,9 +83,7 @@ if _cpu.numba is not None:
         tc = np.empty(W, dtype=np.float32)
         nck = (L + K - 1) // K
         for task in range(lo, hi):
-            bi, g, blk = _task(task, W, G, nblk)
-            d0 = g * dg + blk * W
-            cw = min(W, (g + 1) * dg - d0)
+            bi, g, blk, d0, cw = _task_of(task, G, nblk, dg, W)
             e = d0 + cw
             col = g * nblk + blk
             for n in range(N):
