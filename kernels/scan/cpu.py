@@ -539,12 +539,16 @@ def _f32(t: Optional[Tensor]) -> Optional[np.ndarray]:
     return t.detach().to(torch.float32).contiguous().numpy()
 
 
+def _exp2_rates(A) -> np.ndarray:
+    """A (d_inner, d_state) as the kernels take it: log2(e) A^T (d_state, d_inner), fp32,
+    since exp(dt A) = 2^(dt log2(e) A)."""
+    return np.ascontiguousarray((_f32(A) * np.float32(np.log2(np.e))).T)
+
+
 def _dir_arrays(u, delta, A, B, C, D, delta_bias, d):
     zeros = np.zeros(d, dtype=np.float32)
-    # A enters as log2(e) A (d_state, d_inner): exp(dt A) = 2^(dt log2(e) A)
-    A2 = np.ascontiguousarray((_f32(A) * np.float32(np.log2(np.e))).T)
     return [_f32(u), _f32(delta), zeros if delta_bias is None else _f32(delta_bias),
-            A2, _f32(B), _f32(C), zeros if D is None else _f32(D)]
+            _exp2_rates(A), _f32(B), _f32(C), zeros if D is None else _f32(D)]
 
 
 def _scan(b, L, d, N, G, softplus, z, d1, rev1, d2, h0, hT, y, work) -> None:

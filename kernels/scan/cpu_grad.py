@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu as _cpu
+from .reference import _discretize
 
 Tensor = torch.Tensor
 _K = 16  # positions between kept states
@@ -148,10 +149,6 @@ if _cpu.numba is not None:
                         ddr[c] = gdt[c]
 
 
-def available() -> bool:
-    return _cpu.numba is not None
-
-
 def _split(fn, ntask: int, work: int, *args) -> None:
     """fn(lo, hi, *args) over the tasks, on torch's thread count (the GIL released)."""
     threads = min(ntask, _cpu._threads(work))
@@ -181,7 +178,7 @@ class _CoreFn(torch.autograd.Function):
         b, L, d = u.shape
         N, G = A.shape[1], B.shape[2]
         W, nblk, ntask = _geometry(b, d, G)
-        At = np.ascontiguousarray((A.detach().numpy() * np.float32(np.log2(np.e))).T)
+        At = _cpu._exp2_rates(A)
         uu, dd = u.detach().contiguous(), dt.detach().contiguous()
         Bc, Cc = B.detach().contiguous(), C.detach().contiguous()
         y = torch.empty(b, L, d, dtype=torch.float32)
@@ -200,7 +197,7 @@ class _CoreFn(torch.autograd.Function):
         N, G = A.shape[1], B.shape[2]
         W, nblk, ntask = _geometry(b, d, G)
         An = np.ascontiguousarray(A.detach().numpy().T)
-        At = np.ascontiguousarray(An * np.float32(np.log2(np.e)))
+        At = _cpu._exp2_rates(A)
         du, ddt = torch.empty_like(u), torch.empty_like(u)
         dA = torch.zeros(b, N, d, dtype=torch.float32)
         dB = torch.empty(b, L, G * nblk, N, dtype=torch.float32)
@@ -215,12 +212,7 @@ class _CoreFn(torch.autograd.Function):
 
 def _direction(u, delta, A, B, C, D, delta_bias, softplus, rev) -> Tensor:
     """One direction before the gate, fp32: core + D u."""
-    dt = delta.float()
-    if delta_bias is not None:
-        dt = dt + delta_bias.float()
-    if softplus:
-        dt = F.softplus(dt)
-    uf = u.float()
+    _, uf, dt = _discretize(u, delta, delta_bias, softplus)
     y = _CoreFn.apply(uf, dt, A.float(), B.float(), C.float(), bool(rev))
     return y if D is None else y + uf * D.float()
 

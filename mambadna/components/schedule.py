@@ -9,8 +9,7 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
     ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total`` steps."""
     if step < warmup:
         return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return _cosine((step - warmup) / max(1, total - warmup), min_ratio)
 
 
 def warmup_cosine_progress(progress: float, warmup: float, min_ratio: float) -> float:
@@ -19,5 +18,9 @@ def warmup_cosine_progress(progress: float, warmup: float, min_ratio: float) -> 
     (time-budgeted runs, whose step count is not known in advance)."""
     if progress < warmup:
         return max(progress, 1e-3) / warmup
-    t = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return _cosine((progress - warmup) / max(1e-9, 1.0 - warmup), min_ratio)
+
+
+def _cosine(t: float, min_ratio: float) -> float:
+    """Half a cosine from 1 at t = 0 to min_ratio at t >= 1."""
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
