@@ -17,7 +17,9 @@ With no tuning flags the recipe adapts to the data (all of it recorded in metric
 
 - schedule: warm-up over 6% of the steps, cosine decay to 5% (the pretraining schedule).
 
-- early stopping: ~25 validations per run (at least one per epoch) on AUROC for classification, the loss for regression and per-base tasks (smooth, unlike thresholded MCC); it may stop after a third of the steps, once 1/5 of the validations in a row brought no improvement; the best state is kept.
+- early stopping: ~25 validations per run (at least one per epoch) on AUROC for classification, the loss for regression and per-base tasks (smooth, unlike thresholded MCC); it may stop after a third of the steps, once 1/5 of the validations in a row brought no improvement; the best state is kept, chosen among the validations after the warm-up and the first 10% of the steps (an early state wins on a small validation split by chance).
+
+- weight averaging: validation, and so the state kept, uses a moving average of the weights over about the last 10% of the steps so far (decay min(0.999, (1+t)/(10+t))): one run's result depends less on where its last steps happened to land (CNNProm B. subtilis, 8 seeds each: MCC 0.709 +- 0.038 without, 0.733 with; --ema 0 turns it off).
 
 - strands: reverse-complement augmentation and averaging on (DNA is double-stranded); --no-rc-average turns both off for strand-specific data.
 
@@ -75,6 +77,7 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = typer.Option(None, "--lr", help="Encoder peak learning rate [3e-4]."),
         head_lr: Optional[float] = typer.Option(None, "--head-lr", help="Head peak learning rate [1e-3]."),
         weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[0.01]"),
+        ema: Optional[float] = typer.Option(None, "--ema", help="Largest per-step decay of the weight average that validation and the kept state use; 0 = the weights as they are [0.999]."),
         val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share of the training data [10%, at least min(200, 25%)]."),
         test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="[0.2]"),
         eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between validations [~25 per run, at least one per epoch]."),
@@ -96,7 +99,7 @@ def register(app: typer.Typer) -> None:
             task=task, val=val, test=test, reference=reference, label_column=label_column, window=window,
             max_steps=max_steps, epochs=epochs, seed=seed, seeds=seeds, device=device, freeze=freeze, probe=probe,
             pooling=pooling, center_width=center_width, layer=layer, dropout=dropout, rc_average=rc_average,
-            rc_augment=rc_augment, batch_size=batch_size, lr=lr, head_lr=head_lr, weight_decay=weight_decay,
+            rc_augment=rc_augment, batch_size=batch_size, lr=lr, head_lr=head_lr, weight_decay=weight_decay, ema=ema,
             val_fraction=val_fraction, test_fraction=test_fraction, eval_every=eval_every, patience=patience,
             min_steps=min_steps, metric=metric, positive=positive, max_length=max_length, baselines=baselines, cnn_epochs=cnn_epochs,
             overwrite=overwrite, progress=progress, resume=resume, save_every=save_every)

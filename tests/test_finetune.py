@@ -183,6 +183,54 @@ def test_recipe_defaults_scale_with_the_data():
     assert large.total == 20_000 and large.every == 800 and large.patience == 5
     given = make_plan(FinetuneConfig(model="m", out="o", train="t", max_steps=16, eval_every=4, patience=2), 96, "mcc")
     assert (given.total, given.every, given.patience) == (16, 4, 2)
+    # weight averaging on; the kept state is chosen after the warm-up and the first 10% of the steps
+    assert small.ema == 0.999 and small.select_from == max(small.warmup, small.total // 10)
+    assert make_plan(FinetuneConfig(model="m", out="o", train="t", ema=0), 225, "auroc").ema == 0
+    with pytest.raises(Exception, match="--ema"):
+        FinetuneConfig(model="m", out="o", train="t", ema=1.0)
+
+
+def test_weight_average_follows_its_recursion_and_swaps_back():
+    import torch
+
+    from mambadna.components.fit import WeightAverage
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2)
+    ema = WeightAverage(m, 0.9)
+    expect = [p.detach().clone() for p in (m.weight, m.bias)]
+    for t in range(1, 41):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update()
+        d = min(0.9, (1 + t) / (10 + t))  # warmed up, then capped at the decay
+        expect = [d * e + (1 - d) * p.detach() for e, p in zip(expect, (m.weight, m.bias))]
+    live = [p.detach().clone() for p in (m.weight, m.bias)]
+    with ema.swapped():
+        assert torch.allclose(m.weight, expect[0], atol=1e-5) and torch.allclose(m.bias, expect[1], atol=1e-5)
+        assert not torch.allclose(m.weight, live[0])
+    assert torch.equal(m.weight, live[0]) and torch.equal(m.bias, live[1])  # the live weights are back
+    tensors, meta = ema.state()
+    other = WeightAverage(torch.nn.Linear(3, 2), 0.9)
+    other.load(tensors, meta)
+    assert other.t == 40 and all(torch.equal(a, b) for a, b in zip(other.avg, ema.avg))
+
+
+def test_early_stopping_keeps_no_state_before_select_from():
+    import torch
+
+    from mambadna.components.fit import EarlyStopping
+
+    y = np.array([0, 0, 1, 1])
+    perfect = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.1, 0.9]])
+    worse = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    for select_from, best in ((0, 5), (10, 10)):
+        st = EarlyStopping(torch.nn.Linear(1, 1), "binary", y, ["n", "p"], "auroc", patience=5,
+                           select_from=select_from, total=30)
+        for step, pred in ((5, perfect), (10, worse), (15, worse)):
+            st.update(step, 0.0, pred)
+        assert st.best_step == best and len(st.history) == 3
 
 
 def test_choose_threshold_maximises_validation_mcc():

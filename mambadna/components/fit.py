@@ -44,7 +44,12 @@ class Plan:
     sequences, warm-up over ``warmup`` steps then cosine decay to
     ``min_lr_ratio`` of the peak; validation every ``every`` steps; stop after
     ``patience`` validations without improvement of ``metric``, but never
-    before ``min_steps``."""
+    before ``min_steps``. ``ema`` > 0: validation (and so the state kept)
+    uses an exponential moving average of the weights with that decay per
+    step (warmed up as ``min(ema, (1 + t) / (10 + t))``: about the last 10% of
+    the steps so far); 0: the weights as they are. Evaluations before step
+    ``select_from`` are recorded but never kept (a state from the warm-up wins
+    on a small validation split by chance)."""
 
     total: int
     every: int
@@ -59,6 +64,8 @@ class Plan:
     steps_per_epoch: int = 0
     epochs: float = 0.0
     grad_clip: float = 1.0
+    ema: float = 0.0
+    select_from: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -175,13 +182,15 @@ def score(metrics: Dict[str, Any], metric: str) -> Tuple[float, float]:
 
 class EarlyStopping:
     """Validation bookkeeping: score each evaluation, keep the best state of
-    ``module``, count evaluations without improvement against ``patience``
-    (only once ``min_steps`` are done)."""
+    ``module`` (among evaluations from step ``select_from`` on), count
+    evaluations without improvement against ``patience`` (only once
+    ``min_steps`` are done)."""
 
     def __init__(self, module: torch.nn.Module, task: str, y_va, classes: Sequence[str], metric: str,
-                 patience: int, min_steps: int = 0, total: Optional[int] = None):
+                 patience: int, min_steps: int = 0, total: Optional[int] = None, select_from: int = 0):
         self.module, self.task, self.y_va, self.classes = module, task, y_va, list(classes)
         self.metric, self.patience, self.min_steps, self.total = metric, patience, min_steps, total
+        self.select_from = select_from
         self.best: Tuple[float, float] = (-math.inf, -math.inf)
         self.best_state: Optional[Dict[str, torch.Tensor]] = None
         self.best_step, self.bad = 0, 0
@@ -198,6 +207,8 @@ class EarlyStopping:
         sc = score(vm, self.metric)
         self.history.append({"step": step, "train_loss": train_loss, "val_loss": vm["loss"],
                              f"val_{self.metric}": vm.get(self.metric)})
+        if step < self.select_from and not (self.total is not None and step >= self.total):
+            return False
         if sc > self.best:
             self.best, self.best_step, self.bad, self.best_val, self.best_pred = sc, step, 0, vm, pred
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
@@ -242,6 +253,51 @@ class EarlyStopping:
         return {"steps": steps, "best_step": self.best_step, "val_metric": self.metric, "history": self.history}
 
 
+class WeightAverage:
+    """Exponential moving average of ``module``'s floating-point parameters and
+    buffers (fp32 copies): :meth:`update` after each optimizer step,
+    ``with swapped():`` runs with the averaged weights in place. Its tensors
+    are part of a loop's checkpoint."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module, self.decay, self.t = module, float(decay), 0
+        self.names = [k for k, v in module.state_dict().items() if v.is_floating_point()]
+        self.avg = [v.detach().float().clone() for k, v in module.state_dict().items() if k in set(self.names)]
+
+    def _live(self) -> List[torch.Tensor]:
+        sd = self.module.state_dict()
+        return [sd[k] for k in self.names]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.t += 1
+        d = min(self.decay, (1.0 + self.t) / (10.0 + self.t))
+        live = [v.float() for v in self._live()]
+        torch._foreach_lerp_(self.avg, live, 1.0 - d)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        live = self._live()
+        keep = [v.detach().clone() for v in live]
+        with torch.no_grad():
+            for v, a in zip(live, self.avg):
+                v.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for v, k in zip(live, keep):
+                    v.copy_(k)
+
+    def state(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        return ({f"ema.{k}": a.cpu() for k, a in zip(self.names, self.avg)}, {"t": self.t, "decay": self.decay})
+
+    def load(self, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
+        self.t = int(meta["t"])
+        for i, k in enumerate(self.names):
+            self.avg[i].copy_(tensors[f"ema.{k}"])
+
+
 class LoopState:
     """Everything a training loop's next steps depend on, at a step boundary:
     the trained ``module``'s weights, the optimizer, the numpy generator that
@@ -251,8 +307,9 @@ class LoopState:
     the learning rate is a function of the step (nothing to save)."""
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
-                 batches: Batches, stopper: EarlyStopping):
+                 batches: Batches, stopper: EarlyStopping, ema: Optional[WeightAverage] = None):
         self.module, self.optimizer, self.rng, self.batches, self.stopper = module, optimizer, rng, batches, stopper
+        self.ema = ema
 
     def state(self, step: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
         t = {f"module.{k}": v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()}
@@ -265,8 +322,12 @@ class LoopState:
         st, sm = self.stopper.state(with_best_state=not current)
         t.update(st)
         sm["best_state_is_current"] = current
-        return t, {"step": step, "optimizer": om, "rng": generator_state(self.rng), "batches": bm,
-                   "early_stopping": sm}
+        meta = {"step": step, "optimizer": om, "rng": generator_state(self.rng), "batches": bm,
+                "early_stopping": sm}
+        if self.ema is not None:
+            et, meta["ema"] = self.ema.state()
+            t.update(et)
+        return t, meta
 
     def load(self, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path: Any) -> int:
         """Restore a :meth:`state`; CheckpointError naming ``path`` when it does not fit."""
@@ -279,9 +340,16 @@ class LoopState:
             set_generator_state(self.rng, meta["rng"])
             self.batches.load(tensors, meta["batches"])
             self.stopper.load(tensors, meta["early_stopping"])
+            if self.ema is not None:
+                self.ema.load(tensors, meta["ema"])
             if meta["early_stopping"].get("best_state_is_current"):
-                self.stopper.best_state = {k: v.detach().cpu().clone()
-                                           for k, v in self.stopper.module.state_dict().items()}
+                if self.ema is not None:
+                    with self.ema.swapped():
+                        self.stopper.best_state = {k: v.detach().cpu().clone()
+                                                   for k, v in self.stopper.module.state_dict().items()}
+                else:
+                    self.stopper.best_state = {k: v.detach().cpu().clone()
+                                               for k, v in self.stopper.module.state_dict().items()}
             step = int(meta["step"])
         except CheckpointError:
             raise
@@ -340,8 +408,9 @@ def fit(model: Predictor, groups: List[Dict[str, Any]], plan: Plan, seqs_tr: Seq
     rng = np.random.default_rng(seed)
     it = batches(len(seqs_tr), plan.batch_size, rng)
     stopper = EarlyStopping(module if module is not None else model, task, y_va, model.head_cfg.classes,
-                            plan.metric, plan.patience, plan.min_steps, plan.total)
-    loop = LoopState(model, opt, rng, it, stopper)
+                            plan.metric, plan.patience, plan.min_steps, plan.total, plan.select_from)
+    ema = WeightAverage(model, plan.ema) if plan.ema > 0 else None
+    loop = LoopState(model, opt, rng, it, stopper, ema)
     step = 0
     saved = checkpoint.start() if checkpoint is not None else None
     if saved is not None:
@@ -379,12 +448,16 @@ def fit(model: Predictor, groups: List[Dict[str, Any]], plan: Plan, seqs_tr: Seq
                 if plan.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
                 opt.step()
+                if ema is not None:
+                    ema.update()
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum:.4f}")
                 if step % plan.every == 0 or step == plan.total:
-                    pred = predict(model, seqs_va, plan.batch_size * 2, device, plan.rc_average, bf16)
-                    if stopper.update(step, loss_sum, pred):
+                    with ema.swapped() if ema is not None else contextlib.nullcontext():
+                        pred = predict(model, seqs_va, plan.batch_size * 2, device, plan.rc_average, bf16)
+                        stop = stopper.update(step, loss_sum, pred)
+                    if stop:
                         break
                 checkpoint.step_done(step, plan.total, lambda: loop.state(step))
     finally:
