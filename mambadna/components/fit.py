@@ -257,27 +257,25 @@ class WeightAverage:
     """Exponential moving average of ``module``'s floating-point parameters and
     buffers (fp32 copies): :meth:`update` after each optimizer step,
     ``with swapped():`` runs with the averaged weights in place. Its tensors
-    are part of a loop's checkpoint."""
+    are part of a loop's checkpoint. The module's tensors are updated in place
+    from here on (``load_state_dict`` does), not replaced."""
 
     def __init__(self, module: torch.nn.Module, decay: float):
-        self.module, self.decay, self.t = module, float(decay), 0
-        self.names = [k for k, v in module.state_dict().items() if v.is_floating_point()]
-        self.avg = [v.detach().float().clone() for k, v in module.state_dict().items() if k in set(self.names)]
-
-    def _live(self) -> List[torch.Tensor]:
-        sd = self.module.state_dict()
-        return [sd[k] for k in self.names]
+        self.decay, self.t = float(decay), 0
+        sd = module.state_dict()
+        self.names = [k for k, v in sd.items() if v.is_floating_point()]
+        self.live = [sd[k] for k in self.names]  # detached views of the module's own storage
+        self.avg = [v.detach().float().clone() for v in self.live]
 
     @torch.no_grad()
     def update(self) -> None:
         self.t += 1
         d = min(self.decay, (1.0 + self.t) / (10.0 + self.t))
-        live = [v.float() for v in self._live()]
-        torch._foreach_lerp_(self.avg, live, 1.0 - d)
+        torch._foreach_lerp_(self.avg, [v.float() for v in self.live], 1.0 - d)
 
     @contextlib.contextmanager
     def swapped(self):
-        live = self._live()
+        live = self.live
         keep = [v.detach().clone() for v in live]
         with torch.no_grad():
             for v, a in zip(live, self.avg):
