@@ -1048,10 +1048,11 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     metric = _auto_metric(cfg, task)
     plan = make_plan(cfg, n_tr, metric)
     log.info("finetune: task %s, classes %s, train %d, val %d, test %d, mode %s, device %s; %s steps "
-             "(%.1f epochs), validation every %d, patience %d, RC %s", task, classes, n_tr, n_va, n_te, cfg.mode,
-             device, plan.total, plan.epochs, plan.every, plan.patience,
+             "(%.1f epochs), validation every %d, patience %d, RC %s, weight average %s", task, classes, n_tr, n_va,
+             n_te, cfg.mode, device, plan.total, plan.epochs, plan.every, plan.patience,
              "augment+average" if plan.rc_augment and plan.rc_average else
-             ("average" if plan.rc_average else ("augment" if plan.rc_augment else "off")))
+             ("average" if plan.rc_average else ("augment" if plan.rc_augment else "off")),
+             f"decay <= {plan.ema:g}" if plan.ema > 0 else "off")
 
     head_cfg = HeadConfig(classes=classes, task=task, pooling=cfg.pooling, center_width=cfg.center_width,
                           layer=cfg.layer, hidden=[] if cfg.probe else list(cfg.hidden),
