@@ -5,8 +5,8 @@ scan, the single-step update, the depthwise conv :func:`conv1d_silu` and the
 RMSNorm :func:`rms_norm`), dispatches between the fused Triton
 kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` with
 ``backend="triton"``), the compiled CPU scans (numba: :mod:`.scan.cpu` for CPU tensors
-when no gradient is needed, :mod:`.scan.cpu_grad` with gradients, no initial or final
-state) and the pure-PyTorch reference (everything else).
+when no gradient is needed, :mod:`.scan.cpu_grad` with gradients: the scan without an
+initial or final state, the conv) and the pure-PyTorch reference (everything else).
 ``MAMBADNA_SCAN_BACKEND=reference`` (or ``backend="reference"``) forces the reference.
 """
 from __future__ import annotations
@@ -271,9 +271,9 @@ def conv1d_silu(
         reverse: the anti-causal conv (position t sees t .. t + d_conv - 1), i.e. the
             causal conv of the flipped sequence, flipped back; no flip is made.
         activation: apply SiLU.
-        backend: "auto" (Triton for CUDA tensors, the compiled CPU kernel for CPU
-            tensors without a gradient to come when numba imports), "triton", "cpu" or
-            "reference".
+        backend: "auto" (Triton for CUDA tensors, the compiled CPU kernels for CPU
+            tensors when numba imports: inference, or with gradients
+            :mod:`.scan.cpu_grad`), "triton", "cpu" or "reference".
 
     Returns:
         (batch, length, d_inner) in x's dtype; differentiable in x, weight, bias, context.
@@ -287,6 +287,10 @@ def conv1d_silu(
         from .scan.cpu import conv1d_silu_cpu
 
         return conv1d_silu_cpu(x, weight, bias, context, reverse, activation)
+    if which == "cpu_grad":
+        from .scan.cpu_grad import conv1d_silu_cpu_grad
+
+        return conv1d_silu_cpu_grad(x, weight, bias, context, reverse, activation)
     return conv1d_silu_ref(x, weight, bias, context, reverse, activation)
 
 

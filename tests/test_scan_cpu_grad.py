@@ -1,6 +1,7 @@
-"""The compiled CPU training scan (kernels/scan/cpu_grad.py) against the sequential
-reference evaluated in fp64: the output and the gradient of every input (u, delta, A,
-B, C, D, z, delta_bias), one direction and bidirectional, and a model's training step."""
+"""The compiled CPU training kernels (kernels/scan/cpu_grad.py) against the references
+evaluated in fp64: the scan's output and the gradient of every input (u, delta, A, B, C,
+D, z, delta_bias), one direction and bidirectional; the depthwise conv + SiLU's output and
+the gradients of x, weight, bias and context; and a model's training step."""
 from __future__ import annotations
 
 import pytest
@@ -105,12 +106,41 @@ def test_model_training_step_matches_the_reference_path(monkeypatch):
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    before = cpu_grad.CALLS["scan"]
+    before, convs = cpu_grad.CALLS["scan"], cpu_grad.CALLS["conv"]
     loss, g = step()
     assert cpu_grad.CALLS["scan"] == before + 2  # one bidirectional scan a layer
+    assert cpu_grad.CALLS["conv"] == convs + 4  # a conv a direction
     monkeypatch.setenv("MAMBADNA_SCAN_BACKEND", "reference")
     loss_r, g_r = step()
-    assert cpu_grad.CALLS["scan"] == before + 2
+    assert cpu_grad.CALLS["scan"] == before + 2 and cpu_grad.CALLS["conv"] == convs + 4
     assert abs(float(loss - loss_r)) < 1e-5 and g.keys() == g_r.keys()
     for n in g:
         assert rel(g[n], g_r[n]) < 1e-4, n
+
+
+@pytest.mark.parametrize("rev", [False, True])
+@pytest.mark.parametrize("K,L,with_ctx,act", [
+    (4, 37, True, True), (4, 37, False, True), (4, 9, True, False),
+    (4, 2, True, True),   # shorter than the taps: every output reads the context
+    (3, 1, False, True), (2, 5, True, True),
+])
+def test_conv_output_and_every_gradient(rev, K, L, with_ctx, act):
+    from mambadna.kernels import conv1d_silu_ref
+
+    g = torch.Generator().manual_seed(K * 100 + L)
+    b, d = 3, 40
+    t = [torch.randn(b, L, d, generator=g), torch.randn(d, 1, K, generator=g), torch.randn(d, generator=g)]
+    if with_ctx:
+        t.append(torch.randn(b, K - 1, d, generator=g))
+    gy = torch.randn(b, L, d, generator=g, dtype=torch.float64)
+
+    def run(fn, dtype):
+        leaves = [v.to(dtype).requires_grad_(True) for v in t]
+        y = fn(leaves[0], leaves[1], leaves[2], leaves[3] if with_ctx else None, rev, act)
+        return y, torch.autograd.grad((y.double() * gy).sum(), leaves)
+
+    y, gs = run(cpu_grad.conv1d_silu_cpu_grad, torch.float32)
+    y_r, gs_r = run(conv1d_silu_ref, torch.float64)
+    assert y.dtype == torch.float32 and rel(y, y_r) < 1e-6
+    for name, a, r in zip(["x", "weight", "bias", "context"], gs, gs_r):
+        assert a.shape == r.shape and rel(a, r) < 1e-5, name

@@ -1,18 +1,26 @@
-"""Selective scan with gradients on CPU (numba): training and fine-tuning without a GPU.
+"""Selective scan and depthwise conv + SiLU with gradients on CPU (numba): training and
+fine-tuning without a GPU.
 
 The scan core ``y_t = sum_n h_t C_t``, ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t``
 (h_{-1} = 0; with ``reverse`` walked from the end) is one autograd function whose
 forward and backward are compiled loops (the polynomials and thread set-up of
 :mod:`.cpu`). The forward keeps the fp32 state entering every ``K``-th position; the
-backward recomputes each block of K states from it and walks the block backwards with
-the adjoint ``dh``, writing du, ddt, dB, dC and per-row partials of dA. Nothing of
+backward recomputes each block of K states (and their decays) from it and walks the
+block backwards with the adjoint ``dh``, writing du, ddt, dB, dC and per-row partials
+of dA. Nothing of
 size (batch, length, d_inner, d_state) is ever made; the reference's autograd makes
 several. Around the core, in PyTorch ops (autograd): ``dt = softplus(delta + bias)``,
 ``+ D u``, the ``silu(z)`` gate (for the bidirectional scan once, on the sum).
 
+The conv (:func:`conv1d_silu_cpu_grad`): the forward is the compiled inference conv
+before the SiLU (kept); the backward walks each batch row once, scattering
+w * dSiLU(pre) dy into the padded input's gradient and summing the weight and bias
+gradients per task.
+
 Used by :mod:`mambadna.kernels` for CPU tensors when a gradient is to come and numba
-imports, without an initial or final state (those, chunked training, keep the
-reference). Reference: :func:`.reference.selective_scan_ref`.
+imports; the scan without an initial or final state (those, chunked training, keep the
+reference). References: :func:`.reference.selective_scan_ref`,
+:func:`..conv.reference.conv1d_silu_ref`.
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from .reference import _discretize
 Tensor = torch.Tensor
 _K = 16  # positions between kept states
 _W = 128  # channels a task
-CALLS = {"scan": 0}
+CALLS = {"scan": 0, "conv": 0}
 
 if _cpu.numba is not None:
     _jit, _JIT, _exp2 = _cpu._jit, _cpu._JIT, _cpu._exp2
@@ -68,6 +76,70 @@ if _cpu.numba is not None:
                     yr[c] = acc[c]
 
     @_jit(**_JIT)
+    def _recompute(m, rev, s0, bi, g, d0, cw, u, dt, At, B, hs, ah):
+        """The m states after hs[0] (a block from its kept state) into hs[1..m], and
+        their decays 2^(dt At) into ah[0..m-1]."""
+        L = u.shape[1]
+        e = d0 + cw
+        for j in range(m):
+            t = L - 1 - (s0 + j) if rev else s0 + j
+            ur = u[bi, t, d0:e]
+            dr = dt[bi, t, d0:e]
+            for n in range(At.shape[0]):
+                bn = B[bi, t, g, n]
+                Ar = At[n, d0:e]
+                hp = hs[j, n]
+                hn = hs[j + 1, n]
+                an = ah[j, n]
+                for c in range(cw):
+                    a = _exp2(dr[c] * Ar[c])
+                    an[c] = a
+                    hn[c] = a * hp[c] + dr[c] * ur[c] * bn
+
+    @_jit(**_cpu._JIT_SUM)  # the dB / dC sums over channels may be reordered (vectorised)
+    def _walk(m, rev, s0, bi, g, d0, cw, col, u, dt, An, B, C, hs, ah, dh, dy, du, ddt, dA, dB, dC, gdt, sb, dtu):
+        """The block's positions backwards with the adjoint dh (N, W): du, ddt, dA, dB, dC.
+        Per position: ddt = sum_n dh a h_prev A + u sum_n dh B, du = dt sum_n dh B."""
+        L = u.shape[1]
+        e = d0 + cw
+        for j in range(m - 1, -1, -1):
+            t = L - 1 - (s0 + j) if rev else s0 + j
+            ur = u[bi, t, d0:e]
+            dr = dt[bi, t, d0:e]
+            gy = dy[bi, t, d0:e]
+            for c in range(cw):
+                gdt[c] = _ZERO
+                sb[c] = _ZERO
+                dtu[c] = dr[c] * ur[c]
+            for n in range(An.shape[0]):
+                bn = B[bi, t, g, n]
+                cn = C[bi, t, g, n]
+                Anr = An[n, d0:e]
+                hp = hs[j, n]
+                hc = hs[j + 1, n]
+                an = ah[j, n]
+                dhn = dh[n]
+                dAr = dA[bi, n, d0:e]
+                db = _ZERO
+                dc = _ZERO
+                for c in range(cw):
+                    dhv = dhn[c] + gy[c] * cn
+                    x = dhv * an[c] * hp[c]
+                    gdt[c] += x * Anr[c]
+                    dAr[c] += x * dr[c]
+                    sb[c] += dhv * bn
+                    db += dhv * dtu[c]
+                    dc += gy[c] * hc[c]
+                    dhn[c] = dhv * an[c]
+                dB[bi, t, col, n] = db
+                dC[bi, t, col, n] = dc
+            dur = du[bi, t, d0:e]
+            ddr = ddt[bi, t, d0:e]
+            for c in range(cw):
+                dur[c] = dr[c] * sb[c]
+                ddr[c] = gdt[c] + ur[c] * sb[c]
+
+    @_jit(**_JIT)
     def _bwd(lo, hi, W, G, K, rev, u, dt, At, An, B, C, hck, dy, du, ddt, dA, dB, dC):
         """Tasks lo..hi, from the output gradient dy: du, ddt (b, L, d); dA (b, N, d)
         partials (one row each, summed by the caller); dB, dC (b, L, G * nblk, N)
@@ -77,16 +149,15 @@ if _cpu.numba is not None:
         dg = d // G
         nblk = (dg + W - 1) // W
         hs = np.empty((K + 1, N, W), dtype=np.float32)
+        ah = np.empty((K, N, W), dtype=np.float32)
         dh = np.empty((N, W), dtype=np.float32)
         gdt = np.empty(W, dtype=np.float32)
-        gdu = np.empty(W, dtype=np.float32)
-        tb = np.empty(W, dtype=np.float32)
-        tc = np.empty(W, dtype=np.float32)
+        sb = np.empty(W, dtype=np.float32)
+        dtu = np.empty(W, dtype=np.float32)
         nck = (L + K - 1) // K
         for task in range(lo, hi):
             bi, g, blk, d0, cw = _task_of(task, G, nblk, dg, W)
             e = d0 + cw
-            col = g * nblk + blk
             for n in range(N):
                 for c in range(cw):
                     dh[n, c] = _ZERO
@@ -97,56 +168,47 @@ if _cpu.numba is not None:
                     hk = hck[bi, k, n, d0:e]
                     for c in range(cw):
                         hs[0, n, c] = hk[c]
-                for j in range(m):  # the block's states again
-                    t = L - 1 - (s0 + j) if rev else s0 + j
-                    ur = u[bi, t, d0:e]
-                    dr = dt[bi, t, d0:e]
-                    for n in range(N):
-                        bn = B[bi, t, g, n]
-                        Ar = At[n, d0:e]
-                        hp = hs[j, n]
-                        hn = hs[j + 1, n]
-                        for c in range(cw):
-                            hn[c] = _exp2(dr[c] * Ar[c]) * hp[c] + dr[c] * ur[c] * bn
-                for j in range(m - 1, -1, -1):
-                    t = L - 1 - (s0 + j) if rev else s0 + j
-                    ur = u[bi, t, d0:e]
-                    dr = dt[bi, t, d0:e]
-                    gy = dy[bi, t, d0:e]
-                    for c in range(cw):
-                        gdt[c] = _ZERO
-                        gdu[c] = _ZERO
-                    for n in range(N):
-                        bn = B[bi, t, g, n]
-                        cn = C[bi, t, g, n]
-                        Ar = At[n, d0:e]
-                        Anr = An[n, d0:e]
-                        hp = hs[j, n]
-                        hc = hs[j + 1, n]
-                        dhn = dh[n]
-                        dAr = dA[bi, n, d0:e]
-                        for c in range(cw):
-                            dhv = dhn[c] + gy[c] * cn
-                            a = _exp2(dr[c] * Ar[c])
-                            x = dhv * a * hp[c]
-                            gdt[c] += x * Anr[c] + dhv * ur[c] * bn
-                            dAr[c] += x * dr[c]
-                            gdu[c] += dhv * dr[c] * bn
-                            tb[c] = dhv * dr[c] * ur[c]
-                            tc[c] = gy[c] * hc[c]
-                            dhn[c] = dhv * a
-                        sb = _ZERO
-                        sc = _ZERO
-                        for c in range(cw):
-                            sb += tb[c]
-                            sc += tc[c]
-                        dB[bi, t, col, n] = sb
-                        dC[bi, t, col, n] = sc
-                    dur = du[bi, t, d0:e]
-                    ddr = ddt[bi, t, d0:e]
-                    for c in range(cw):
-                        dur[c] = gdu[c]
-                        ddr[c] = gdt[c]
+                _recompute(m, rev, s0, bi, g, d0, cw, u, dt, At, B, hs, ah)
+                _walk(m, rev, s0, bi, g, d0, cw, g * nblk + blk, u, dt, An, B, C, hs, ah, dh, dy, du, ddt, dA,
+                      dB, dC, gdt, sb, dtu)
+
+
+    _exp = _cpu._exp
+
+    @_jit(**_JIT)
+    def _conv_bwd(lo, hi, rev, act, xx, pre, dy, w, dxx, dwp, dbp):
+        """Batch rows lo..hi of the depthwise conv (+ SiLU) backward, channel-last. xx
+        (b, L + K - 1, d): the input padded by its context (before it, or after it for
+        ``rev``); pre (b, L, d): the conv before the SiLU; tap j of position t reads
+        xx[t + o_j], o_j = j (K - 1 - j for ``rev``). Writes dxx (zeroed by the caller)
+        and this task's partials dwp[lo] (K, d), dbp[lo] (d)."""
+        L, d = pre.shape[1], pre.shape[2]
+        K = w.shape[0]
+        gv = np.empty(d, dtype=np.float32)
+        dw = dwp[lo]
+        db = dbp[lo]
+        for bi in range(lo, hi):
+            for t in range(L):
+                pr = pre[bi, t]
+                gr = dy[bi, t]
+                if act:
+                    for c in range(d):
+                        sg = np.float32(1.0) / (np.float32(1.0) + _exp(-pr[c]))
+                        gv[c] = gr[c] * sg * (np.float32(1.0) + pr[c] * (np.float32(1.0) - sg))
+                else:
+                    for c in range(d):
+                        gv[c] = gr[c]
+                for c in range(d):
+                    db[c] += gv[c]
+                for j in range(K):
+                    o = t + (K - 1 - j if rev else j)
+                    xr = xx[bi, o]
+                    dr = dxx[bi, o]
+                    wr = w[j]
+                    dwr = dw[j]
+                    for c in range(d):
+                        dr[c] += wr[c] * gv[c]
+                        dwr[c] += gv[c] * xr[c]
 
 
 def _split(fn, ntask: int, work: int, *args) -> None:
@@ -238,3 +300,50 @@ def bidirectional_selective_scan_cpu_grad(u_f, delta_f, A_f, B_f, C_f, u_r, delt
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(u_f.dtype)
+
+
+class _ConvFn(torch.autograd.Function):
+    """Depthwise conv (+ SiLU) with gradients to x, weight, bias and context: the forward
+    is the compiled inference conv (before the SiLU, kept for the backward), the backward
+    :func:`_conv_bwd`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, context, rev, act):
+        b, L, d = x.shape
+        K = weight.shape[-1]
+        w = weight.reshape(d, K)
+        pre = _cpu.conv1d_silu_cpu(x.detach().float(), w.detach(), None if bias is None else bias.detach(),
+                                   None if context is None else context.detach(), rev, False)
+        ctx.save_for_backward(x, w, context, pre)
+        ctx.rev, ctx.act, ctx.shape, ctx.has_bias = rev, act, weight.shape, bias is not None
+        return (F.silu(pre) if act else pre).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w, context, pre = ctx.saved_tensors
+        b, L, d = x.shape
+        K, km1 = w.shape[1], w.shape[1] - 1
+        xf = x.detach().float()
+        cf = (context.detach().float() if context is not None and km1 else xf.new_zeros(b, km1, d))
+        xx = torch.cat([xf, cf] if ctx.rev else [cf, xf], dim=1).contiguous()
+        dxx = torch.zeros_like(xx)
+        dwp = torch.zeros(b, K, d, dtype=torch.float32)
+        dbp = torch.zeros(b, d, dtype=torch.float32)
+        wt = w.detach().float().T.contiguous()
+        if b * L:
+            _split(_conv_bwd, b, b * L * d * K, ctx.rev, ctx.act, xx.numpy(), pre.numpy(),
+                   gy.float().contiguous().numpy(), wt.numpy(), dxx.numpy(), dwp.numpy(), dbp.numpy())
+        dx = (dxx[:, :L] if ctx.rev else dxx[:, km1:]).to(x.dtype)
+        dctx = None
+        if context is not None and ctx.needs_input_grad[3]:
+            dctx = (dxx[:, L:] if ctx.rev else dxx[:, :km1]).to(context.dtype)
+        dw = dwp.sum(0).T.reshape(ctx.shape).to(w.dtype)
+        db = dbp.sum(0) if ctx.has_bias else None
+        return dx, dw, db, dctx, None, None
+
+
+def conv1d_silu_cpu_grad(x, weight, bias=None, context=None, reverse=False, activation=True) -> Tensor:
+    """:func:`conv1d_silu_ref` with gradients to x, weight, bias and context, compiled;
+    returned in x's dtype."""
+    CALLS["conv"] += 1
+    return _ConvFn.apply(x, weight, bias, context, bool(reverse), bool(activation))
