@@ -9,8 +9,9 @@ backward recomputes each block of K states (and their decays) from it and walks 
 block backwards with the adjoint ``dh``, writing du, ddt, dB, dC and per-row partials
 of dA. Nothing of
 size (batch, length, d_inner, d_state) is ever made; the reference's autograd makes
-several. Around the core, in PyTorch ops (autograd): ``dt = softplus(delta + bias)``,
-``+ D u``, the ``silu(z)`` gate (for the bidirectional scan once, on the sum).
+several. The core also computes ``dt = softplus(delta + bias)`` (kept for the backward,
+whose softplus derivative is ``1 - exp(-dt)``) and the ``+ D u`` skip; only the
+``silu(z)`` gate is PyTorch ops (for the bidirectional scan once, on the sum).
 
 The conv (:func:`conv1d_silu_cpu_grad`): the forward is the compiled inference conv
 before the SiLU (kept); the backward walks each batch row once, scattering
@@ -29,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu as _cpu
-from .reference import _discretize
 
 Tensor = torch.Tensor
 _K = 16  # positions between kept states
@@ -37,13 +37,14 @@ _W = 128  # channels a task
 CALLS = {"scan": 0, "conv": 0}
 
 if _cpu.numba is not None:
-    _jit, _JIT, _exp2 = _cpu._jit, _cpu._JIT, _cpu._exp2
-    _advance, _task_of, _work_arrays = _cpu._advance, _cpu._task_of, _cpu._work_arrays
+    _jit, _JIT, _exp, _exp2 = _cpu._jit, _cpu._JIT, _cpu._exp, _cpu._exp2
+    _advance, _task_of, _work_arrays, _softplus = _cpu._advance, _cpu._task_of, _cpu._work_arrays, _cpu._softplus
     _ZERO = np.float32(0.0)
 
     @_jit(**_JIT)
-    def _fwd(lo, hi, W, G, K, rev, u, dt, At, B, C, y, hck):
-        """Tasks lo..hi: y (b, L, d) and the states entering every K-th step, hck
+    def _fwd(lo, hi, W, G, K, rev, sp, u, delta, bias, Dv, At, B, C, y, dt, hck):
+        """Tasks lo..hi: dt = softplus(delta + bias) (``sp``; else delta + bias) into dt,
+        y = sum_n h C + D u (b, L, d) and the states entering every K-th step, hck
         (b, nck, N, d)."""
         L, d = u.shape[1], u.shape[2]
         N = At.shape[0]
@@ -53,6 +54,8 @@ if _cpu.numba is not None:
         for task in range(lo, hi):
             bi, g, blk, d0, cw = _task_of(task, G, nblk, dg, W)
             e = d0 + cw
+            br = bias[d0:e]
+            Dr = Dv[d0:e]
             for n in range(N):
                 for c in range(cw):
                     h[n, c] = _ZERO
@@ -65,15 +68,20 @@ if _cpu.numba is not None:
                             hk[c] = h[n, c]
                 t = L - 1 - s if rev else s
                 ur = u[bi, t, d0:e]
+                xr = delta[bi, t, d0:e]
                 dr = dt[bi, t, d0:e]
                 for c in range(cw):
-                    dtv[c] = dr[c]
-                    dtu[c] = dr[c] * ur[c]
+                    v = xr[c] + br[c]
+                    if sp:
+                        v = _softplus(v)
+                    dr[c] = v
+                    dtv[c] = v
+                    dtu[c] = v * ur[c]
                     acc[c] = _ZERO
                 _advance(h, At, B, C, bi, t, g, d0, cw, dtv, dtu, acc)
                 yr = y[bi, t, d0:e]
                 for c in range(cw):
-                    yr[c] = acc[c]
+                    yr[c] = acc[c] + Dr[c] * ur[c]
 
     @_jit(**_JIT)
     def _recompute(m, rev, s0, bi, g, d0, cw, u, dt, At, B, hs, ah):
@@ -97,9 +105,11 @@ if _cpu.numba is not None:
                     hn[c] = a * hp[c] + dr[c] * ur[c] * bn
 
     @_jit(**_cpu._JIT_SUM)  # the dB / dC sums over channels may be reordered (vectorised)
-    def _walk(m, rev, s0, bi, g, d0, cw, col, u, dt, An, B, C, hs, ah, dh, dy, du, ddt, dA, dB, dC, gdt, sb, dtu):
-        """The block's positions backwards with the adjoint dh (N, W): du, ddt, dA, dB, dC.
-        Per position: ddt = sum_n dh a h_prev A + u sum_n dh B, du = dt sum_n dh B."""
+    def _walk(m, rev, sp, s0, bi, g, d0, cw, col, u, dt, Dv, An, B, C, hs, ah, dh, dy, du, ddl, dA, dD, dB, dC,
+              gdt, sb, dtu):
+        """The block's positions backwards with the adjoint dh (N, W): du, ddl (delta's
+        gradient), dA, dD, dB, dC. Per position: ddt = sum_n dh a h_prev A + u sum_n dh B,
+        ddl = ddt sigmoid(delta + bias) = ddt (1 - e^-dt) (``sp``), du = dt sum_n dh B + D dy."""
         L = u.shape[1]
         e = d0 + cw
         for j in range(m - 1, -1, -1):
@@ -134,16 +144,22 @@ if _cpu.numba is not None:
                 dB[bi, t, col, n] = db
                 dC[bi, t, col, n] = dc
             dur = du[bi, t, d0:e]
-            ddr = ddt[bi, t, d0:e]
+            ddr = ddl[bi, t, d0:e]
+            Dr = Dv[d0:e]
+            dDr = dD[bi, d0:e]
             for c in range(cw):
-                dur[c] = dr[c] * sb[c]
-                ddr[c] = gdt[c] + ur[c] * sb[c]
+                dur[c] = dr[c] * sb[c] + Dr[c] * gy[c]
+                dDr[c] += gy[c] * ur[c]
+                v = gdt[c] + ur[c] * sb[c]
+                if sp:
+                    v *= np.float32(1.0) - _exp(-dr[c])
+                ddr[c] = v
 
     @_jit(**_JIT)
-    def _bwd(lo, hi, W, G, K, rev, u, dt, At, An, B, C, hck, dy, du, ddt, dA, dB, dC):
-        """Tasks lo..hi, from the output gradient dy: du, ddt (b, L, d); dA (b, N, d)
-        partials (one row each, summed by the caller); dB, dC (b, L, G * nblk, N)
-        partials (one channel block each)."""
+    def _bwd(lo, hi, W, G, K, rev, sp, u, dt, Dv, At, An, B, C, hck, dy, du, ddl, dA, dD, dB, dC):
+        """Tasks lo..hi, from the output gradient dy: du, ddl (delta's gradient) (b, L, d);
+        dA (b, N, d) and dD (b, d) partials (one batch row each, summed by the caller); dB,
+        dC (b, L, G * nblk, N) partials (one channel block each)."""
         L, d = u.shape[1], u.shape[2]
         N = At.shape[0]
         dg = d // G
@@ -169,11 +185,9 @@ if _cpu.numba is not None:
                     for c in range(cw):
                         hs[0, n, c] = hk[c]
                 _recompute(m, rev, s0, bi, g, d0, cw, u, dt, At, B, hs, ah)
-                _walk(m, rev, s0, bi, g, d0, cw, g * nblk + blk, u, dt, An, B, C, hs, ah, dh, dy, du, ddt, dA,
-                      dB, dC, gdt, sb, dtu)
+                _walk(m, rev, sp, s0, bi, g, d0, cw, g * nblk + blk, u, dt, Dv, An, B, C, hs, ah, dh, dy, du, ddl,
+                      dA, dD, dB, dC, gdt, sb, dtu)
 
-
-    _exp = _cpu._exp
 
     @_jit(**_JIT)
     def _conv_bwd(lo, hi, rev, act, xx, pre, dy, w, dxx, dwp, dbp):
@@ -233,50 +247,56 @@ def _geometry(b: int, d: int, G: int):
 
 
 class _CoreFn(torch.autograd.Function):
-    """y = sum_n h C over fp32 (u, dt, A, B, C); see the module doc."""
+    """y = sum_n h C + D u with dt = softplus(delta + bias), all in fp32; see the module doc."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, rev):
+    def forward(ctx, u, delta, A, B, C, D, bias, sp, rev):
         b, L, d = u.shape
         N, G = A.shape[1], B.shape[2]
         W, nblk, ntask = _geometry(b, d, G)
         At = _cpu._exp2_rates(A)
-        uu, dd = u.detach().contiguous(), dt.detach().contiguous()
-        Bc, Cc = B.detach().contiguous(), C.detach().contiguous()
+        f = lambda t: t.detach().float().contiguous()  # noqa: E731
+        uu, xd, Bc, Cc = f(u), f(delta), f(B), f(C)
+        Dv = f(D) if D is not None else torch.zeros(d)
+        bv = f(bias) if bias is not None else torch.zeros(d)
         y = torch.empty(b, L, d, dtype=torch.float32)
+        dt = torch.empty(b, L, d, dtype=torch.float32)
         hck = torch.empty(b, -(-L // _K), N, d, dtype=torch.float32)
         if L:
-            _split(_fwd, ntask, b * L * d * N, W, G, _K, rev, uu.numpy(), dd.numpy(), At, Bc.numpy(),
-                   Cc.numpy(), y.numpy(), hck.numpy())
-        ctx.save_for_backward(uu, dd, A, Bc, Cc, hck)
-        ctx.rev = rev
+            _split(_fwd, ntask, b * L * d * N, W, G, _K, rev, sp, uu.numpy(), xd.numpy(), bv.numpy(), Dv.numpy(),
+                   At, Bc.numpy(), Cc.numpy(), y.numpy(), dt.numpy(), hck.numpy())
+        ctx.save_for_backward(uu, dt, A, Bc, Cc, Dv, hck)
+        ctx.rev, ctx.sp = rev, sp
+        ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, bias)]
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        u, dt, A, B, C, hck = ctx.saved_tensors
+        u, dt, A, B, C, Dv, hck = ctx.saved_tensors
         b, L, d = u.shape
         N, G = A.shape[1], B.shape[2]
         W, nblk, ntask = _geometry(b, d, G)
-        An = np.ascontiguousarray(A.detach().numpy().T)
+        An = np.ascontiguousarray(A.detach().float().numpy().T)
         At = _cpu._exp2_rates(A)
-        du, ddt = torch.empty_like(u), torch.empty_like(u)
+        du, ddl = torch.empty_like(u), torch.empty_like(u)
         dA = torch.zeros(b, N, d, dtype=torch.float32)
+        dD = torch.zeros(b, d, dtype=torch.float32)
         dB = torch.empty(b, L, G * nblk, N, dtype=torch.float32)
         dC = torch.empty(b, L, G * nblk, N, dtype=torch.float32)
         if L:
-            _split(_bwd, ntask, 3 * b * L * d * N, W, G, _K, ctx.rev, u.numpy(), dt.numpy(), At, An,
-                   B.numpy(), C.numpy(), hck.numpy(), gy.float().contiguous().numpy(), du.numpy(),
-                   ddt.numpy(), dA.numpy(), dB.numpy(), dC.numpy())
+            _split(_bwd, ntask, 3 * b * L * d * N, W, G, _K, ctx.rev, ctx.sp, u.numpy(), dt.numpy(), Dv.numpy(),
+                   At, An, B.numpy(), C.numpy(), hck.numpy(), gy.float().contiguous().numpy(), du.numpy(),
+                   ddl.numpy(), dA.numpy(), dD.numpy(), dB.numpy(), dC.numpy())
         fold = lambda t: t.view(b, L, G, nblk, N).sum(3)  # noqa: E731
-        return du, ddt, dA.sum(0).T, fold(dB), fold(dC), None
+        grads = [du, ddl, dA.sum(0).T, fold(dB), fold(dC), dD.sum(0), ddl.sum((0, 1))]
+        out = [None if dt_ is None or not need else g.to(dt_)
+               for g, dt_, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
+        return (*out, None, None)
 
 
 def _direction(u, delta, A, B, C, D, delta_bias, softplus, rev) -> Tensor:
     """One direction before the gate, fp32: core + D u."""
-    _, uf, dt = _discretize(u, delta, delta_bias, softplus)
-    y = _CoreFn.apply(uf, dt, A.float(), B.float(), C.float(), bool(rev))
-    return y if D is None else y + uf * D.float()
+    return _CoreFn.apply(u, delta, A, B, C, D, delta_bias, bool(softplus), bool(rev))
 
 
 def selective_scan_cpu_grad(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
