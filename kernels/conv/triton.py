@@ -283,8 +283,8 @@ def _launch_fwd(x, w, bias, context, reverse, act, tu: ConvTuning):
     BL, BD, grid = _geom(x, tu)
     c = context if context is not None else x
     _conv_fwd_kernel[grid](
-        x, c, w, bias if bias is not None else w, y, L, D,
-        x.stride(0), x.stride(1), c.stride(0), c.stride(1), y.stride(0), y.stride(1),
+        x_ptr=x, c_ptr=c, w_ptr=w, b_ptr=bias if bias is not None else w, y_ptr=y, L=L, D=D,
+        s_xb=x.stride(0), s_xl=x.stride(1), s_cb=c.stride(0), s_cl=c.stride(1), s_yb=y.stride(0), s_yl=y.stride(1),
         K=K, BL=BL, BD=BD, HAS_CTX=context is not None, HAS_BIAS=bias is not None, REV=reverse, ACT=act,
         num_warps=tu.warps,
     )
@@ -326,9 +326,9 @@ class _ConvFn(torch.autograd.Function):
         db = torch.empty(b * NP, D, device=x.device, dtype=torch.float32) if bf is not None else dw
         cc = c if c is not None else x
         _conv_bwd_kernel[(NP, NC, b)](
-            x, cc, w, bf if bf is not None else w, gy, dx, dw, db, L, D, NLT, TPP,
-            x.stride(0), x.stride(1), cc.stride(0), cc.stride(1), gy.stride(0), gy.stride(1),
-            dx.stride(0), dx.stride(1),
+            x_ptr=x, c_ptr=cc, w_ptr=w, b_ptr=bf if bf is not None else w, g_ptr=gy, dx_ptr=dx, dw_ptr=dw, db_ptr=db,
+            L=L, D=D, NLT=NLT, TPP=TPP, s_xb=x.stride(0), s_xl=x.stride(1), s_cb=cc.stride(0), s_cl=cc.stride(1),
+            s_gb=gy.stride(0), s_gl=gy.stride(1), s_dxb=dx.stride(0), s_dxl=dx.stride(1),
             K=K, BL=BL, BD=BD, HAS_CTX=c is not None, HAS_BIAS=bf is not None, REV=reverse, ACT=act,
             num_warps=tu.bwd_warps,
         )
