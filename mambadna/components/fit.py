@@ -340,12 +340,8 @@ class LoopState:
             self.stopper.load(tensors, meta["early_stopping"])
             if self.ema is not None:
                 self.ema.load(tensors, meta["ema"])
-            if meta["early_stopping"].get("best_state_is_current"):
-                if self.ema is not None:
-                    with self.ema.swapped():
-                        self.stopper.best_state = {k: v.detach().cpu().clone()
-                                                   for k, v in self.stopper.module.state_dict().items()}
-                else:
+            if meta["early_stopping"].get("best_state_is_current"):  # the state validated: averaged or not
+                with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
                     self.stopper.best_state = {k: v.detach().cpu().clone()
                                                for k, v in self.stopper.module.state_dict().items()}
             step = int(meta["step"])
