@@ -188,6 +188,17 @@ if numba is not None:
         return bi, g, blk, d0, min(W, (g + 1) * dg - d0)
 
     @_jit(**_JIT)
+    def _dt_row(dr, bia, softplus, ur, cw, dtv, dtuv):
+        """One position's dt = softplus(delta + bias) (or delta + bias) into dtv and
+        dt u into dtuv, for the cw channels of the row slices dr (delta), bia, ur (u)."""
+        for c in range(cw):
+            v = dr[c] + bia[c]
+            if softplus:
+                v = _softplus(v)
+            dtv[c] = v
+            dtuv[c] = v * ur[c]
+
+    @_jit(**_JIT)
     def _advance(h, At, Bm, Cm, bi, t, g, d0, cw, dtv, dtuv, acc):
         """The state h (N, W) of channels d0 .. d0+cw one position on, at t:
         h = 2^(dt At) h + dt u B (dtv: dt, dtuv: dt u); acc += sum_n h C."""
@@ -221,12 +232,8 @@ if numba is not None:
             ur = u[bi, t, d0:e]
             dr = delta[bi, t, d0:e]
             yr = y[bi, t, d0:e]
+            _dt_row(dr, bia, softplus, ur, cw, dtv, dtuv)
             for c in range(cw):
-                v = dr[c] + bia[c]
-                if softplus:
-                    v = _softplus(v)
-                dtv[c] = v
-                dtuv[c] = v * ur[c]
                 acc[c] = Dr[c] * ur[c]
             _advance(h, At, Bm, Cm, bi, t, g, d0, cw, dtv, dtuv, acc)
             if accumulate:

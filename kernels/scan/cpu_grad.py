@@ -38,7 +38,7 @@ CALLS = {"scan": 0, "conv": 0}
 
 if _cpu.numba is not None:
     _jit, _JIT, _exp, _exp2 = _cpu._jit, _cpu._JIT, _cpu._exp, _cpu._exp2
-    _advance, _task_of, _work_arrays, _softplus = _cpu._advance, _cpu._task_of, _cpu._work_arrays, _cpu._softplus
+    _advance, _dt_row, _task_of, _work_arrays = _cpu._advance, _cpu._dt_row, _cpu._task_of, _cpu._work_arrays
     _ZERO = np.float32(0.0)
 
     @_jit(**_JIT)
@@ -70,13 +70,9 @@ if _cpu.numba is not None:
                 ur = u[bi, t, d0:e]
                 xr = delta[bi, t, d0:e]
                 dr = dt[bi, t, d0:e]
+                _dt_row(xr, br, sp, ur, cw, dtv, dtu)
                 for c in range(cw):
-                    v = xr[c] + br[c]
-                    if sp:
-                        v = _softplus(v)
-                    dr[c] = v
-                    dtv[c] = v
-                    dtu[c] = v * ur[c]
+                    dr[c] = dtv[c]  # kept for the backward
                     acc[c] = _ZERO
                 _advance(h, At, B, C, bi, t, g, d0, cw, dtv, dtu, acc)
                 yr = y[bi, t, d0:e]
