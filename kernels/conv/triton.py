@@ -35,6 +35,7 @@ import triton.language as tl
 
 from ..tuning import Tuned, cdiv, next_pow2
 
+
 @dataclass(frozen=True)
 class ConvTuning:
     """The conv's blocking (chosen on the H100). 128 channels on 1 warp is 4 a thread

@@ -262,7 +262,7 @@ class _CoreFn(torch.autograd.Function):
             _split(_fwd, ntask, b * L * d * N, W, G, _K, rev, sp, uu.numpy(), xd.numpy(), bv.numpy(), Dv.numpy(),
                    At, Bc.numpy(), Cc.numpy(), y.numpy(), dt.numpy(), hck.numpy())
         ctx.save_for_backward(uu, dt, A, Bc, Cc, Dv, hck)
-        ctx.rev, ctx.sp = rev, sp
+        ctx.rev, ctx.sp, ctx.At = rev, sp, At
         ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, bias)]
         return y
 
@@ -273,7 +273,7 @@ class _CoreFn(torch.autograd.Function):
         N, G = A.shape[1], B.shape[2]
         W, nblk, ntask = _geometry(b, d, G)
         An = np.ascontiguousarray(A.detach().float().numpy().T)
-        At = _cpu._exp2_rates(A)
+        At = ctx.At  # the forward's
         du, ddl = torch.empty_like(u), torch.empty_like(u)
         dA = torch.zeros(b, N, d, dtype=torch.float32)
         dD = torch.zeros(b, d, dtype=torch.float32)
