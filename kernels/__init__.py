@@ -19,6 +19,7 @@ import torch
 
 from .conv.reference import conv1d_silu_ref
 from .norm.reference import rms_norm_ref
+from .tuning import needs_grad
 from .scan.reference import (
     bidirectional_selective_scan_ref,
     selective_scan_chunked,
@@ -64,10 +65,6 @@ def cpu_scan_available() -> bool:
     return cpu.available()
 
 
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
-
-
 def _pick_scan(backend: str, tensors, stateful: bool = False) -> str:
     """The scan backend: as :func:`_pick`, except that "auto" on CPU tensors in
     fp32/fp16/bf16 takes the compiled CPU scan when numba imports
@@ -80,14 +77,14 @@ def _pick_scan(backend: str, tensors, stateful: bool = False) -> str:
     if b == "cpu":
         if not on_cpu:
             raise ValueError('backend="cpu" needs fp32/fp16/bf16 CPU tensors')
-        if _needs_grad(*tensors):
+        if needs_grad(*tensors):
             raise ValueError('backend="cpu" is inference only: no gradients flow through it')
         if not cpu_scan_available():
             raise RuntimeError('backend="cpu" needs numba (pip install numba)')
         return b
     if (backend == "auto" and b == "reference" and os.environ.get("MAMBADNA_SCAN_BACKEND") != "reference"
             and on_cpu and cpu_scan_available()):
-        if not _needs_grad(*tensors):
+        if not needs_grad(*tensors):
             return "cpu"
         if not stateful:
             return "cpu_grad"

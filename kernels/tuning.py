@@ -1,5 +1,5 @@
-"""Kernel tuning: a frozen dataclass per kernel family, read through a context
-variable. A test or benchmark changes it for a block, in its own thread or
+"""Kernel tuning (a frozen dataclass per kernel family, read through a context
+variable) and the host-side launch helpers the kernels share. A test or benchmark changes it for a block, in its own thread or
 context only (:meth:`Tuned.use`), never by editing a global dict; an autograd
 function keeps its forward's tuning for the backward, which may run in another
 thread."""
@@ -9,6 +9,8 @@ import contextlib
 import dataclasses
 from contextvars import ContextVar
 from typing import Generic, Iterator, Optional, TypeVar
+
+import torch
 
 T = TypeVar("T")
 
@@ -42,3 +44,11 @@ def cdiv(a: int, b: int) -> int:
 
 def next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else max(n, 0)
+
+
+def needs_grad(*ts) -> bool:
+    """Whether a backward can follow: grad mode on and a (non-None) input requiring a
+    gradient. Decided before an autograd function runs: inside its forward,
+    ``ctx.needs_input_grad`` says True for a parameter even under ``no_grad``, and a
+    forward that is recomputed later, or an inference, would keep states for nothing."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)

@@ -228,6 +228,37 @@ def test_backward_checkpoints_from_forward(rev):
     check(args, softplus=True, rev=rev, dtype=torch.float32)
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "grad"])
+def test_no_states_kept_without_a_backward_to_come(mode, monkeypatch):
+    """Under no_grad / inference_mode (an inference, or the first forward of a chunked
+    block that its backward recomputes) the forwards keep no checkpoints and no pre-gate
+    sum, though D and the bias are parameters (``ctx.needs_input_grad`` says True for
+    them there); with grad mode on they do, and the outputs are the same."""
+    b, L, D, N, G = (2, 37, 8, 4, 2) if DEV == "cpu" else (2, 300, 64, 16, 1)
+    u, delta, A, B, C, Dv, z, bias, _ = make(b, L, D, N, G, torch.float32, seed=9)
+    Dp, bp = torch.nn.Parameter(Dv), torch.nn.Parameter(bias)
+    asked = []
+    real = ts._fwd_ckpt
+    monkeypatch.setattr(ts, "_fwd_ckpt", lambda geom, u, A, B, grad, count=1: (
+        asked.append((grad, count)), real(geom, u, A, B, grad, count))[1])
+    ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+           "grad": contextlib.nullcontext}[mode]
+    with ctx():
+        y = ts.selective_scan_triton(u, delta, A, B, C, Dp, z, bp, True)
+        yb = ts.bidirectional_selective_scan_triton(u, delta, A, B, C, u, delta, A, B, C,
+                                                    Dp, Dp, z, bp, bp, True)
+    grad = mode == "grad"
+    assert asked == [(grad, 1), (grad, 2)]
+    if grad:
+        assert _saved_ckpt(y) is not None
+        assert yb.grad_fn.saved_tensors[19] is not None  # the pre-gate sum, for dz
+    else:
+        assert y.grad_fn is None and yb.grad_fn is None
+    ref = selective_scan_ref(u, delta, A, B, C, Dv, z, bias, True)
+    assert rel(y, ref) < TOL[torch.float32]
+
+
+
 @pytest.mark.parametrize("L", [1, 8, 13])
 @pytest.mark.parametrize("rev", [False, True])
 def test_matches_reference_plain(L, rev):

@@ -5,6 +5,8 @@ from typing import Optional
 
 import torch
 
+from ..tuning import needs_grad
+
 Tensor = torch.Tensor
 
 
@@ -55,6 +57,6 @@ def rms_norm_ref(x: Tensor, weight: Tensor, eps: float = 1e-5,
     Under autograd it keeps only x and the per-row 1/rms for backward.
     """
     out_dtype = out_dtype or x.dtype
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if needs_grad(x, weight):
         return _RMSNormRefFn.apply(x, weight, eps, out_dtype)
     return _rms_norm_formula(x, weight, eps, out_dtype)

@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..tuning import needs_grad
+
 Tensor = torch.Tensor
 
 
@@ -183,9 +185,7 @@ def selective_scan_chunked(
     T = chunk if chunk > 0 else max(1, int(math.ceil(math.sqrt(L))))
     nc = (L + T - 1) // T
     pad = nc * T - L
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    if not needs_grad:
+    if not needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state):
         y, hT = _chunked_inference(uf, dt, A.to(cdt), B.to(cdt), C.to(cdt), h0, T, nc, pad)
         if D is not None:
             y = y + uf * D.to(cdt)

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tuning import Tuned, cdiv, next_pow2
+from ..tuning import Tuned, cdiv, needs_grad, next_pow2
 from .budget import BUDGET
 
 SUB = 2  # backward: positions recomputed into registers at a time (the walks are written for 2)
@@ -981,13 +981,13 @@ def _prep(u, delta, A, B, C, D_, z, bias):
 
 class _ScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D_, z, bias, h0, softplus, rev):
+    def forward(ctx, u, delta, A, B, C, D_, z, bias, h0, softplus, rev, grad):
         ctx.set_materialize_grads(False)
         dtypes = (A.dtype, None if D_ is None else D_.dtype, None if bias is None else bias.dtype,
                   None if h0 is None else h0.dtype)
         u, delta, A, At, B, C, D_, z, bias = _prep(u, delta, A, B, C, D_, z, bias)
         geom = _Geom(u, A, B, tuning())
-        cks, CK = _fwd_ckpt(geom, u, A, B, any(ctx.needs_input_grad))
+        cks, CK = _fwd_ckpt(geom, u, A, B, grad)
         ck = None if cks is None else cks[0]
         out, hT, hseg = _fwd(geom, u, delta, At, A, B, C, D_, z, bias, h0, softplus, rev, ck, CK)
         ctx.save_for_backward(u, delta, A, At, B, C, D_, z, bias, hseg, ck)
@@ -1009,7 +1009,7 @@ class _ScanFn(torch.autograd.Function):
         return (du, ddelta, dA.to(A_dt), dB.to(B.dtype), dC.to(C.dtype),
                 None if dD is None else dD.to(D_dt), dz,
                 None if dbias is None else dbias.to(b_dt),
-                None if h0_dt is None else dh0.to(h0_dt), None, None)
+                None if h0_dt is None else dh0.to(h0_dt), None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -1020,14 +1020,15 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   initial_state, return_final_state, reverse)
     y, hT = _ScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                          bool(delta_softplus), bool(reverse))
+                          bool(delta_softplus), bool(reverse),
+                          needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state))
     return (y, hT) if return_final_state else y
 
 
 class _BidirFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
-                D_f, D_r, z, bias_f, bias_r, softplus):
+                D_f, D_r, z, bias_f, bias_r, softplus, grad):
         ctx.set_materialize_grads(False)
         dtypes = tuple(None if t is None else t.dtype for t in (A_f, A_r, D_f, D_r, bias_f, bias_r))
         u_f, delta_f, A_f, At_f, B_f, C_f, D_f, z, bias_f = _prep(u_f, delta_f, A_f, B_f, C_f, D_f, z, bias_f)
@@ -1044,7 +1045,6 @@ class _BidirFn(torch.autograd.Function):
         # the first direction's output, then the pre-gate sum: in the input dtype (as
         # mamba_ssm keeps its output; fp32 measured twice the traffic and memory)
         acc = torch.empty(b, L, D, device=u_f.device, dtype=u_f.dtype)
-        grad = any(ctx.needs_input_grad)
         save_y = z is not None and grad
         cks, CK = _fwd_ckpt(g, u_f, A_f, B_f, grad, count=2)
         ck_f, ck_r = (None, None) if cks is None else cks
@@ -1100,7 +1100,7 @@ class _BidirFn(torch.autograd.Function):
         cast = lambda t, dt: None if t is None else t.to(dt)  # noqa: E731
         return (duf, ddf, dAf.to(tA_f), dBf, dCf, dur, ddr, dAr.to(tA_r), dBr, dCr,
                 cast(dDf, tD_f), cast(dDr, tD_r),
-                dz, cast(dbf, tb_f), cast(dbr, tb_r), None)
+                dz, cast(dbf, tb_f), cast(dbr, tb_r), None, None)
 
 
 def bidirectional_selective_scan_triton(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
@@ -1114,7 +1114,9 @@ def bidirectional_selective_scan_triton(u_f, delta_f, A_f, B_f, C_f, u_r, delta_
                                                 B_r, C_r, D_f, D_r, z, delta_bias_f,
                                                 delta_bias_r, delta_softplus)
     return _BidirFn.apply(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
-                          D_f, D_r, z, delta_bias_f, delta_bias_r, bool(delta_softplus))
+                          D_f, D_r, z, delta_bias_f, delta_bias_r, bool(delta_softplus),
+                          needs_grad(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
+                                        D_f, D_r, z, delta_bias_f, delta_bias_r))
 
 
 def selective_state_update_triton(state, u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -1123,8 +1125,7 @@ def selective_state_update_triton(state, u, delta, A, B, C, D=None, z=None, delt
 
     Differentiable: when any input needs a gradient it runs as a length-1 scan.
     """
-    tensors = [t for t in (state, u, delta, A, B, C, D, z, delta_bias) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if needs_grad(state, u, delta, A, B, C, D, z, delta_bias):
         y, h = selective_scan_triton(
             u.unsqueeze(1), delta.unsqueeze(1), A, B.unsqueeze(1), C.unsqueeze(1), D,
             None if z is None else z.unsqueeze(1), delta_bias, delta_softplus, state, True)
