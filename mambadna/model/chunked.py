@@ -11,7 +11,9 @@ states are stored as compact copies, never as views into chunk-sized buffers.
 The result and every gradient equal the unchunked block's (tested).
 
 :func:`chunked_rows` does the same for a position-wise function (the final
-norm and the LM head): it keeps only its input and recomputes block by block.
+norm and the LM head): it keeps only its input and recomputes block by block;
+:func:`checkpointed` is the one-block case for any function (a whole block:
+per-layer activation checkpointing).
 """
 from __future__ import annotations
 
@@ -140,6 +142,9 @@ class _ChunkedRows(torch.autograd.Function):
         with torch.no_grad():
             for s, e in bounds:
                 y = fn(x[:, s:e])
+                if len(bounds) == 1:
+                    out = y
+                    break
                 if out is None:
                     out = y.new_empty((y.shape[0], L) + tuple(y.shape[2:]))
                 out[:, s:e] = y
@@ -186,3 +191,16 @@ def chunked_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ch
     if chunk <= 0 or x.shape[1] <= chunk:
         return fn(x)
     return _ChunkedRows.apply(x, fn, chunk, *params)
+
+
+def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``fn(x)`` keeping only x (batch, L, ...) for backward (activation checkpointing):
+    the forward runs without grad, so the kernels keep nothing for a backward (the scan
+    writes no checkpoints there); the backward recomputes ``fn(x)`` with grad and the
+    forward's autocast, then differentiates it (the scan's states kept by that forward
+    serve its backward at once). ``params``: every parameter fn uses that needs a
+    gradient. fn need not be position-wise (one block of the whole length)."""
+    if x.shape[1] == 0:
+        return fn(x)
+    return _ChunkedRows.apply(x, fn, x.shape[1], *params)

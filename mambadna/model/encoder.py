@@ -5,29 +5,19 @@ never branches on the backend (Triton on CUDA, the PyTorch reference on CPU).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from mambadna.kernels import scan_saved_state_limit
 from mambadna.model.block import MambaBlock, RMSNorm
-from mambadna.model.chunked import chunked_block, chunked_rows
+from mambadna.model.chunked import checkpointed, chunked_block, chunked_rows
 from mambadna.model.config import MemoryConfig, ModelConfig
 from mambadna.tokenizer import A as TOK_A, C as TOK_C, G as TOK_G, T as TOK_T
 
 Tensor = torch.Tensor
-
-
-def _recomputed_forward():
-    """Contexts of a checkpointed layer's two forwards: the first, whose activations
-    are dropped, keeps no scan states for the backward (the recomputation, run
-    just before the backward, keeps them)."""
-    return scan_saved_state_limit(0), contextlib.nullcontext()
 
 
 # complement permutation over the vocabulary (A<->T, C<->G, others fixed)
@@ -132,7 +122,8 @@ class MambaDNA(nn.Module):
             if self._layer_chunked():
                 h = self._apply_shared(lambda x, i=i: chunked_block(self.layers[i], x, self.memory.layer_chunk), h)
             elif self.memory.checkpoint_layers and self.training and torch.is_grad_enabled():
-                h = checkpoint(self.run_layer, i, h, use_reentrant=False, context_fn=_recomputed_forward)
+                h = checkpointed(lambda x, i=i: self.run_layer(i, x), h,
+                                 [p for p in self.layers[i].parameters() if p.requires_grad])
             else:
                 h = self.run_layer(i, h)
         if final_norm and stop == n - 1:
