@@ -379,6 +379,54 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 # --------------------------------------------------------------------------- the loop
+def train_loop(plan: Plan, opt: torch.optim.Optimizer, step_fn: Callable[[], float],
+               validate: Callable[[], Any], loop: LoopState, checkpoint: Optional[StepCheckpoint] = None,
+               progress: bool = False, desc: str = "finetune") -> int:
+    """The step loop every fine-tuning mode runs: warm-up + cosine schedule on ``opt``'s
+    groups (their ``lr`` now is the peak), ``step_fn()`` (one step's loss, gradients
+    accumulated; a non-finite one stops with :class:`TrainingError`), gradient clipping
+    (``plan.grad_clip``), the optimizer step, the weight average, and every ``plan.every``
+    steps ``validate()`` (validation predictions, the average swapped in) for the early
+    stopper; resumable through ``checkpoint`` (``loop`` is what it saves). Returns the
+    steps done; the best state is loaded back."""
+    base = [g["lr"] for g in opt.param_groups]  # (before a resumed state overwrites them)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    stopper, ema = loop.stopper, loop.ema
+    checkpoint = checkpoint or StepCheckpoint()
+    saved = checkpoint.start()
+    step = loop.load(*saved) if saved is not None else 0
+    bar = _progress(plan.total, progress, desc)
+    bar.update(step)
+    try:
+        with checkpoint.loop():
+            while step < plan.total:
+                f = warmup_cosine(step, plan.total, max(plan.warmup, 1), plan.min_lr_ratio)
+                for g, b in zip(opt.param_groups, base):
+                    g["lr"] = b * f
+                opt.zero_grad(set_to_none=True)
+                loss = step_fn()
+                if not math.isfinite(loss):
+                    raise TrainingError(f"non-finite training loss at step {step}")
+                if plan.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
+                opt.step()
+                if ema is not None:
+                    ema.update()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if step % plan.every == 0 or step == plan.total:
+                    with ema.swapped() if ema is not None else contextlib.nullcontext():
+                        stop = stopper.update(step, loss, validate())
+                    if stop:
+                        break
+                checkpoint.step_done(step, plan.total, lambda: loop.state(step))
+    finally:
+        bar.close()
+    stopper.restore()
+    return step
+
+
 def fit(model: Predictor, groups: List[Dict[str, Any]], plan: Plan, seqs_tr: Sequence[np.ndarray], y_tr,
         seqs_va: Sequence[np.ndarray], y_va, device: Union[str, torch.device], seed: int = 0,
         weight_decay: float = 0.01, progress: bool = False, desc: str = "finetune", bf16: bool = True,
@@ -397,64 +445,34 @@ def fit(model: Predictor, groups: List[Dict[str, Any]], plan: Plan, seqs_tr: Seq
     task = model.head_cfg.task
     per_token = model.head_cfg.per_token
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    base = [g["lr"] for g in opt.param_groups]
-    params = [p for g in groups for p in g["params"]]
     rng = np.random.default_rng(seed)
     it = batches(len(seqs_tr), plan.batch_size, rng)
     stopper = EarlyStopping(module if module is not None else model, task, y_va, model.head_cfg.classes,
                             plan.metric, plan.patience, plan.min_steps, plan.total, plan.select_from)
     ema = WeightAverage(model, plan.ema) if plan.ema > 0 else None
-    loop = LoopState(model, opt, rng, it, stopper, ema)
-    step = 0
-    saved = checkpoint.start() if checkpoint is not None else None
-    if saved is not None:
-        step = loop.load(*saved)
-    bar = _progress(plan.total, progress, desc)
-    bar.update(step)
-    checkpoint = checkpoint or StepCheckpoint()
-    try:
-        with checkpoint.loop():
-            while step < plan.total:
-                model.train()
-                idx = next(it)
-                f = warmup_cosine(step, plan.total, max(plan.warmup, 1), plan.min_lr_ratio)
-                for g, b in zip(opt.param_groups, base):
-                    g["lr"] = b * f
-                opt.zero_grad(set_to_none=True)
-                loss_sum = 0.0
-                for grp in group_by_length(seqs_tr, idx):
-                    flip = rng.random(len(grp)) < 0.5 if plan.rc_augment else np.zeros(len(grp), bool)
-                    ids = np.stack([reverse_complement(seqs_tr[i]) if fl else seqs_tr[i]
-                                    for i, fl in zip(grp, flip)]).astype(np.int64)
-                    tgt = take(y_tr, grp)
-                    if per_token and flip.any():
-                        tgt = tgt.copy()
-                        tgt[flip] = tgt[flip][:, ::-1]
-                    x = torch.as_tensor(ids, device=device)
-                    t = torch.as_tensor(np.ascontiguousarray(tgt), device=device)
-                    with autocast(device, bf16):
-                        logits = model(x)
-                    loss = model.loss(logits, t) * (len(grp) / len(idx))
-                    loss.backward()
-                    loss_sum += float(loss.detach())
-                if not math.isfinite(loss_sum):
-                    raise TrainingError(f"non-finite training loss at step {step}")
-                if plan.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
-                opt.step()
-                if ema is not None:
-                    ema.update()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum:.4f}")
-                if step % plan.every == 0 or step == plan.total:
-                    with ema.swapped() if ema is not None else contextlib.nullcontext():
-                        pred = predict(model, seqs_va, plan.batch_size * 2, device, plan.rc_average, bf16)
-                        stop = stopper.update(step, loss_sum, pred)
-                    if stop:
-                        break
-                checkpoint.step_done(step, plan.total, lambda: loop.state(step))
-    finally:
-        bar.close()
-    stopper.restore()
+
+    def step_fn() -> float:
+        model.train()
+        idx = next(it)
+        loss_sum = 0.0
+        for grp in group_by_length(seqs_tr, idx):
+            flip = rng.random(len(grp)) < 0.5 if plan.rc_augment else np.zeros(len(grp), bool)
+            ids = np.stack([reverse_complement(seqs_tr[i]) if fl else seqs_tr[i]
+                            for i, fl in zip(grp, flip)]).astype(np.int64)
+            tgt = take(y_tr, grp)
+            if per_token and flip.any():
+                tgt = tgt.copy()
+                tgt[flip] = tgt[flip][:, ::-1]
+            x = torch.as_tensor(ids, device=device)
+            t = torch.as_tensor(np.ascontiguousarray(tgt), device=device)
+            with autocast(device, bf16):
+                logits = model(x)
+            loss = model.loss(logits, t) * (len(grp) / len(idx))
+            loss.backward()
+            loss_sum += float(loss.detach())
+        return loss_sum
+
+    step = train_loop(plan, opt, step_fn,
+                      lambda: predict(model, seqs_va, plan.batch_size * 2, device, plan.rc_average, bf16),
+                      LoopState(model, opt, rng, it, stopper, ema), checkpoint, progress, desc)
     return stopper, step

@@ -92,10 +92,9 @@ import torch
 from mambadna.components.checkpoint import load_model, read_config
 from mambadna.components.device import resolve_device
 from mambadna.components.fit import (EarlyStopping, LoopState, Plan, StepCheckpoint, WeightAverage, batches,
-                                     evaluate, fit, predict)
+                                     evaluate, fit, predict, train_loop)
 from mambadna.components.metrics import (choose_threshold, compute_metrics, save_comparison, save_plots,
                                          save_scatter, summarize_runs)
-from mambadna.components.schedule import warmup_cosine
 from mambadna.components.resume import (StopRequest, arrays_to_tensors, load_trainer_state, save_trainer_state,
                                         tensors_to_arrays)
 from mambadna.errors import CheckpointError, InputError, Interrupted, TrainingError
@@ -559,36 +558,20 @@ def _train_frozen(model: SequenceClassifier, cfg: FinetuneConfig, plan: Plan, da
     stopper = EarlyStopping(model.head, data.task, y_va, data.classes, plan.metric, plan.patience, plan.min_steps,
                             plan.total, plan.select_from)
     ema = WeightAverage(model.head, plan.ema) if plan.ema > 0 else None
-    loop = LoopState(model.head, opt, rng, it, stopper, ema)
-    checkpoint = checkpoint or StepCheckpoint()
-    saved = checkpoint.start()
-    step = loop.load(*saved) if saved is not None else 0
-    with checkpoint.loop():
-        while step < plan.total:
-            model.head.train()
-            idx = torch.as_tensor(next(it), device=device)
-            x = F_tr[idx]
-            if plan.rc_augment and F_tr_rc is not None:
-                flip = torch.as_tensor(rng.random(len(idx)) < 0.5, device=device)
-                x = torch.where(flip[:, None], F_tr_rc[idx], x)
-            for g in opt.param_groups:
-                g["lr"] = cfg.head_lr * warmup_cosine(step, plan.total, plan.warmup, plan.min_lr_ratio)
-            opt.zero_grad(set_to_none=True)
-            loss = model.loss(model.head(x), Y_tr[idx])
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite training loss at step {step}")
-            loss.backward()
-            opt.step()
-            if ema is not None:
-                ema.update()
-            step += 1
-            if step % plan.every == 0 or step == plan.total:
-                with ema.swapped() if ema is not None else contextlib.nullcontext():
-                    stop = stopper.update(step, float(loss.detach()), _head_predict(model, F_va, F_va_rc))
-                if stop:
-                    break
-            checkpoint.step_done(step, plan.total, lambda: loop.state(step))
-    stopper.restore()
+
+    def step_fn() -> float:
+        model.head.train()
+        idx = torch.as_tensor(next(it), device=device)
+        x = F_tr[idx]
+        if plan.rc_augment and F_tr_rc is not None:
+            flip = torch.as_tensor(rng.random(len(idx)) < 0.5, device=device)
+            x = torch.where(flip[:, None], F_tr_rc[idx], x)
+        loss = model.loss(model.head(x), Y_tr[idx])
+        loss.backward()
+        return float(loss.detach())
+
+    step = train_loop(plan, opt, step_fn, lambda: _head_predict(model, F_va, F_va_rc),
+                      LoopState(model.head, opt, rng, it, stopper, ema), checkpoint)
     F_te = _features(model, seqs_te, cfg, device, False)
     F_te_rc = _features(model, seqs_te, cfg, device, True) if use_rc_eval else None
     return _head_predict(model, F_te, F_te_rc), stopper, step
