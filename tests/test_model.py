@@ -229,6 +229,9 @@ def test_gpu_checkpointed_layers_match_plain():
         loss.backward()
         grads.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
     (l0, g0), (l1, g1) = grads
-    torch.testing.assert_close(l1, l0, atol=1e-6, rtol=1e-6)
+    # the loss comes from the first forward (no grad: another kernel specialisation,
+    # bf16 outputs), the gradients from the recomputed one
+    assert abs(float(l1 - l0)) <= 1e-3 * abs(float(l0)), (float(l0), float(l1))
     for n in g0:
-        torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-3)
+        err = float((g1[n] - g0[n]).norm() / g0[n].norm().clamp_min(1e-12))
+        assert err < 1e-3, (n, err)

@@ -161,7 +161,8 @@ class _ChunkedRows(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
         params = [p for p, need in zip(ctx.params, ctx.needs_input_grad[3:]) if need]
-        g_x = torch.empty_like(x) if need_x else None
+        whole = len(ctx.bounds) == 1  # (checkpointed: the gradient is the one block's, no copy)
+        g_x = torch.empty_like(x) if need_x and not whole else None
         g_params: List[Optional[torch.Tensor]] = [None] * len(params)
         for s, e in ctx.bounds:
             with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype,
@@ -171,7 +172,9 @@ class _ChunkedRows(torch.autograd.Function):
                 y = ctx.fn(xb)
                 res = torch.autograd.grad(y, leaves, g_out[:, s:e], allow_unused=True)
                 del y
-            if need_x:
+            if need_x and whole:
+                g_x = res[0]
+            elif need_x:
                 g_x[:, s:e] = res[0]
             for j, gp in enumerate(res[1:] if need_x else res):
                 if gp is not None:
