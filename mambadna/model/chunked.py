@@ -169,9 +169,11 @@ class _ChunkedRows(torch.autograd.Function):
                                                      enabled=ctx.autocast):
                 xb = x[:, s:e].detach().requires_grad_(need_x)
                 leaves = ([xb] if need_x else []) + params
-                y = ctx.fn(xb)
-                res = torch.autograd.grad(y, leaves, g_out[:, s:e], allow_unused=True)
-                del y
+                # differentiate from y's gradient edge, y itself dropped first: the block's
+                # output (the LM head's logits) is not kept through its own backward
+                edge = torch.autograd.graph.get_gradient_edge(ctx.fn(xb))
+                res = torch.autograd.grad([edge], leaves, [g_out[:, s:e]], allow_unused=True)
+                del edge
             if need_x and whole:
                 g_x = res[0]
             elif need_x:
