@@ -1,8 +1,9 @@
-"""Kernel tuning (a frozen dataclass per kernel family, read through a context
-variable) and the host-side launch helpers the kernels share. A test or benchmark changes it for a block, in its own thread or
-context only (:meth:`Tuned.use`), never by editing a global dict; an autograd
-function keeps its forward's tuning for the backward, which may run in another
-thread."""
+"""Kernel tuning, and the host-side launch helpers the kernels share.
+
+Tuning is a frozen dataclass per kernel family, read through a context variable.
+A test or benchmark changes it for a block, in its own thread or context only
+(:meth:`Tuned.use`), never by editing a global dict; an autograd function keeps
+its forward's tuning for the backward, which may run in another thread."""
 from __future__ import annotations
 
 import contextlib

@@ -1116,7 +1116,7 @@ def bidirectional_selective_scan_triton(u_f, delta_f, A_f, B_f, C_f, u_r, delta_
     return _BidirFn.apply(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
                           D_f, D_r, z, delta_bias_f, delta_bias_r, bool(delta_softplus),
                           needs_grad(u_f, delta_f, A_f, B_f, C_f, u_r, delta_r, A_r, B_r, C_r,
-                                        D_f, D_r, z, delta_bias_f, delta_bias_r))
+                                     D_f, D_r, z, delta_bias_f, delta_bias_r))
 
 
 def selective_state_update_triton(state, u, delta, A, B, C, D=None, z=None, delta_bias=None,
